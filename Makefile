@@ -1,0 +1,39 @@
+# Two commands: `make demo` and `make test`. Both set up .venv first if needed.
+# TORCH_SPEC picks the PyTorch build: the default is the CPU build this project is tested with;
+# on a GPU machine use e.g. `make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+DEMO_DATA ?= data/demo
+DEMO_RUN ?= runs/demo
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m noisytag.demo --data $(DEMO_DATA) --run $(DEMO_RUN)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check noisytag tests benchmarks
+	$(BIN)/ruff format --check noisytag tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_features.py
+	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_infer.py
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache
