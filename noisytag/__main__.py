@@ -1,0 +1,3 @@
+from noisytag.cli import app
+
+app()
