@@ -1,0 +1,108 @@
+"""Model registry and architectures (SPEC §3): exact parameter counts, any number of frames, contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from noisytag.models import available, build, options_of, register
+
+
+def n_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_registry_lists_builtins():
+    assert {"cnn1", "vgg16"} <= set(available())
+    assert options_of("cnn1") == {"width": 1.0}
+
+
+@pytest.mark.parametrize(("name", "count"), [("cnn1", 5_258_128), ("vgg16", 15_292_048)])
+def test_parameter_counts_match_spec(name, count):
+    assert n_trainable(build(name, n_classes=80, in_channels=3)) == count
+
+
+@pytest.mark.parametrize("name", ["cnn1", "vgg16"])
+@pytest.mark.parametrize("frames", [128, 500])
+def test_any_number_of_frames(name, frames):
+    torch.manual_seed(0)
+    model = build(name, n_classes=7, in_channels=1).eval()
+    x = torch.rand(2, 1, 128, frames)
+    with torch.no_grad():
+        fmap = model.body(x)
+        pooled = model.head.pool(fmap)
+        logits = model(x)
+    r = model.time_reduction
+    assert fmap.shape == (2, 512, 128 // r, frames // r)
+    assert pooled.shape == (2, 1024)
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, model.head.classify(pooled))
+
+
+def test_time_reduction_values():
+    assert build("cnn1", 3).time_reduction == 16
+    assert build("vgg16", 3).time_reduction == 32
+
+
+def test_pool_is_max_then_mean():
+    model = build("cnn1", 3, width=0.125)
+    fmap = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(2, 3, 2, 4)
+    pooled = model.head.pool(fmap)
+    torch.testing.assert_close(pooled[:, :3], fmap.amax(dim=(2, 3)))
+    torch.testing.assert_close(pooled[:, 3:], fmap.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("name", ["cnn1", "vgg16"])
+def test_width_multiplier_and_spec_round_trip(name):
+    slim = build(name, n_classes=10, in_channels=1, width=0.25)
+    assert slim.spec == {"name": name, "n_classes": 10, "in_channels": 1, "options": {"width": 0.25}}
+    again = build(**slim.spec)
+    assert [p.shape for p in again.parameters()] == [p.shape for p in slim.parameters()]
+    assert n_trainable(slim) < n_trainable(build(name, 10)) / 10
+    assert slim.body(torch.rand(1, 1, 128, 128)).shape[1] == 128  # 512 * 0.25
+    slim.train()
+    loss = slim(torch.rand(3, 1, 128, 160)).sum()
+    loss.backward()  # trains on odd lengths too
+
+
+def test_init_kaiming_and_zero_biases():
+    torch.manual_seed(0)
+    model = build("cnn1", 80, 1)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            assert m.bias is not None and torch.count_nonzero(m.bias) == 0
+    conv = model.body[-2][0]  # last 3×3 conv, fan_in = 512 * 9
+    expected_std = (2.0 / (512 * 9)) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
+
+
+def test_bad_names_and_options_are_reported():
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        build("resnet", 80)
+    with pytest.raises(ValueError, match="unknown option"):
+        build("cnn1", 80, depth=3)
+    with pytest.raises(ValueError, match="width"):
+        build("cnn1", 80, width=0)
+
+
+def test_register_new_model():
+    from noisytag.models.blocks import init_weights, make_body
+    from noisytag.models.heads import Head, TaggingNet
+
+    @register("tiny_test_net")
+    def tiny(n_classes, in_channels=1):
+        body = make_body((4, "M"), in_channels)
+        spec = {"name": "tiny_test_net", "n_classes": n_classes, "in_channels": in_channels, "options": {}}
+        net = TaggingNet(body, Head(4, n_classes, hidden=8), spec, 2)
+        init_weights(net)
+        return net
+
+    try:
+        assert "tiny_test_net" in available()
+        assert build("tiny_test_net", 5).eval()(torch.rand(2, 1, 16, 20)).shape == (2, 5)
+    finally:  # keep the registry clean for tests that iterate available()
+        from noisytag import models
+
+        models._REGISTRY.pop("tiny_test_net", None)
