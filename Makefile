@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m noisytag.demo --data $(DEMO_DATA) --run $(DEMO_RUN)
+	$(BIN)/noisytag demo --data $(DEMO_DATA) --out $(DEMO_RUN)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
