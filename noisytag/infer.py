@@ -1,0 +1,542 @@
+"""Windowed inference (SPEC §7): batched windows of many clips, ensembles, submissions.
+
+Flow: clips (cached log-mels or decoded audio) → per-clip min-max normalisation → the evenly spread
+128-frame windows of :func:`noisytag.windows.window_offsets` → batches of ``cfg.batch_size`` windows
+taken from as many clips as needed → every ensemble member → sigmoid → mean over members (per
+window) → mean over the clip's windows. Clips stream through: memory holds one batch of windows and
+the (N, K) result, whatever the number of clips.
+
+Two modes (``InferConfig.mode``):
+
+* ``"exact"``: one forward per window, as SPEC §7 and the original entry.
+* ``"fast"``: both architectures are fully convolutional, so the conv body runs once over the whole
+  clip and the head pools each window's slice of the feature map (``width / time_reduction`` feature
+  steps starting at ``round(offset / time_reduction)``). Windows see their neighbours' context at the
+  edges instead of zero padding, so scores differ slightly from the exact mode (see benchmarks/README).
+
+Members are behind one small interface (:class:`TorchMember` here, ``noisytag.export.OnnxMember`` for
+onnxruntime): ``probs(x)`` for (B, 1, F, W) windows, ``feature_map(x)`` and ``head_probs(fmaps)`` for
+the fast mode. Inputs always have one channel; a member repeats it when its model wants three.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from noisytag.config import FrontendConfig, InferConfig
+from noisytag.windows import window_offsets
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# members
+
+
+class TorchMember:
+    """One PyTorch model behind the member interface (eval mode, no autograd, sigmoid outputs)."""
+
+    def __init__(self, model, device: str = "cpu", name: str = ""):
+        self.model = model.to(device).eval()
+        self.device = device
+        self.name = name or model.spec.get("name", "model")
+        self.in_channels = int(model.spec.get("in_channels", 1))
+        self.n_classes = int(model.spec["n_classes"])
+        self.time_reduction = int(getattr(model, "time_reduction", 1))
+
+    def _input(self, x: np.ndarray):
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        return t.expand(-1, self.in_channels, -1, -1) if self.in_channels != t.shape[1] else t
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        """(B, 1, F, W) normalised windows → (B, K) sigmoid probabilities."""
+        import torch
+
+        with torch.inference_mode():
+            return torch.sigmoid(self.model(self._input(x))).float().cpu().numpy()
+
+    def feature_map(self, x: np.ndarray):
+        """(1, 1, F, T) whole clip → body feature map (1, D, F', T') (kept as a tensor)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model.body(self._input(x))
+
+    def head_probs(self, fmap, starts: np.ndarray, steps: int) -> np.ndarray:
+        """Pool ``steps`` feature steps from each start of ``fmap`` (1, D, F', T') → (n, K) probabilities."""
+        import torch
+
+        with torch.inference_mode():
+            idx = torch.as_tensor(starts[:, None] + np.arange(steps)[None, :], device=fmap.device)
+            windows = fmap[0][:, :, idx].permute(2, 0, 1, 3)  # (D, F', n, w') → (n, D, F', w')
+            head = self.model.head
+            return torch.sigmoid(head.classify(head.pool(windows))).float().cpu().numpy()
+
+
+def as_members(models, device: str = "cpu") -> list:
+    """Wrap ``nn.Module``s as :class:`TorchMember`; members (anything with ``probs``) pass through."""
+    if not isinstance(models, list | tuple):
+        models = [models]
+    return [m if hasattr(m, "probs") else TorchMember(m, device) for m in models]
+
+
+# ----------------------------------------------------------------------------------------------
+# the streaming engine
+
+
+@dataclass
+class Clip:
+    """One clip's log-mel in dB ``(F, T)`` with its min-max range; ``key`` identifies it to the caller."""
+
+    key: object
+    db: np.ndarray
+    lo: float
+    hi: float
+
+
+def prepare(db: np.ndarray, lo: float, hi: float, width: int, normalize: str = "minmax") -> np.ndarray:
+    """(F, T) dB → (F, max(T, width)) float32 model input: min-max scaled, right-padded with ``lo``.
+
+    The padding value is the clip's own minimum (0 after scaling), as ``FeatureCache.windows``.
+    """
+    db = np.asarray(db, dtype=np.float32)
+    if db.shape[1] < width:
+        db = np.pad(db, ((0, 0), (0, width - db.shape[1])), constant_values=np.float32(lo))
+    if normalize == "minmax":
+        from noisytag.features import normalize as minmax
+
+        return np.asarray(minmax(db, np.float32(lo), np.float32(hi)), dtype=np.float32)
+    if normalize == "none":
+        return db
+    raise ValueError(f"unknown normalisation '{normalize}' (expected minmax or none)")
+
+
+def take_windows(x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """(F, T) → (n, F, width) copies of the windows starting at ``starts``."""
+    view = np.lib.stride_tricks.sliding_window_view(x, width, axis=1)  # (F, T − width + 1, width)
+    return np.ascontiguousarray(view[:, starts].transpose(1, 0, 2))
+
+
+def ensemble_probs(members: Sequence, x: np.ndarray) -> np.ndarray:
+    """(B, F, W) windows → (B, K): each member's sigmoid probabilities, averaged over members."""
+    batch = x[:, None]
+    total = members[0].probs(batch).astype(np.float64)
+    for member in members[1:]:
+        total += member.probs(batch)
+    return (total / len(members)).astype(np.float32)
+
+
+def fast_clip_probs(members: Sequence, x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Fast mode for one clip: body once over (F, T) ``x``, head on each window's slice → (n, K)."""
+    total = None
+    for member in members:
+        r = member.time_reduction
+        fmap = member.feature_map(x[None, None])
+        steps = max(width // r, 1)
+        last = max(int(fmap.shape[-1]) - steps, 0)
+        fstarts = np.clip(np.round(starts / r).astype(np.int64), 0, last)
+        p = member.head_probs(fmap, fstarts, steps).astype(np.float64)
+        total = p if total is None else total + p
+    return (total / len(members)).astype(np.float32)
+
+
+def iter_window_probs(
+    members: Sequence, clips: Iterable[Clip], cfg: InferConfig, normalize: str = "minmax"
+) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
+    """Yield ``(key, starts (n,), probs (n, K))`` per clip: window probabilities averaged over members.
+
+    Windows of consecutive clips share batches of exactly ``cfg.batch_size`` windows (the last one
+    smaller); a clip is yielded as soon as all its windows are scored. In fast mode, clips of more
+    than one window are scored on their own (body once per clip); one-window clips still share
+    batches. Clips may therefore come back out of order in fast mode; use ``key``.
+    """
+    if cfg.mode not in ("exact", "fast"):
+        raise ValueError(f"unknown inference mode '{cfg.mode}' (expected exact or fast)")
+    members = as_members(members)
+    width, bs = cfg.window, max(int(cfg.batch_size), 1)
+    pending: list[np.ndarray] = []  # windows not yet scored, in order
+    n_pending = 0
+    owners: deque = deque()  # (key, starts) of clips whose windows are queued or scored
+    scored: list[np.ndarray] = []  # probabilities of the leading windows of ``owners``
+
+    def run(final: bool) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
+        nonlocal pending, n_pending, scored
+        x = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        upto = len(x) if final else len(x) // bs * bs
+        for s in range(0, upto, bs):
+            scored.append(ensemble_probs(members, x[s : s + bs]))
+        pending = [x[upto:]] if upto < len(x) else []
+        n_pending = len(x) - upto
+        done = np.concatenate(scored) if len(scored) > 1 else scored[0]
+        pos = 0
+        while owners and len(owners[0][1]) <= len(done) - pos:
+            key, starts = owners.popleft()
+            yield key, starts, done[pos : pos + len(starts)]
+            pos += len(starts)
+        scored = [done[pos:]]
+
+    for clip in clips:
+        n_frames = clip.db.shape[1]
+        starts = window_offsets(n_frames, width, cfg.max_stride)
+        x = prepare(clip.db, clip.lo, clip.hi, width, normalize)
+        if cfg.mode == "fast" and len(starts) > 1:
+            yield clip.key, starts, fast_clip_probs(members, x, starts, width)
+            continue
+        pending.append(take_windows(x, starts, width))
+        n_pending += len(starts)
+        owners.append((clip.key, starts))
+        if n_pending >= bs:
+            yield from run(final=False)
+    if n_pending:
+        yield from run(final=True)
+
+
+def _track(items: Iterable, total: int, progress: bool, label: str) -> Iterable:
+    if not progress:
+        return items
+    from rich.progress import track
+
+    return track(items, total=total, description=label, transient=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# cached clips
+
+
+def cache_clips(cache, indices: Sequence[int]) -> Iterator[Clip]:
+    """Clips of a ``FeatureCache`` at positions ``indices``, with the lo/hi of its index."""
+    lo = cache.index["lo"].to_numpy()
+    hi = cache.index["hi"].to_numpy()
+    for row, i in enumerate(indices):
+        yield Clip(row, cache.clip(int(i)), float(lo[i]), float(hi[i]))
+
+
+def predict_cache(
+    models,
+    cache,
+    indices: Sequence[int],
+    cfg: InferConfig,
+    normalize: str = "minmax",
+    device: str = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Clip probabilities (len(indices), K) float32 for cached clips (positions in ``cache.index``).
+
+    ``models``: nn.Modules built by ``noisytag.models.build`` (or members). Mean over models per
+    window, then over the clip's windows (SPEC §7).
+    """
+    members = as_members(models, device)
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.zeros((len(indices), members[0].n_classes), dtype=np.float32)
+    results = iter_window_probs(members, cache_clips(cache, indices), cfg, normalize)
+    for row, _starts, probs in _track(results, len(indices), progress, "predicting"):
+        out[row] = probs.mean(axis=0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# audio files
+
+
+@dataclass
+class FileResult:
+    """Per-file outcome of :func:`iter_files`: window probabilities, or the reason it failed."""
+
+    path: Path
+    duration: float = 0.0
+    starts: np.ndarray | None = None
+    window_probs: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        return None if self.window_probs is None else self.window_probs.mean(axis=0)
+
+
+@dataclass
+class FilePredictions:
+    """Result of :func:`predict_files`: rows follow ``paths``; failed files have NaN rows."""
+
+    paths: list[Path]
+    probs: np.ndarray
+    failures: list[str] = field(default_factory=list)
+
+
+def _decode_features(path: Path, frontend: FrontendConfig):
+    """Audio file → (log-mel dB (F, T), lo, hi, seconds) with the same front end as the cache."""
+    from noisytag.audio import load
+    from noisytag.features import log_mel
+
+    y = load(path, frontend)
+    db = log_mel(y, frontend)
+    return db, float(db.min()), float(db.max()), len(y) / frontend.sample_rate
+
+
+def iter_files(
+    members: Sequence,
+    paths: Sequence[str | Path],
+    cfg: InferConfig,
+    frontend: FrontendConfig,
+    normalize: str = "minmax",
+    progress: bool = False,
+    prefetch: int = 2,
+) -> Iterator[FileResult]:
+    """Yield a :class:`FileResult` per path, in order; unreadable files carry ``error`` and are skipped.
+
+    Decoding and feature extraction run ``prefetch`` files ahead in a background thread (soundfile,
+    soxr and torch release the GIL), so they overlap with the models.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [Path(p) for p in paths]
+    results: dict[int, FileResult] = {i: FileResult(p) for i, p in enumerate(paths)}
+
+    def decoded() -> Iterator[Clip]:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            futures: deque = deque()
+            for i, p in enumerate(paths):
+                futures.append((i, pool.submit(_decode_features, p, frontend)))
+                while len(futures) > prefetch:
+                    yield from _resolve(*futures.popleft())
+            while futures:
+                yield from _resolve(*futures.popleft())
+
+    def _resolve(i, future) -> Iterator[Clip]:
+        try:
+            db, lo, hi, seconds = future.result()
+        except Exception as err:  # AudioError and anything a decoder may raise: report, keep going
+            reason = str(err) if str(err).startswith(str(paths[i])) else f"{paths[i]}: {err}"
+            results[i].error = reason
+            log.warning("skipped %s", reason)
+            return
+        results[i].duration = seconds
+        yield Clip(i, db, lo, hi)
+
+    next_out = 0
+    for i, starts, probs in _track(
+        iter_window_probs(members, decoded(), cfg, normalize), len(paths), progress, "tagging"
+    ):
+        results[i].starts, results[i].window_probs = starts, probs
+        while next_out < len(paths) and (
+            results[next_out].window_probs is not None or results[next_out].error is not None
+        ):
+            yield results.pop(next_out)
+            next_out += 1
+    while next_out < len(paths):
+        yield results.pop(next_out)
+        next_out += 1
+
+
+def predict_files(
+    models,
+    paths: Sequence[str | Path],
+    cfg: InferConfig,
+    frontend_cfg: FrontendConfig,
+    normalize: str = "minmax",
+    device: str = "cpu",
+    progress: bool = False,
+) -> FilePredictions:
+    """Clip probabilities for arbitrary audio files (decode → log-mel → the same windows as the cache)."""
+    members = as_members(models, device)
+    paths = [Path(p) for p in paths]
+    probs = np.full((len(paths), members[0].n_classes), np.nan, dtype=np.float32)
+    failures = []
+    for row, res in enumerate(iter_files(members, paths, cfg, frontend_cfg, normalize, progress)):
+        if res.error is not None:
+            failures.append(res.error)
+        else:
+            probs[row] = res.probs
+    return FilePredictions(paths, probs, failures)
+
+
+# ----------------------------------------------------------------------------------------------
+# ensembles of a run directory, submissions
+
+
+@dataclass
+class Ensemble:
+    """Members of a run's ensemble and what they share (classes, front end, input normalisation)."""
+
+    members: list
+    metas: list[dict]
+    classes: list[str]
+    frontend: FrontendConfig
+    normalize: str
+    dirs: list[Path]
+
+    @property
+    def models(self) -> list:
+        """The PyTorch models (torch backend only)."""
+        return [m.model for m in self.members if hasattr(m, "model")]
+
+
+def run_infer_config(run_dir: str | Path) -> InferConfig:
+    """The ``infer`` section of the run's config.yaml (defaults when the run has none)."""
+    from noisytag.config import load_config
+    from noisytag.rundir import RunDir
+
+    path = RunDir(run_dir).config
+    return load_config(path).infer if path.is_file() else InferConfig()
+
+
+def select_model_dirs(run_dir: str | Path, stages=None, archs=None) -> list[Path]:
+    """Finished fold models of the run for ``stages`` (default: the run's infer.stages) and ``archs``."""
+    from noisytag.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"{run.root}: run directory does not exist")
+    stages = tuple(stages) if stages else run_infer_config(run_dir).stages
+    dirs = run.model_dirs(stages=stages, archs=list(archs) if archs else None)
+    if not dirs:
+        found = sorted({(p.parent.parent.name, p.parent.name) for p in run.model_dirs()})
+        have = ", ".join(f"{a}/{s}" for a, s in found) or "none"
+        raise FileNotFoundError(
+            f"{run.root}: no finished models for stages {','.join(map(str, stages))}"
+            f"{' and archs ' + ','.join(archs) if archs else ''} (finished: {have})"
+        )
+    return dirs
+
+
+def _shared(metas: list[dict], dirs: list[Path]) -> tuple[list[str], FrontendConfig, str]:
+    first = metas[0]
+    for meta, d in zip(metas[1:], dirs[1:], strict=True):
+        for key in ("classes", "frontend", "normalize"):
+            if meta.get(key) != first.get(key):
+                raise ValueError(f"{d}/model.json: '{key}' differs from {dirs[0]}/model.json")
+    if not first.get("classes"):
+        raise ValueError(f"{dirs[0]}/model.json: no 'classes'")
+    return (
+        list(first["classes"]),
+        FrontendConfig(**(first.get("frontend") or {})),
+        first.get("normalize", "minmax"),
+    )
+
+
+def load_ensemble(
+    run_dir: str | Path, stages=None, archs=None, device: str = "cpu", backend: str = "torch"
+) -> Ensemble:
+    """Load the chosen stages × folds × architectures of a run (SPEC §7 default: the run's infer.stages).
+
+    ``backend="onnx"`` runs the members with onnxruntime from ``RUN_DIR/onnx`` (exported on first use).
+    """
+    from noisytag.weights import load_model, read_meta
+
+    dirs = select_model_dirs(run_dir, stages, archs)
+    metas = [read_meta(d) for d in dirs]
+    classes, frontend, normalize = _shared(metas, dirs)
+    if backend == "torch":
+        members = []
+        for d, meta in zip(dirs, metas, strict=True):
+            model, _ = load_model(d, device)
+            members.append(TorchMember(model, device, name=_member_name(meta, d)))
+    elif backend == "onnx":
+        from noisytag.export import onnx_members
+
+        members = onnx_members(run_dir, dirs)
+    else:
+        raise ValueError(f"unknown backend '{backend}' (expected torch or onnx)")
+    return Ensemble(members, metas, classes, frontend, normalize, dirs)
+
+
+def _member_name(meta: dict, directory: Path) -> str:
+    if {"arch", "stage", "fold"} <= set(meta):
+        return f"{meta['arch']}_stage{meta['stage']}_fold{meta['fold']}"
+    return directory.name
+
+
+def read_sample_columns(path: str | Path) -> tuple[list[str], list[str]]:
+    """(class columns, fnames) of a sample_submission.csv."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype={"fname": str})
+    if frame.columns[0] != "fname":
+        raise ValueError(f"{path}: first column must be 'fname'")
+    return list(frame.columns[1:]), list(frame["fname"])
+
+
+def write_submission(
+    path: str | Path,
+    fnames: Sequence[str],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    sample_submission: str | Path | None = None,
+):
+    """Write ``fname`` + one probability column per class (atomic) and return the DataFrame.
+
+    With ``sample_submission``, its column order is used (it must name the same classes) and, when it
+    lists exactly the same files, its row order too; otherwise rows follow ``fnames``.
+    """
+    import pandas as pd
+
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(fnames), len(classes)):
+        raise ValueError(
+            f"{path}: probabilities {probs.shape} do not match {len(fnames)} files × {len(classes)} classes"
+        )
+    frame = pd.DataFrame(probs, columns=list(classes))
+    frame.insert(0, "fname", list(fnames))
+    if sample_submission is not None:
+        columns, rows = read_sample_columns(sample_submission)
+        if sorted(columns) != sorted(classes):
+            extra = sorted(set(columns) ^ set(classes))[:5]
+            raise ValueError(
+                f"{sample_submission}: class columns differ from the models' classes (e.g. {extra})"
+            )
+        frame = frame[["fname", *columns]]
+        if sorted(rows) == sorted(frame["fname"]):
+            frame = frame.set_index("fname").loc[rows].reset_index()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(path)
+    return frame
+
+
+def audio_files(root: str | Path) -> list[Path]:
+    """Supported audio files under ``root`` (recursively; a file is returned as itself), sorted."""
+    from noisytag.data import AUDIO_SUFFIXES
+
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def predict_run(
+    run_dir: str | Path,
+    test_dir: str | Path,
+    out_csv: str | Path,
+    stages=None,
+    archs=None,
+    cfg: InferConfig | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+):
+    """Predict every audio file of ``test_dir`` with the run's ensemble and write the submission.
+
+    Returns ``(frame, failures)``. Column order: ``test_dir/../sample_submission.csv`` when present,
+    else the models' class order. Unreadable files are reported (logging) and get all-zero rows so the
+    submission still lists every file.
+    """
+    cfg = cfg or run_infer_config(run_dir)
+    ens = load_ensemble(run_dir, stages or cfg.stages, archs, device, backend=cfg.backend)
+    test_dir = Path(test_dir)
+    paths = audio_files(test_dir)
+    if not paths:
+        raise FileNotFoundError(f"{test_dir}: no audio files")
+    result = predict_files(ens.members, paths, cfg, ens.frontend, ens.normalize, device, progress)
+    probs = np.nan_to_num(result.probs, nan=0.0)
+    sample = test_dir.parent / "sample_submission.csv"
+    fnames = [str(p.relative_to(test_dir)) if test_dir.is_dir() else p.name for p in paths]
+    frame = write_submission(out_csv, fnames, probs, ens.classes, sample if sample.is_file() else None)
+    return frame, result.failures

@@ -1,0 +1,196 @@
+"""Windowed inference: SPEC §7 windows, averaging order, batching across clips, fast mode, submissions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from noisytag.config import InferConfig
+from noisytag.infer import iter_window_probs, predict_cache, write_submission
+from noisytag.windows import n_windows, window_offsets
+
+# ---------------------------------------------------------------------------------------------
+# windows (noisytag.windows is the lead's; SPEC §7 edge lengths are tested here)
+
+
+@pytest.mark.parametrize(
+    "n_frames, count",
+    [(1, 1), (60, 1), (127, 1), (128, 1), (129, 2), (176, 2), (177, 3), (500, 9), (2000, 40)],
+)
+def test_window_count_and_offsets(n_frames, count):
+    assert n_windows(n_frames) == count == max(math.ceil((n_frames - 128) / 48), 0) + 1
+    starts = window_offsets(n_frames)
+    assert starts.dtype == np.int64 and len(starts) == count
+    assert starts[0] == 0
+    assert starts[-1] == max(n_frames - 128, 0)  # the last window ends on the last frame
+    assert np.all(np.diff(starts) <= 48) and np.all(np.diff(starts) > 0)
+
+
+def test_window_offsets_129_and_long():
+    assert window_offsets(129).tolist() == [0, 1]
+    starts = window_offsets(1000)
+    spread = np.diff(starts)
+    assert spread.max() - spread.min() <= 1  # evenly spread
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-made models and a stand-in cache with FeatureCache's reading contract
+
+
+class _Pool(nn.Module):
+    def forward(self, fmap):
+        flat = fmap.flatten(2)
+        return torch.cat([flat.amax(2), flat.mean(2)], 1)
+
+
+class HandModel(nn.Module):
+    """Identity body, max‖avg pool, fixed linear classify: logits = W [max(x), mean(x)] + b."""
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.body = nn.Identity()
+        self.head = nn.Module()
+        self.head.pool = _Pool()
+        self.head.classify = nn.Linear(2, len(bias))
+        with torch.no_grad():
+            self.head.classify.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+            self.head.classify.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+        self.spec = {"name": "hand", "n_classes": len(bias), "in_channels": 1, "options": {}}
+        self.time_reduction = 1
+
+    def forward(self, x):
+        return self.head.classify(self.head.pool(self.body(x)))
+
+
+def _hand_logits(weight, bias, window):
+    feats = np.array([window.max(), window.mean()])
+    return np.asarray(weight) @ feats + np.asarray(bias)
+
+
+class FakeCache:
+    def __init__(self, clips):
+        self.clips = clips
+        self.index = pd.DataFrame(
+            {
+                "fname": [f"c{i}.wav" for i in range(len(clips))],
+                "n_frames": [c.shape[1] for c in clips],
+                "lo": [float(c.min()) for c in clips],
+                "hi": [float(c.max()) for c in clips],
+            }
+        )
+
+    def clip(self, i):
+        return self.clips[i]
+
+
+def _clips(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    # a slow trend + noise, so every window of a clip has a different max and mean
+    return [
+        (np.linspace(-3, 3, t)[None, :] * rng.uniform(0.5, 1.5) + 0.1 * rng.standard_normal((4, t))).astype(
+            np.float32
+        )
+        for t in lengths
+    ]
+
+
+MODELS = [
+    ([[1.0, -2.0], [0.5, 0.5], [-1.0, 3.0]], [0.1, -0.2, 0.0]),
+    ([[-0.5, 1.0], [2.0, 0.0], [0.3, 0.3]], [0.0, 0.4, -1.0]),
+]
+
+
+def _expected(clips):
+    """Sigmoid per window and model → mean over models → mean over the clip's windows."""
+    rows = []
+    for db in clips:
+        lo = db.min()
+        x = np.pad(db, ((0, 0), (0, max(0, 128 - db.shape[1]))), constant_values=lo)
+        per_window = []
+        for s in window_offsets(db.shape[1]):
+            win = x[:, s : s + 128]
+            probs = [1 / (1 + np.exp(-_hand_logits(w, b, win))) for w, b in MODELS]
+            per_window.append(np.mean(probs, axis=0))
+        rows.append(np.mean(per_window, axis=0))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 7, 1000])
+def test_averaging_order_models_then_windows(batch_size):
+    clips = _clips([40, 128, 129, 300, 77, 700])
+    cache = FakeCache(clips)
+    models = [HandModel(w, b) for w, b in MODELS]
+    cfg = InferConfig(batch_size=batch_size)
+    order = [5, 0, 3, 3, 1, 2, 4]  # any order, repeats allowed
+    got = predict_cache(models, cache, order, cfg, normalize="none")
+    want = _expected([clips[i] for i in order])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # not the same as averaging logits (the order matters)
+    assert not np.allclose(got, 1 / (1 + np.exp(-np.log(want / (1 - want)).mean())), atol=1e-3)
+
+
+def test_fast_mode_equals_exact_for_identity_body():
+    clips = _clips([90, 128, 400, 1000])
+    cache = FakeCache(clips)
+    models = [HandModel(w, b) for w, b in MODELS]
+    exact = predict_cache(models, cache, range(4), InferConfig(batch_size=5), normalize="none")
+    fast = predict_cache(models, cache, range(4), InferConfig(batch_size=5, mode="fast"), normalize="none")
+    np.testing.assert_allclose(fast, exact, rtol=1e-5, atol=1e-6)
+
+
+def test_window_timeline_and_out_of_order_keys():
+    clips = _clips([100, 500, 60])
+    models = [HandModel(w, b) for w, b in MODELS]
+    from noisytag.infer import Clip
+
+    items = [Clip(k, c, float(c.min()), float(c.max())) for k, c in zip("abc", clips, strict=True)]
+    for mode in ("exact", "fast"):
+        out = {
+            k: (s, p)
+            for k, s, p in iter_window_probs(models, items, InferConfig(batch_size=2, mode=mode), "none")
+        }
+        assert sorted(out) == ["a", "b", "c"]
+        assert out["b"][1].shape == (n_windows(500), 3)
+        assert out["b"][0].tolist() == window_offsets(500).tolist()
+
+
+def test_cnn1_fast_mode_close_and_short_clips_identical():
+    from noisytag.models import build
+
+    torch.manual_seed(0)
+    model = build("cnn1", 4, 1, width=0.125).eval()
+    clips = _clips([100, 128, 600], seed=1)
+    clips = [np.repeat(c, 32, axis=0) for c in clips]  # 128 mel bands
+    cache = FakeCache(clips)
+    exact = predict_cache([model], cache, range(3), InferConfig(batch_size=8), normalize="none")
+    fast = predict_cache([model], cache, range(3), InferConfig(batch_size=8, mode="fast"), normalize="none")
+    np.testing.assert_allclose(fast[:2], exact[:2], atol=1e-6)
+    assert np.abs(fast[2] - exact[2]).max() < 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# submissions
+
+
+def test_submission_columns_follow_sample_submission(tmp_path):
+    classes = ["dog", "cat", "bird"]
+    probs = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
+    sample = tmp_path / "sample_submission.csv"
+    pd.DataFrame({"fname": ["b.wav", "a.wav"], "bird": 0, "dog": 0, "cat": 0}).to_csv(sample, index=False)
+    out = tmp_path / "sub" / "submission.csv"
+    write_submission(out, ["a.wav", "b.wav"], probs, classes, sample_submission=sample)
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["fname", "bird", "dog", "cat"]
+    assert frame["fname"].tolist() == ["b.wav", "a.wav"]
+    np.testing.assert_allclose(frame.loc[1, ["dog", "cat", "bird"]].to_numpy(float), probs[0])
+    # without a sample submission: the models' class order
+    write_submission(out, ["a.wav", "b.wav"], probs, classes)
+    assert list(pd.read_csv(out).columns) == ["fname", *classes]
+    pd.DataFrame({"fname": ["a.wav"], "owl": 0, "dog": 0, "cat": 0}).to_csv(sample, index=False)
+    with pytest.raises(ValueError, match="sample_submission.csv: class columns differ"):
+        write_submission(out, ["a.wav", "b.wav"], probs, classes, sample_submission=sample)
