@@ -82,6 +82,7 @@ def pipeline(
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
 ) -> None:
     """Run the four-stage warm-up pipeline (stages 1-4 x folds x architectures).
 
@@ -95,7 +96,7 @@ def pipeline(
 
     cfg = load_cfg(config, set_)
     try:
-        results = run_pipeline(data_dir, out, cfg, force=force, progress=progress)
+        results = run_pipeline(data_dir, out, cfg, force=force, progress=progress, report=report)
     except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
         fail(str(err))
     print_results(console, results, out)

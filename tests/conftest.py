@@ -23,8 +23,36 @@ def tiny_data(tmp_path_factory):
 def tiny_cache(tiny_data, tmp_path_factory):
     """Feature cache of ``tiny_data`` (all splits), built once per session."""
     from noisytag.cache import build_cache
+
     from noisytag.config import FrontendConfig
 
     cache_dir = tmp_path_factory.mktemp("tiny_cache")
     build_cache(tiny_data, cache_dir, FrontendConfig(), workers=1, progress=False)
     return cache_dir
+
+
+def tiny_config(**overrides):
+    """A RunConfig small enough to train the whole pipeline in seconds on the CPU."""
+    from noisytag.config import load_config
+
+    sets = {
+        "model.width": 0.125,
+        "train.folds": 2,
+        "train.epochs": 1,
+        "train.batch_size": 16,
+        "train.val_batch_size": 64,
+        "infer.batch_size": 64,
+    }
+    sets.update(overrides)
+    return load_config(None, [f"{k}={v}" for k, v in sets.items()])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tiny_cache, tmp_path_factory):
+    """A finished tiny four-stage pipeline run directory (2 folds, 1 epoch per stage, slim cnn1)."""
+    from noisytag.pipeline import run_pipeline
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    cfg = tiny_config(**{"data.cache_dir": str(tiny_cache)})
+    run_pipeline(tiny_data, run_dir, cfg, progress=False, report=True)
+    return run_dir

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from noisytag.cache import FeatureCache
+from noisytag.data import load_dataset, multi_hot
+
+from noisytag.config import FrontendConfig
+from noisytag.loader import ClipSet
+from noisytag.metrics import lwlrap
+from noisytag.train import fit_fold, read_metrics, score_windows
+
+from .conftest import tiny_config
+
+
+def test_score_windows_averages_per_clip_and_drops_padded_duplicates():
+    logits = torch.tensor([[2.0, -1.0], [0.0, 1.0], [-3.0, 3.0]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    window = torch.tensor([0, 1, 2])
+    row = torch.tensor([0, 0, 1])
+    loss, score = score_windows(logits, targets, window, row)
+    probs = torch.sigmoid(logits)
+    clip0 = probs[:2].mean(0)
+    expected = lwlrap(np.array([[1, 0], [0, 1]], bool), torch.stack([clip0, probs[2]]).numpy())
+    assert score == pytest.approx(expected)
+    # a distributed sampler pads by repeating windows: the repeats must not count twice
+    dup = score_windows(
+        torch.cat([logits, logits[:1]]),
+        torch.cat([targets, targets[:1]]),
+        torch.cat([window, window[:1]]),
+        torch.cat([row, row[:1]]),
+    )
+    assert dup == pytest.approx((loss, score))
+
+
+@pytest.fixture(scope="module")
+def curated_clips(tiny_data, tiny_cache):
+    cfg = FrontendConfig()
+    data = load_dataset(tiny_data)
+    cache = FeatureCache.open(tiny_cache, cfg, "curated")
+    positions = np.array([cache.position(f) for f in data.curated["fname"]])
+    clips = ClipSet(
+        np.full(len(positions), "curated", dtype=object),
+        positions,
+        multi_hot(data.curated["labels"], data.classes),
+    )
+    return {"curated": cache}, clips, len(data.classes)
+
+
+def _fit(tmp, caches, clips, n_classes, epochs, callbacks=(), **sets):
+    cfg = tiny_config(**{"train.batch_size": 8, **sets})
+    return fit_fold(
+        cfg,
+        arch="cnn1",
+        n_classes=n_classes,
+        caches=caches,
+        train=clips,
+        val=clips,
+        fold_dir=tmp,
+        epochs=epochs,
+        lr=3e-3,
+        seed=5,
+        progress=False,
+        callbacks=callbacks,
+    )
+
+
+@pytest.mark.slow
+def test_training_learns_the_training_set(tmp_path, curated_clips):
+    caches, clips, n_classes = curated_clips
+    off = {
+        "augment.mixup_p": 0,
+        "augment.specmix_p": 0,
+        "augment.zoom_p": 0,
+        "augment.brightness_p": 0,
+        "augment.contrast_p": 0,
+    }
+    _fit(tmp_path, caches, clips, n_classes, epochs=8, **off)
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(8))
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert float(rows[-1]["val_lwlrap"]) > float(rows[0]["val_lwlrap"])
+    assert (tmp_path / "last.ckpt").is_file()
+
+
+class StopAtEpoch(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated interruption")
+
+
+@pytest.mark.slow
+def test_interrupted_fit_resumes_to_the_same_weights(tmp_path, curated_clips):
+    caches, clips, n_classes = curated_clips
+    whole = _fit(tmp_path / "whole", caches, clips, n_classes, epochs=3)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        _fit(tmp_path / "cut", caches, clips, n_classes, epochs=3, callbacks=[StopAtEpoch(2)])
+    assert (tmp_path / "cut" / "last.ckpt").is_file()
+    resumed = _fit(tmp_path / "cut", caches, clips, n_classes, epochs=3)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    rows = read_metrics(tmp_path / "cut" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
