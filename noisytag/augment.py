@@ -1,0 +1,355 @@
+"""Batch augmentations of SPEC §4: torch modules mapping (x, y) → (x, y) on whole batches.
+
+``x`` is a (B, C, F, T) batch of log-mels (min-max scaled to [0, 1] by default), ``y`` a (B, K)
+float batch of (soft) targets in [0, 1]. Every module draws all of its randomness at once, one
+value per example, held as tensors: an example the augmentation skips gets a neutral value
+(mixup weight 1, band width 0, zoom 1, brightness shift 0, contrast 1) instead of a Python branch,
+so a batch costs a few tensor operations on whatever device ``x`` lives on, with no loop over
+examples. The random draws are made on the CPU (from ``generator`` or torch's global RNG, so
+``torch.manual_seed``/Lightning's ``seed_everything`` make runs reproducible) and moved to the
+device; they are B numbers, so the copy is negligible.
+
+Each module splits into ``sample(x) -> params`` (dict of (B,) tensors) and ``apply(x, y, params)``;
+``forward`` is ``apply(x, y, sample(x))``. Tests check defining properties through the params, and
+the gallery and benchmarks reuse them. The order of :func:`build_chain` is SPEC §4: mixup → SpecMix →
+zoom-and-crop → brightness/contrast → (optional) SpecAugment masking. A probability of 0 leaves
+the module out of the chain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from noisytag.config import AugmentConfig
+
+Params = dict[str, torch.Tensor]
+
+
+class BatchAugment(nn.Module):
+    """Base class: ``forward(x, y) = apply(x, y, sample(x))``; randomness from ``generator``.
+
+    ``generator`` must be a CPU ``torch.Generator`` (or None for torch's global RNG).
+    """
+
+    def __init__(self, generator: torch.Generator | None = None):
+        super().__init__()
+        self.generator = generator
+
+    # random draws (CPU, float32) --------------------------------------------------------------
+    def _uniform(self, n: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=self.generator)
+
+    def _coin(self, n: int, p: float) -> torch.Tensor:
+        """(n,) bool: True with probability p (p = 1 always True, p = 0 always False)."""
+        return torch.rand(n, generator=self.generator) < p
+
+    def _start(self, room: torch.Tensor) -> torch.Tensor:
+        """(n,) int64 uniform in [0, room] (inclusive) for an int64 tensor ``room`` ≥ 0."""
+        u = torch.rand(room.shape, generator=self.generator, dtype=torch.float64)
+        return torch.minimum((u * (room + 1)).floor().long(), room)
+
+    def _perm(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator)
+
+    # interface ---------------------------------------------------------------------------------
+    def sample(self, x: torch.Tensor) -> Params:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = {k: v.to(x.device) for k, v in self.sample(x).items()}
+        return self.apply(x, y, params)
+
+
+def _per_example(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) → broadcastable against ``like`` (B, ...) in its dtype."""
+    return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _band(start: torch.Tensor, width: torch.Tensor, size: int) -> torch.Tensor:
+    """(B,) starts and widths → (B, size) bool mask of positions in [start, start + width)."""
+    pos = torch.arange(size, device=start.device)
+    return (pos >= start[:, None]) & (pos < (start + width)[:, None])
+
+
+class Mixup(BatchAugment):
+    """mixup: ``x ← λ·x + (1−λ)·x[perm]`` and the same for ``y``.
+
+    λ ~ Beta(alpha, alpha), then λ ← max(λ, 1−λ), so each example keeps at least half of itself;
+    the partner is a shuffled example of the same batch (possibly itself). With probability 1 − p
+    an example keeps λ = 1. params: ``lam`` (B,), ``perm`` (B,) int64.
+    """
+
+    def __init__(self, alpha: float = 0.4, p: float = 1.0, generator: torch.Generator | None = None):
+        super().__init__(generator)
+        self.alpha, self.p = float(alpha), float(p)
+
+    def sample(self, x: torch.Tensor) -> Params:
+        n = x.shape[0]
+        # torch's Beta sampler takes no generator: seed a NumPy one from the torch stream instead.
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        lam = torch.from_numpy(np.random.default_rng(seed).beta(self.alpha, self.alpha, n)).float()
+        lam = torch.maximum(lam, 1.0 - lam)
+        lam = torch.where(self._coin(n, self.p), lam, torch.ones(n))
+        return {"lam": lam, "perm": self._perm(n)}
+
+    def apply(self, x, y, params):
+        perm = params["perm"]
+        lx, ly = _per_example(params["lam"], x), _per_example(params["lam"], y)
+        # lerp(partner, own, λ) = λ·own + (1−λ)·partner in one pass
+        return torch.lerp(x[perm], x, lx), torch.lerp(y[perm], y, ly)
+
+
+class SpecMix(BatchAugment):
+    """SpecMix: a mel band and a time band of each example are replaced by a shuffled partner's.
+
+    h, w ~ U[0, max_size); the band of ``int(h·F)`` consecutive mel bins and the band of ``int(w·T)``
+    consecutive frames (each at a uniformly random start) are copied from the same region of the
+    partner (the union of the two bands, a cross). Target: ``(1−a)·y + a·y[perm]`` with
+    ``a = h + w − h·w`` (SPEC §4: from the drawn h and w, not the rounded band sizes). An example
+    skipped with probability 1 − p has h = w = 0. params: ``h``, ``w`` (B,) float; ``f0``, ``fh``,
+    ``t0``, ``tw`` (B,) int64 band starts and widths; ``perm``.
+    """
+
+    def __init__(self, max_size: float = 0.25, p: float = 1.0, generator: torch.Generator | None = None):
+        super().__init__(generator)
+        self.max_size, self.p = float(max_size), float(p)
+
+    def sample(self, x: torch.Tensor) -> Params:
+        n, n_f, n_t = x.shape[0], x.shape[-2], x.shape[-1]
+        keep = self._coin(n, self.p).float()
+        h = self._uniform(n, 0.0, self.max_size) * keep
+        w = self._uniform(n, 0.0, self.max_size) * keep
+        fh = (h.double() * n_f).floor().long()
+        tw = (w.double() * n_t).floor().long()
+        f0, t0 = self._start(n_f - fh), self._start(n_t - tw)
+        return {"h": h, "w": w, "f0": f0, "fh": fh, "t0": t0, "tw": tw, "perm": self._perm(n)}
+
+    def apply(self, x, y, params):
+        perm = params["perm"]
+        rows = _band(params["f0"], params["fh"], x.shape[-2])  # (B, F)
+        cols = _band(params["t0"], params["tw"], x.shape[-1])  # (B, T)
+        region = (rows[:, :, None] | cols[:, None, :]).reshape(
+            x.shape[0], *([1] * (x.dim() - 3)), *x.shape[-2:]
+        )
+        h, w = params["h"], params["w"]
+        a = _per_example(h + w - h * w, y)
+        return torch.where(region, x[perm], x), (1 - a) * y + a * y[perm]
+
+
+class ZoomCrop(BatchAugment):
+    """Zoom by s ~ U[1, max_zoom] about a random point, keeping the size (one affine resampling).
+
+    Output pixel u (normalised to [−1, 1]) reads the input at ``c + (u − c)/s``, c ~ U[−1, 1]² the
+    fixed point, so the crop always stays inside the input; bilinear, border padding. Examples
+    skipped with probability 1 − p keep their exact values. Targets are unchanged.
+    params: ``on`` (B,) bool, ``scale`` (B,), ``cy``, ``cx`` (B,) fixed point (mel, time).
+    """
+
+    def __init__(self, max_zoom: float = 1.05, p: float = 0.75, generator: torch.Generator | None = None):
+        super().__init__(generator)
+        self.max_zoom, self.p = float(max_zoom), float(p)
+
+    def sample(self, x: torch.Tensor) -> Params:
+        n = x.shape[0]
+        on = self._coin(n, self.p)
+        scale = torch.where(on, self._uniform(n, 1.0, self.max_zoom), torch.ones(n))
+        return {"on": on, "scale": scale, "cy": self._uniform(n, -1, 1), "cx": self._uniform(n, -1, 1)}
+
+    def apply(self, x, y, params):
+        inv = 1.0 / params["scale"].to(x.dtype)
+        zero = torch.zeros_like(inv)
+        cx, cy = params["cx"].to(x.dtype), params["cy"].to(x.dtype)
+        # affine_grid's theta maps output (x=time, y=mel) coordinates to input coordinates.
+        theta = torch.stack(
+            [
+                torch.stack([inv, zero, cx * (1 - inv)], dim=1),
+                torch.stack([zero, inv, cy * (1 - inv)], dim=1),
+            ],
+            dim=1,
+        )
+        flat = x.reshape(x.shape[0], -1, *x.shape[-2:])
+        grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+        warped = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        on = _per_example(params["on"], x).bool()
+        return torch.where(on, warped.reshape(x.shape), x), y
+
+
+class Lighting(BatchAugment):
+    """fastai's brightness and contrast, in logit space for inputs in [0, 1].
+
+    ``x ← sigmoid((logit(x) + logit(b)) · s)`` with brightness b ~ U[0.5(1−m_b), 0.5(1+m_b)] (with
+    probability p_b, else b = 0.5, no change) and contrast s = exp(U[log(1−m_c), −log(1−m_c)]) (with
+    probability p_c, else s = 1), as fastai v1's ``brightness``/``contrast`` of ``get_transforms(
+    max_lighting=m)``. Values stay in (0, 1); untouched examples keep their exact values. Inputs
+    outside [0, 1] (``data.normalize: none``) are clamped first: switch lighting off for them.
+    params: ``shift`` (B,) = logit(b), ``scale`` (B,), ``on`` (B,) bool.
+    """
+
+    def __init__(
+        self,
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        p_brightness: float = 0.75,
+        p_contrast: float = 0.75,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(generator)
+        self.brightness, self.contrast = float(brightness), float(contrast)
+        self.p_brightness, self.p_contrast = float(p_brightness), float(p_contrast)
+
+    def sample(self, x: torch.Tensor) -> Params:
+        n = x.shape[0]
+        b_on, c_on = self._coin(n, self.p_brightness), self._coin(n, self.p_contrast)
+        mb, mc = self.brightness, self.contrast
+        change = self._uniform(n, 0.5 * (1 - mb), 0.5 * (1 + mb))
+        shift = torch.where(b_on, torch.log(change) - torch.log1p(-change), torch.zeros(n))
+        log_c = -math.log(1 - mc) if mc > 0 else 0.0
+        scale = torch.where(c_on, torch.exp(self._uniform(n, -log_c, log_c)), torch.ones(n))
+        return {"shift": shift, "scale": scale, "on": b_on | c_on}
+
+    def apply(self, x, y, params):
+        shift, scale = _per_example(params["shift"], x), _per_example(params["scale"], x)
+        lit = torch.sigmoid((torch.logit(x, eps=1e-6) + shift) * scale)
+        return torch.where(_per_example(params["on"], x).bool(), lit, x), y
+
+
+class Masking(BatchAugment):
+    """SpecAugment-style masking: one mel band and one time band set to zero (the min-max floor).
+
+    Widths ~ U{0, …, max_freq} and U{0, …, max_time} (clipped to the input), random starts; with
+    probability 1 − p both widths are 0. Targets are unchanged. params: ``f0``, ``fh``, ``t0``, ``tw``.
+    """
+
+    def __init__(
+        self, max_freq: int = 16, max_time: int = 16, p: float = 1.0, generator: torch.Generator | None = None
+    ):
+        super().__init__(generator)
+        self.max_freq, self.max_time, self.p = int(max_freq), int(max_time), float(p)
+
+    def sample(self, x: torch.Tensor) -> Params:
+        n, n_f, n_t = x.shape[0], x.shape[-2], x.shape[-1]
+        keep = self._coin(n, self.p).long()
+        fh = self._start(torch.full((n,), min(self.max_freq, n_f))) * keep
+        tw = self._start(torch.full((n,), min(self.max_time, n_t))) * keep
+        return {"f0": self._start(n_f - fh), "fh": fh, "t0": self._start(n_t - tw), "tw": tw}
+
+    def apply(self, x, y, params):
+        rows = _band(params["f0"], params["fh"], x.shape[-2])
+        cols = _band(params["t0"], params["tw"], x.shape[-1])
+        region = (rows[:, :, None] | cols[:, None, :]).reshape(
+            x.shape[0], *([1] * (x.dim() - 3)), *x.shape[-2:]
+        )
+        return x.masked_fill(region, 0.0), y
+
+
+class AugmentChain(nn.Module):
+    """Apply named batch augmentations in order: (x, y) → (x, y). Empty chain = identity."""
+
+    def __init__(self, steps: dict[str, BatchAugment] | None = None):
+        super().__init__()
+        self.steps = nn.ModuleDict(steps or {})
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for step in self.steps.values():
+            x, y = step(x, y)
+        return x, y
+
+
+def check_config(cfg: AugmentConfig) -> None:
+    """Raise ValueError naming the ``augment.*`` key whose value is out of range."""
+    for key in ("mixup_p", "specmix_p", "zoom_p", "brightness_p", "contrast_p", "mask_p", "specmix_max"):
+        value = getattr(cfg, key)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"config key 'augment.{key}': must be in [0, 1], got {value}")
+    for key in ("brightness", "contrast"):
+        value = getattr(cfg, key)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"config key 'augment.{key}': must be in [0, 1), got {value}")
+    if cfg.mixup_p > 0 and not cfg.mixup_alpha > 0:
+        raise ValueError(f"config key 'augment.mixup_alpha': must be > 0, got {cfg.mixup_alpha}")
+    if cfg.zoom_max < 1.0:
+        raise ValueError(f"config key 'augment.zoom_max': must be ≥ 1, got {cfg.zoom_max}")
+    for key in ("mask_freq", "mask_time"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"config key 'augment.{key}': must be ≥ 0, got {getattr(cfg, key)}")
+
+
+def build_steps(cfg: AugmentConfig, generator: torch.Generator | None = None) -> dict[str, BatchAugment]:
+    """Every augmentation of the config (including those with probability 0), in SPEC §4 order."""
+    check_config(cfg)
+    return {
+        "mixup": Mixup(cfg.mixup_alpha, cfg.mixup_p, generator),
+        "specmix": SpecMix(cfg.specmix_max, cfg.specmix_p, generator),
+        "zoom": ZoomCrop(cfg.zoom_max, cfg.zoom_p, generator),
+        "lighting": Lighting(cfg.brightness, cfg.contrast, cfg.brightness_p, cfg.contrast_p, generator),
+        "masking": Masking(cfg.mask_freq, cfg.mask_time, cfg.mask_p, generator),
+    }
+
+
+def _enabled(name: str, cfg: AugmentConfig) -> bool:
+    return {
+        "mixup": cfg.mixup_p > 0,
+        "specmix": cfg.specmix_p > 0 and cfg.specmix_max > 0,
+        "zoom": cfg.zoom_p > 0 and cfg.zoom_max > 1,
+        "lighting": (cfg.brightness_p > 0 and cfg.brightness > 0)
+        or (cfg.contrast_p > 0 and cfg.contrast > 0),
+        "masking": cfg.mask_p > 0 and (cfg.mask_freq > 0 or cfg.mask_time > 0),
+    }[name]
+
+
+def build_chain(cfg: AugmentConfig | None = None, generator: torch.Generator | None = None) -> AugmentChain:
+    """The training augmentation chain of SPEC §4 (switched-off augmentations left out).
+
+    All steps share ``generator`` (a CPU ``torch.Generator``; None = torch's global RNG), so the same
+    seed and input give the same output.
+    """
+    cfg = cfg or AugmentConfig()
+    steps = build_steps(cfg, generator)
+    return AugmentChain({k: v for k, v in steps.items() if _enabled(k, cfg)})
+
+
+GALLERY_COLUMNS = ("original", "mixup", "SpecMix", "zoom", "lighting", "masking", "full chain")
+
+
+@torch.no_grad()
+def gallery(
+    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig | None = None, seed: int = 0
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each augmentation alone, then the full chain, applied to one batch: column → (x, y).
+
+    For the single-augmentation columns the probabilities are forced to 1 (and masking is shown
+    even when the config leaves it off) so every panel shows the effect; the partners of mixup
+    and SpecMix are a cyclic shift of the batch so no clip mixes with itself. ``full chain`` is
+    :func:`build_chain` with the config exactly as given (self-partners possible, as in training).
+    """
+    cfg = cfg or AugmentConfig()
+    forced = dataclasses.replace(
+        cfg, mixup_p=1.0, specmix_p=1.0, zoom_p=1.0, brightness_p=1.0, contrast_p=1.0, mask_p=1.0
+    )
+    gen = torch.Generator().manual_seed(seed)
+    steps = build_steps(forced, gen)
+    n = x.shape[0]
+    shifted = torch.roll(torch.arange(n), 1) if n > 1 else torch.zeros(1, dtype=torch.long)
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {"original": (x, y)}
+    for column, key in zip(
+        GALLERY_COLUMNS[1:6], ("mixup", "specmix", "zoom", "lighting", "masking"), strict=True
+    ):
+        params = steps[key].sample(x)
+        if "perm" in params:
+            params["perm"] = shifted
+        params = {k: v.to(x.device) for k, v in params.items()}
+        out[column] = steps[key].apply(x, y, params)
+    out["full chain"] = build_chain(cfg, gen)(x, y)
+    return out

@@ -1,0 +1,281 @@
+"""Batch augmentations (SPEC §4): defining properties, identity when off, reproducibility."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from noisytag.augment import (
+    GALLERY_COLUMNS,
+    Lighting,
+    Masking,
+    Mixup,
+    SpecMix,
+    ZoomCrop,
+    build_chain,
+    check_config,
+    gallery,
+)
+from noisytag.config import AugmentConfig
+
+OFF = AugmentConfig(mixup_p=0, specmix_p=0, zoom_p=0, brightness_p=0, contrast_p=0, mask_p=0)
+
+
+def batch(b=16, k=6, f=32, t=40, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 1, f, t, generator=g, dtype=dtype)
+    y = (torch.rand(b, k, generator=g) < 0.3).to(dtype)
+    return x, y
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def labelled_batch(b=12, f=32, t=40):
+    """Example i is the constant image i (so every pixel tells where it came from), one-hot target i."""
+    x = torch.arange(b, dtype=torch.float32).reshape(b, 1, 1, 1).expand(b, 1, f, t).contiguous()
+    return x, torch.eye(b)
+
+
+# mixup ----------------------------------------------------------------------------------------
+
+
+def test_mixup_lambda_at_least_half_and_mixes_inputs_and_targets():
+    x, y = batch(b=64)
+    mix = Mixup(alpha=0.4, p=1.0, generator=gen())
+    params = mix.sample(x)
+    lam, perm = params["lam"], params["perm"]
+    assert (lam >= 0.5).all() and (lam <= 1).all()
+    assert sorted(perm.tolist()) == list(range(64))
+    xo, yo = mix.apply(x, y, params)
+    lx = lam.reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(xo, lx * x + (1 - lx) * x[perm])
+    torch.testing.assert_close(yo, lam[:, None] * y + (1 - lam[:, None]) * y[perm])
+    assert yo.min() >= 0 and yo.max() <= 1
+
+
+def test_mixup_beta_is_u_shaped():
+    x, _ = batch(b=4000, f=2, t=2)
+    lam = Mixup(alpha=0.4, generator=gen(1)).sample(x)["lam"]
+    # Beta(0.4, 0.4) folded to [0.5, 1] puts most mass near 1: P(λ > 0.9) ≈ 0.44, mean ≈ 0.83
+    assert 0.78 < lam.mean().item() < 0.88
+    assert 0.38 < (lam > 0.9).float().mean().item() < 0.50
+
+
+def test_mixup_probability_gives_neutral_lambda():
+    x, y = batch()
+    lam = Mixup(p=0.0, generator=gen()).sample(x)["lam"]
+    assert (lam == 1).all()
+    xo, yo = Mixup(p=0.0, generator=gen())(x, y)
+    assert torch.equal(xo, x) and torch.equal(yo, y)
+
+
+# SpecMix --------------------------------------------------------------------------------------
+
+
+def test_specmix_bands_come_from_partner_and_target_weight():
+    x, y = labelled_batch()
+    b, _, f, t = x.shape
+    sm = SpecMix(max_size=0.25, p=1.0, generator=gen(3))
+    params = sm.sample(x)
+    xo, yo = sm.apply(x, y, params)
+    h, w, perm = params["h"], params["w"], params["perm"]
+    assert ((h >= 0) & (h < 0.25) & (w >= 0) & (w < 0.25)).all()
+    assert torch.equal(params["fh"], (h.double() * f).floor().long())
+    assert torch.equal(params["tw"], (w.double() * t).floor().long())
+    for i in range(b):  # checking the result, not computing it: a loop is fine here
+        f0, fh, t0, tw = (int(params[k][i]) for k in ("f0", "fh", "t0", "tw"))
+        assert 0 <= f0 <= f - fh and 0 <= t0 <= t - tw
+        cross = torch.zeros(f, t, dtype=torch.bool)
+        cross[f0 : f0 + fh, :] = True
+        cross[:, t0 : t0 + tw] = True
+        img = xo[i, 0]
+        assert (img[cross] == perm[i]).all()  # replaced bands hold the partner's pixels
+        assert (img[~cross] == i).all()  # the rest is the example's own
+    a = h + w - h * w
+    expected = (1 - a)[:, None] * y + a[:, None] * y[perm]
+    torch.testing.assert_close(yo, expected)
+    assert yo.min() >= 0 and yo.max() <= 1
+    torch.testing.assert_close(yo.sum(1), torch.ones(b))  # one-hot in → a mixture summing to 1
+
+
+def test_specmix_on_soft_targets_stays_in_unit_interval():
+    x, y = batch(b=64)
+    xm, ym = Mixup(generator=gen())(x, y)
+    _, yo = SpecMix(generator=gen(1))(xm, ym)
+    assert yo.min() >= 0 and yo.max() <= 1
+
+
+def test_specmix_disabled_is_identity():
+    x, y = batch()
+    xo, yo = SpecMix(p=0.0, generator=gen())(x, y)
+    assert torch.equal(xo, x) and torch.equal(yo, y)
+
+
+# zoom and crop --------------------------------------------------------------------------------
+
+
+def test_zoom_scales_a_ramp_about_its_fixed_point():
+    b, f, t = 4, 8, 64
+    ramp = torch.linspace(0, 1, t).expand(b, 1, f, t).contiguous()
+    zoom = ZoomCrop(max_zoom=1.05, p=1.0)
+    params = {
+        "on": torch.ones(b, dtype=torch.bool),
+        "scale": torch.tensor([1.0, 1.02, 1.05, 1.04]),
+        "cy": torch.zeros(b),
+        "cx": torch.tensor([0.0, 0.0, 0.0, -1.0]),
+    }
+    out, _ = zoom.apply(ramp, torch.zeros(b, 2), params)
+    torch.testing.assert_close(out[0], ramp[0], atol=1e-5, rtol=0)
+    interior = slice(8, 56)  # away from the border
+    slope_in = (ramp[0, 0, 0, interior].diff()).mean()
+    for i in range(1, 4):
+        slope = out[i, 0, 0, interior].diff().mean()
+        assert slope.item() == pytest.approx((slope_in / params["scale"][i]).item(), rel=1e-3)
+    assert out[1, 0, 0, 31:33].mean().item() == pytest.approx(0.5, abs=1e-3)  # centre fixed
+    assert out[3, 0, 0, 0].item() == pytest.approx(0.0, abs=1e-3)  # left edge fixed
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_zoom_untouched_examples_are_exact():
+    x, y = batch(b=64)
+    zoom = ZoomCrop(max_zoom=1.05, p=0.5, generator=gen())
+    params = zoom.sample(x)
+    out, yo = zoom.apply(x, y, params)
+    on = params["on"]
+    assert 0 < on.sum() < 64
+    assert ((params["scale"] >= 1) & (params["scale"] <= 1.05)).all()
+    assert torch.equal(out[~on], x[~on]) and torch.equal(yo, y)
+    assert not torch.equal(out[on], x[on])
+
+
+# lighting -------------------------------------------------------------------------------------
+
+
+def test_lighting_matches_fastai_formula():
+    x, y = batch(b=64)
+    light = Lighting(brightness=0.2, contrast=0.2, p_brightness=1.0, p_contrast=1.0, generator=gen())
+    params = light.sample(x)
+    change = torch.sigmoid(params["shift"])
+    assert ((change >= 0.4 - 1e-6) & (change <= 0.6 + 1e-6)).all()
+    assert ((params["scale"] >= 0.8 - 1e-6) & (params["scale"] <= 1.25 + 1e-6)).all()
+    out, yo = light.apply(x, y, params)
+    logit = torch.log(x / (1 - x))
+    expected = torch.sigmoid((logit + params["shift"].view(-1, 1, 1, 1)) * params["scale"].view(-1, 1, 1, 1))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert out.min() > 0 and out.max() < 1 and torch.equal(yo, y)
+
+
+def test_brightness_is_monotone_and_contrast_keeps_order_and_midpoint():
+    x = torch.tensor([0.05, 0.3, 0.5, 0.7, 0.95]).reshape(1, 1, 1, 5).repeat(2, 1, 1, 1)
+    y = torch.zeros(2, 1)
+    light = Lighting(brightness=0.2, contrast=0.2)
+    brighter, _ = light.apply(
+        x, y, {"shift": torch.full((2,), 0.4), "scale": torch.ones(2), "on": torch.ones(2, dtype=torch.bool)}
+    )
+    assert (brighter > x).all()
+    stronger, _ = light.apply(
+        x,
+        y,
+        {"shift": torch.zeros(2), "scale": torch.full((2,), 1.25), "on": torch.ones(2, dtype=torch.bool)},
+    )
+    flat = stronger[0, 0, 0]
+    assert (flat.diff() > 0).all() and flat[2].item() == pytest.approx(0.5)
+    assert flat[0] < x[0, 0, 0, 0] and flat[4] > x[0, 0, 0, 4]  # contrast spreads values apart
+
+
+def test_lighting_off_is_identity():
+    x, y = batch()
+    out, _ = Lighting(p_brightness=0.0, p_contrast=0.0, generator=gen())(x, y)
+    assert torch.equal(out, x)
+
+
+# masking --------------------------------------------------------------------------------------
+
+
+def test_masking_zeroes_bands_only():
+    x, y = batch(b=32)
+    x = x + 1.0  # no zeros before masking
+    mask = Masking(max_freq=6, max_time=7, p=1.0, generator=gen())
+    params = mask.sample(x)
+    out, yo = mask.apply(x, y, params)
+    assert (params["fh"] <= 6).all() and (params["tw"] <= 7).all() and params["fh"].max() > 0
+    zeros = out == 0
+    rows_zero = zeros.all(dim=3).squeeze(1).sum(1)  # mel rows entirely zero
+    cols_zero = zeros.all(dim=2).squeeze(1).sum(1)
+    full_t, full_f = x.shape[-1], x.shape[-2]
+    expected = params["fh"] * full_t + params["tw"] * full_f - params["fh"] * params["tw"]
+    assert torch.equal(zeros.sum(dim=(1, 2, 3)), expected)
+    assert (rows_zero >= params["fh"]).all() and (cols_zero >= params["tw"]).all()
+    assert torch.equal(out[~zeros], x[~zeros]) and torch.equal(yo, y)
+
+
+# chain ----------------------------------------------------------------------------------------
+
+
+def test_chain_order_and_switches():
+    assert list(build_chain(AugmentConfig()).steps) == ["mixup", "specmix", "zoom", "lighting"]
+    assert list(build_chain(AugmentConfig(mask_p=0.5)).steps)[-1] == "masking"
+    assert list(build_chain(dataclasses.replace(OFF, zoom_p=0.5)).steps) == ["zoom"]
+    assert len(build_chain(OFF)) == 0
+
+
+def test_disabled_chain_is_identity():
+    x, y = batch()
+    xo, yo = build_chain(OFF, gen())(x, y)
+    assert torch.equal(xo, x) and torch.equal(yo, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chain_keeps_shape_dtype_device_and_ranges(dtype):
+    x, y = batch(b=24, dtype=dtype)
+    xo, yo = build_chain(AugmentConfig(mask_p=0.5), gen())(x, y)
+    assert xo.shape == x.shape and yo.shape == y.shape
+    assert xo.dtype == dtype and yo.dtype == dtype and xo.device == x.device
+    assert xo.min() >= 0 and xo.max() <= 1 and yo.min() >= 0 and yo.max() <= 1
+    assert not torch.equal(xo, x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_chain_runs_on_cuda():  # pragma: no cover - CPU CI
+    x, y = batch()
+    xo, yo = build_chain(AugmentConfig(mask_p=0.5), gen())(x.cuda(), y.cuda())
+    assert xo.is_cuda and yo.is_cuda
+
+
+def test_chain_is_reproducible():
+    x, y = batch(b=32)
+    cfg = AugmentConfig(mask_p=0.5)
+    a = build_chain(cfg, gen(7))(x, y)
+    b = build_chain(cfg, gen(7))(x, y)
+    c = build_chain(cfg, gen(8))(x, y)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    torch.manual_seed(5)
+    d = build_chain(cfg)(x, y)
+    torch.manual_seed(5)
+    e = build_chain(cfg)(x, y)
+    assert torch.equal(d[0], e[0]) and torch.equal(d[1], e[1])
+
+
+def test_bad_config_names_the_key():
+    with pytest.raises(ValueError, match="augment.zoom_max"):
+        check_config(AugmentConfig(zoom_max=0.9))
+    with pytest.raises(ValueError, match="augment.mixup_p"):
+        build_chain(AugmentConfig(mixup_p=1.5))
+    with pytest.raises(ValueError, match="augment.contrast"):
+        build_chain(AugmentConfig(contrast=1.0))
+
+
+def test_gallery_columns():
+    x, y = labelled_batch(b=4)
+    panels = gallery(x / 4, y, AugmentConfig(), seed=0)
+    assert tuple(panels) == GALLERY_COLUMNS
+    for xs, ys in panels.values():
+        assert xs.shape == x.shape and ys.shape == y.shape
+    # the single-augmentation mixup never mixes a clip with itself
+    _, ym = panels["mixup"]
+    assert ((ym > 0).sum(1) == 2).all()
