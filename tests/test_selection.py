@@ -38,7 +38,7 @@ def test_stage3_threshold_boundary_and_nan():
     assert list(out.columns) == ["fname", "fold", "labels", "score"]
     assert set(out["fname"]) == {"a.wav", "b.wav", "e.wav"}
     assert out.set_index("fname").loc["a.wav", "score"] == 0.5
-    assert math.sqrt(3 / 11 * 11 / 12) < 0.5  # the case the tolerance is for
+    assert math.sqrt((3 / 11) * (11 / 12)) < 0.5  # the case the tolerance is for
 
 
 def test_stage3_cap_per_fold_and_label_with_ties_by_name():
