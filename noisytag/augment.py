@@ -326,12 +326,13 @@ GALLERY_COLUMNS = ("original", "mixup", "SpecMix", "zoom", "lighting", "masking"
 @torch.no_grad()
 def gallery(
     x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig | None = None, seed: int = 0
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each augmentation alone, then the full chain, applied to one batch: column → (x, y).
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, Params]]:
+    """Each augmentation alone, then the full chain, applied to one batch: column → (x, y, params).
 
     For the single-augmentation columns the probabilities are forced to 1 (and masking is shown
     even when the config leaves it off) so every panel shows the effect; the partners of mixup
-    and SpecMix are a cyclic shift of the batch so no clip mixes with itself. ``full chain`` is
+    and SpecMix are a cyclic shift of the batch so no clip mixes with itself. ``params`` are the
+    draws of that column (empty for ``original`` and ``full chain``). ``full chain`` is
     :func:`build_chain` with the config exactly as given (self-partners possible, as in training).
     """
     cfg = cfg or AugmentConfig()
@@ -342,14 +343,13 @@ def gallery(
     steps = build_steps(forced, gen)
     n = x.shape[0]
     shifted = torch.roll(torch.arange(n), 1) if n > 1 else torch.zeros(1, dtype=torch.long)
-    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {"original": (x, y)}
-    for column, key in zip(
-        GALLERY_COLUMNS[1:6], ("mixup", "specmix", "zoom", "lighting", "masking"), strict=True
-    ):
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, Params]] = {"original": (x, y, {})}
+    keys = ("mixup", "specmix", "zoom", "lighting", "masking")
+    for column, key in zip(GALLERY_COLUMNS[1:6], keys, strict=True):
         params = steps[key].sample(x)
         if "perm" in params:
             params["perm"] = shifted
         params = {k: v.to(x.device) for k, v in params.items()}
-        out[column] = steps[key].apply(x, y, params)
-    out["full chain"] = build_chain(cfg, gen)(x, y)
+        out[column] = (*steps[key].apply(x, y, params), params)
+    out["full chain"] = (*build_chain(cfg, gen)(x, y), {})
     return out

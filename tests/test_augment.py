@@ -274,8 +274,9 @@ def test_gallery_columns():
     x, y = labelled_batch(b=4)
     panels = gallery(x / 4, y, AugmentConfig(), seed=0)
     assert tuple(panels) == GALLERY_COLUMNS
-    for xs, ys in panels.values():
+    for xs, ys, _ in panels.values():
         assert xs.shape == x.shape and ys.shape == y.shape
     # the single-augmentation mixup never mixes a clip with itself
-    _, ym = panels["mixup"]
+    _, ym, params = panels["mixup"]
+    assert (params["lam"] >= 0.5).all()
     assert ((ym > 0).sum(1) == 2).all()
