@@ -183,4 +183,29 @@ def demo(
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
 
 
+@app.command("augment-gallery")
+def augment_gallery(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("gallery.png"),
+    n_clips: Annotated[int, typer.Option("--n-clips", min=1, max=16, help="Clips (rows) to show.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the clip choice, windows and augmentations.")] = 0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Draw a grid of a few clips' log-mel windows and each batch augmentation applied to them.
+
+    Columns: original, mixup, SpecMix, zoom, lighting, masking (each forced on) and the full chain
+    as configured (augment.* keys); the training target is written under each panel as a label
+    mixture, e.g. "0.62 Bell + 0.38 Siren".
+    """
+    cfg = load_cfg(config, set_)
+    from noisytag.gallery import save_gallery
+
+    try:
+        path = save_gallery(data_dir, output, n_clips=n_clips, seed=seed, cfg=cfg)
+    except (OSError, ValueError) as err:  # DataError is a ValueError
+        fail(str(err))
+    console.print(f"[green]gallery written[/] -> {path}")
+
+
 # --- end of commands ---
