@@ -183,6 +183,33 @@ def demo(
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (made by `noisytag pipeline`).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file to write; default RUN_DIR/report.html.")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data set of the run (gallery, example log-mels, truth/); default: run.json."),
+    ] = None,
+) -> None:
+    """Write the run's self-contained HTML report (works offline; partial runs too).
+
+    Sections: the article's stage table beside SPEC §6, training curves, per-class lwlrap of the
+    ensemble, stage 3/4 selections, the least-trusted noisy clips (also RUN_DIR/least_trusted.csv),
+    augmentation gallery with example log-mels, config, versions and timings.
+    """
+    from noisytag.report import write_report
+
+    if not run_dir.is_dir():
+        fail(f"run directory '{run_dir}' does not exist")
+    if data is not None and not data.is_dir():
+        fail(f"data set '{data}' does not exist")
+    path = write_report(run_dir, out=out, data_dir=data)
+    console.print(f"report written to {path}")
+
+
 @app.command("augment-gallery")
 def augment_gallery(
     data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],

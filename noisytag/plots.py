@@ -1,0 +1,176 @@
+"""Figures of the run report: each function takes plain arrays/frames and returns a matplotlib Figure.
+
+Figures are made with ``matplotlib.figure.Figure`` directly (no pyplot), so nothing here touches the
+global backend or leaks open figures; :func:`figure_png` renders any figure to base64 PNG for embedding
+in the self-contained HTML report.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import sys
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+# colour-blind-friendly palette (Okabe-Ito) for stages; tab10 for folds
+STAGE_COLORS = {1: "#999999", 2: "#0072B2", 3: "#E69F00", 4: "#009E73"}
+ACCENT = "#0072B2"
+
+
+def figure_png(fig, dpi: int = 96) -> str:
+    """Render ``fig`` to PNG and return it base64-encoded (for ``<img src="data:image/png;base64,...">``).
+
+    Closes the figure in pyplot too when it was made there (e.g. by another module), so repeated reports
+    do not accumulate open figures.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _style(ax) -> None:
+    ax.grid(True, color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def per_epoch(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per epoch: a logger may write training and validation values on separate rows (NaN
+    elsewhere); the mean over each epoch's rows skips the NaNs and merges them."""
+    cols = [c for c in ("train_loss", "val_loss", "val_lwlrap", "lr") if c in metrics.columns]
+    if "epoch" not in metrics.columns:
+        metrics = metrics.assign(epoch=np.arange(len(metrics)))
+    frame = metrics[["epoch", *cols]].apply(pd.to_numeric, errors="coerce")
+    return frame.groupby("epoch", sort=True).mean().reset_index()
+
+
+def curves_figure(curves: dict[int, pd.DataFrame]) -> Figure:
+    """Training curves of one stage: loss, validation lwlrap and learning rate against epoch.
+
+    ``curves`` maps fold number → metrics frame (epoch, train_loss, val_loss, val_lwlrap, lr); one colour
+    per fold, training loss solid and validation loss dashed.
+    """
+    fig = Figure(figsize=(13, 3.3))
+    axes = fig.subplots(1, 3)
+    cmap = [f"C{i % 10}" for i in range(max(len(curves), 1))]
+    for i, (fold, raw) in enumerate(sorted(curves.items())):
+        df = per_epoch(raw)
+        x = df["epoch"].to_numpy() + 1
+        color = cmap[i]
+        if "train_loss" in df:
+            axes[0].plot(x, df["train_loss"], color=color, lw=1.4)
+        if "val_loss" in df:
+            axes[0].plot(x, df["val_loss"], color=color, lw=1.2, ls="--")
+        if "val_lwlrap" in df:
+            axes[1].plot(x, df["val_lwlrap"], color=color, lw=1.4, marker=".", ms=4, label=f"fold {fold}")
+        if "lr" in df:
+            axes[2].plot(x, df["lr"], color=color, lw=1.4)
+    for ax, name in zip(axes, ("loss (— train, -- val)", "validation lwlrap", "learning rate"), strict=True):
+        _style(ax)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("epoch")
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if curves:
+        axes[1].legend(fontsize=7, ncol=2 if len(curves) > 5 else 1, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_figure(names: list[str], values: np.ndarray, weights: np.ndarray, overall: float) -> Figure:
+    """Horizontal bars of per-class lwlrap, worst class at the top; the bar label gives the class's
+    share of positive labels (its weight in the overall lwlrap)."""
+    order = np.argsort(values, kind="stable")
+    n = len(order)
+    fig = Figure(figsize=(10, 0.9 + 0.22 * n))
+    ax = fig.subplots()
+    y = np.arange(n)
+    vals = values[order]
+    colors = [_ramp(v) for v in vals]
+    ax.barh(y, vals, color=colors, height=0.75)
+    ax.set_yticks(y, [names[i] for i in order], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    ax.axvline(overall, color="#333333", lw=1, ls="--")
+    ax.text(overall, -0.9, f" overall {overall:.3f}", fontsize=8, va="bottom", ha="left")
+    for yi, (v, w) in enumerate(zip(vals, weights[order], strict=True)):
+        ax.text(min(v, 1.0) + 0.01, yi, f"{v:.3f}  ({100 * w:.1f} %)", va="center", fontsize=7, color="#444")
+    ax.set_xlabel("lwlrap (bar label: value and share of positive labels)")
+    ax.set_ylim(n - 0.5, -1.5)
+    _style(ax)
+    ax.grid(axis="y", visible=False)
+    fig.tight_layout()
+    return fig
+
+
+def _ramp(v: float) -> tuple:
+    """Red (0) → amber (0.5) → green (1) for a score in [0, 1]."""
+    v = float(np.clip(v, 0, 1)) if np.isfinite(v) else 0.0
+    lo, mid, hi = np.array([0.84, 0.33, 0.26]), np.array([0.93, 0.69, 0.25]), np.array([0.30, 0.65, 0.42])
+    rgb = lo + (mid - lo) * (v / 0.5) if v < 0.5 else mid + (hi - mid) * ((v - 0.5) / 0.5)
+    return tuple(rgb)
+
+
+def selection_figure(
+    counts: pd.DataFrame, precision: pd.DataFrame | None = None, base_rate: float | None = None
+) -> Figure:
+    """Clips kept per label by each selection stage (grouped bars; rows = labels, columns = stages).
+
+    With ``precision`` (same shape; fraction of kept clips whose labels are right) a second panel shows
+    per-label precision, so labels where the selection admits wrong clips stand out; ``base_rate`` (the
+    share of correct clips in the whole noisy set) is drawn as a dashed line for comparison.
+    """
+    n = len(counts)
+    k = max(len(counts.columns), 1)
+    panels = 2 if precision is not None else 1
+    fig = Figure(figsize=(max(8, 0.2 * n + 2), 3.4 * panels))
+    axes = np.atleast_1d(fig.subplots(panels, 1, sharex=True))
+    x = np.arange(n)
+    width = 0.8 / k
+    for j, col in enumerate(counts.columns):
+        stage = int(str(col).removeprefix("stage "))
+        color = STAGE_COLORS.get(stage, f"C{j}")
+        offset = (j - (k - 1) / 2) * width
+        axes[0].bar(x + offset, counts[col].to_numpy(), width, color=color, label=str(col))
+        if precision is not None:
+            axes[1].bar(x + offset, precision[col].to_numpy(), width, color=color, label=str(col))
+    axes[0].set_ylabel("clips kept")
+    axes[0].legend(fontsize=8, frameon=False)
+    if precision is not None:
+        axes[1].set_ylabel("precision")
+        axes[1].set_ylim(0, 1.05)
+        if base_rate is not None and np.isfinite(base_rate):
+            axes[1].axhline(base_rate, color="#333333", lw=1, ls="--", label="noisy-set base rate")
+        axes[1].legend(fontsize=8, frameon=False, loc="lower right")
+    for ax in axes:
+        _style(ax)
+        ax.grid(axis="x", visible=False)
+        ax.set_xlim(-0.6, n - 0.4)
+    axes[-1].set_xticks(x, [str(i) for i in counts.index], rotation=90, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def logmel_figure(items: list[dict], hop_seconds: float) -> Figure:
+    """Grid of log-mel spectrograms; each item: ``db`` (n_mels, T) array, ``title`` and ``caption``."""
+    cols = 2 if len(items) > 1 else 1
+    rows = (len(items) + cols - 1) // cols
+    fig = Figure(figsize=(6.5 * cols, 2.9 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, item in zip(axes, items, strict=False):
+        db = item["db"]
+        extent = (0, db.shape[1] * hop_seconds, 0, db.shape[0])
+        ax.imshow(db, origin="lower", aspect="auto", cmap="magma", extent=extent, interpolation="nearest")
+        ax.set_title(f"{item['title']}\n{item['caption']}", fontsize=8.5, loc="left")
+        ax.set_xlabel("time (s)", fontsize=8)
+        ax.set_ylabel("mel band", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(items) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
