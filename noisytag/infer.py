@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from noisytag.config import FrontendConfig, InferConfig
 from noisytag.windows import window_offsets
@@ -39,8 +41,53 @@ log = logging.getLogger(__name__)
 # members
 
 
+class ProbsModel(nn.Module):
+    """(B, 1, F, W) windows → (B, K) sigmoid probabilities (channels repeated if the model wants more).
+
+    The graph exported to ONNX for the exact mode; the torch backend runs the same module.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.in_channels = int(model.spec.get("in_channels", 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels != 1:
+            x = x.expand(-1, self.in_channels, -1, -1)
+        return torch.sigmoid(self.model(x))
+
+
+class WindowedHead(nn.Module):
+    """Fast mode: (1, 1, F, T) clip + (n,) window start frames → (n, K) probabilities.
+
+    The body runs once over the clip; window w's slice of the feature map starts at
+    ``round(start / time_reduction)`` (clamped into the map) and spans ``width // time_reduction``
+    steps; the head pools and classifies each slice. Exported to ONNX as one graph.
+    """
+
+    def __init__(self, model, width: int = 128):
+        super().__init__()
+        self.model = model
+        self.in_channels = int(model.spec.get("in_channels", 1))
+        self.reduction = int(getattr(model, "time_reduction", 1))
+        self.steps = max(width // self.reduction, 1)
+
+    def forward(self, x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        if self.in_channels != 1:
+            x = x.expand(-1, self.in_channels, -1, -1)
+        fmap = self.model.body(x)[0]  # (D, F', T')
+        last = torch.ones_like(starts) * (fmap.shape[-1] - self.steps)
+        first = torch.round(starts.to(torch.float32) / self.reduction).to(torch.int64)
+        first = torch.clamp(torch.minimum(first, last), min=0)
+        idx = first[:, None] + torch.arange(self.steps, device=starts.device)[None, :]  # (n, w')
+        windows = fmap[:, :, idx].permute(2, 0, 1, 3)  # (D, F', n, w') → (n, D, F', w')
+        head = self.model.head
+        return torch.sigmoid(head.classify(head.pool(windows)))
+
+
 class TorchMember:
-    """One PyTorch model behind the member interface (eval mode, no autograd, sigmoid outputs)."""
+    """One PyTorch model behind the member interface (eval mode, inference mode, sigmoid outputs)."""
 
     def __init__(self, model, device: str = "cpu", name: str = ""):
         self.model = model.to(device).eval()
@@ -49,36 +96,24 @@ class TorchMember:
         self.in_channels = int(model.spec.get("in_channels", 1))
         self.n_classes = int(model.spec["n_classes"])
         self.time_reduction = int(getattr(model, "time_reduction", 1))
+        self._probs = ProbsModel(self.model).eval()
+        self._fast: dict[int, WindowedHead] = {}
 
-    def _input(self, x: np.ndarray):
-        import torch
-
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-        return t.expand(-1, self.in_channels, -1, -1) if self.in_channels != t.shape[1] else t
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 
     def probs(self, x: np.ndarray) -> np.ndarray:
         """(B, 1, F, W) normalised windows → (B, K) sigmoid probabilities."""
-        import torch
-
         with torch.inference_mode():
-            return torch.sigmoid(self.model(self._input(x))).float().cpu().numpy()
+            return self._probs(self._tensor(x.astype(np.float32, copy=False))).float().cpu().numpy()
 
-    def feature_map(self, x: np.ndarray):
-        """(1, 1, F, T) whole clip → body feature map (1, D, F', T') (kept as a tensor)."""
-        import torch
-
+    def fast_probs(self, x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+        """(1, 1, F, T) whole clip + (n,) start frames → (n, K) via :class:`WindowedHead`."""
+        if width not in self._fast:
+            self._fast[width] = WindowedHead(self.model, width).eval()
         with torch.inference_mode():
-            return self.model.body(self._input(x))
-
-    def head_probs(self, fmap, starts: np.ndarray, steps: int) -> np.ndarray:
-        """Pool ``steps`` feature steps from each start of ``fmap`` (1, D, F', T') → (n, K) probabilities."""
-        import torch
-
-        with torch.inference_mode():
-            idx = torch.as_tensor(starts[:, None] + np.arange(steps)[None, :], device=fmap.device)
-            windows = fmap[0][:, :, idx].permute(2, 0, 1, 3)  # (D, F', n, w') → (n, D, F', w')
-            head = self.model.head
-            return torch.sigmoid(head.classify(head.pool(windows))).float().cpu().numpy()
+            out = self._fast[width](self._tensor(x.astype(np.float32, copy=False)), self._tensor(starts))
+            return out.float().cpu().numpy()
 
 
 def as_members(models, device: str = "cpu") -> list:
@@ -136,15 +171,10 @@ def ensemble_probs(members: Sequence, x: np.ndarray) -> np.ndarray:
 
 def fast_clip_probs(members: Sequence, x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     """Fast mode for one clip: body once over (F, T) ``x``, head on each window's slice → (n, K)."""
-    total = None
-    for member in members:
-        r = member.time_reduction
-        fmap = member.feature_map(x[None, None])
-        steps = max(width // r, 1)
-        last = max(int(fmap.shape[-1]) - steps, 0)
-        fstarts = np.clip(np.round(starts / r).astype(np.int64), 0, last)
-        p = member.head_probs(fmap, fstarts, steps).astype(np.float64)
-        total = p if total is None else total + p
+    clip = x[None, None]
+    total = members[0].fast_probs(clip, starts, width).astype(np.float64)
+    for member in members[1:]:
+        total += member.fast_probs(clip, starts, width)
     return (total / len(members)).astype(np.float32)
 
 
@@ -248,10 +278,16 @@ def predict_cache(
 
 @dataclass
 class FileResult:
-    """Per-file outcome of :func:`iter_files`: window probabilities, or the reason it failed."""
+    """Per-file outcome of :func:`iter_files`: window probabilities, or the reason it failed.
+
+    ``duration``: seconds of the decoded file. ``offset``: file time (s) of the first sample of the
+    processed clip (after silence trimming, minus any 2-s padding on the left), so window ``w`` spans
+    ``offset + starts[w] · hop / sr`` seconds of the file onwards.
+    """
 
     path: Path
     duration: float = 0.0
+    offset: float = 0.0
     starts: np.ndarray | None = None
     window_probs: np.ndarray | None = None
     error: str | None = None
@@ -271,13 +307,26 @@ class FilePredictions:
 
 
 def _decode_features(path: Path, frontend: FrontendConfig):
-    """Audio file → (log-mel dB (F, T), lo, hi, seconds) with the same front end as the cache."""
-    from noisytag.audio import load
+    """Audio file → (dB (F, T), lo, hi, duration s, offset s): ``noisytag.audio.load`` step by step.
+
+    The steps are spelled out (decode → resample → trim → pad) only to know where the trimmed clip
+    starts in the file; the samples are identical to ``audio.load``.
+    """
+    from numpy.lib.array_utils import byte_bounds
+
+    from noisytag.audio import decode, min_samples, pad_to_min, resample, trim_silence
     from noisytag.features import log_mel
 
-    y = load(path, frontend)
-    db = log_mel(y, frontend)
-    return db, float(db.min()), float(db.max()), len(y) / frontend.sample_rate
+    raw, sr = decode(path)
+    y = resample(raw, sr, frontend.sample_rate)
+    trimmed = trim_silence(y, frontend)
+    start = 0
+    if len(trimmed) and np.shares_memory(trimmed, y):
+        start = (byte_bounds(trimmed)[0] - byte_bounds(y)[0]) // y.itemsize
+    left = max(min_samples(frontend) - len(trimmed), 0) // 2
+    clip = np.ascontiguousarray(pad_to_min(trimmed, frontend), dtype=np.float32)
+    db = log_mel(clip, frontend)
+    return db, float(db.min()), float(db.max()), len(raw) / sr, (start - left) / frontend.sample_rate
 
 
 def iter_files(
@@ -311,13 +360,13 @@ def iter_files(
 
     def _resolve(i, future) -> Iterator[Clip]:
         try:
-            db, lo, hi, seconds = future.result()
+            db, lo, hi, seconds, offset = future.result()
         except Exception as err:  # AudioError and anything a decoder may raise: report, keep going
             reason = str(err) if str(err).startswith(str(paths[i])) else f"{paths[i]}: {err}"
             results[i].error = reason
             log.warning("skipped %s", reason)
             return
-        results[i].duration = seconds
+        results[i].duration, results[i].offset = seconds, offset
         yield Clip(i, db, lo, hi)
 
     next_out = 0
@@ -540,3 +589,40 @@ def predict_run(
     fnames = [str(p.relative_to(test_dir)) if test_dir.is_dir() else p.name for p in paths]
     frame = write_submission(out_csv, fnames, probs, ens.classes, sample if sample.is_file() else None)
     return frame, result.failures
+
+
+def evaluate_submission(submission: str | Path, truth_csv: str | Path):
+    """lwlrap of a submission against a truth CSV (fname,labels) → (overall, per-class DataFrame).
+
+    Every truth file must be in the submission (extra submission rows are ignored) and every true
+    label must be a submission column. The per-class frame (class, lwlrap, positives, weight) is
+    sorted worst first; clips without labels count for nothing (SPEC §8).
+    """
+    import pandas as pd
+
+    from noisytag.data import read_truth
+    from noisytag.metrics import lwlrap, per_class_lwlrap
+
+    sub = pd.read_csv(submission, dtype={"fname": str})
+    if "fname" not in sub.columns:
+        raise ValueError(f"{submission}: no 'fname' column")
+    classes = [c for c in sub.columns if c != "fname"]
+    truth = read_truth(truth_csv)
+    sub = sub.drop_duplicates("fname").set_index("fname")
+    missing = sorted(set(truth["fname"]) - set(sub.index))
+    if missing:
+        raise ValueError(f"{submission}: {len(missing)} file(s) of {truth_csv} missing, e.g. {missing[0]}")
+    unknown = sorted({lab for labels in truth["labels"] for lab in labels} - set(classes))
+    if unknown:
+        raise ValueError(f"{truth_csv}: label(s) not in the submission's columns: {', '.join(unknown[:5])}")
+    scores = sub.loc[list(truth["fname"]), classes].to_numpy(dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{submission}: non-numeric or missing probabilities")
+    col = {c: i for i, c in enumerate(classes)}
+    y = np.zeros(scores.shape, dtype=bool)
+    for row, labels in enumerate(truth["labels"]):
+        y[row, [col[lab] for lab in labels]] = True
+    values, weights = per_class_lwlrap(y, scores)
+    table = pd.DataFrame({"class": classes, "lwlrap": values, "positives": y.sum(axis=0), "weight": weights})
+    table = table[table["positives"] > 0].sort_values(["lwlrap", "class"]).reset_index(drop=True)
+    return float(lwlrap(y, scores)), table
