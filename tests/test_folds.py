@@ -135,3 +135,15 @@ def test_duplicate_file_names_are_refused():
     data.curated.loc[1, "fname"] = data.curated.loc[0, "fname"]
     with pytest.raises(FoldsError, match="more than once"):
         assign_folds(data, 4, seed=0)
+
+
+def test_folds_of_the_tiny_data_set(tiny_data, tmp_path):
+    from noisytag.data import load_dataset
+
+    data = load_dataset(tiny_data)
+    folds = load_or_make_folds(tmp_path / "folds.csv", data, 2, seed=0)
+    for split in ("curated", "noisy"):
+        part = folds[folds["split"] == split]
+        assert sorted(part["fname"]) == sorted(getattr(data, split)["fname"])  # every clip exactly once
+        assert set(part["fold"]) == {0, 1}
+    pd.testing.assert_frame_equal(folds, load_or_make_folds(tmp_path / "folds.csv", data, 2, seed=0))
