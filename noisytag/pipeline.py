@@ -299,7 +299,14 @@ def finish(ctx: Context) -> dict:
     if ensemble is not None:
         from noisytag.infer import write_submission
 
-        write_submission(ctx.run.submission, ctx.fnames["test"], ensemble, ctx.classes)
+        sample = ctx.data_dir / "sample_submission.csv"
+        write_submission(
+            ctx.run.submission,
+            ctx.fnames["test"],
+            ensemble,
+            ctx.classes,
+            sample_submission=sample if sample.is_file() else None,
+        )
         if ctx.truth_test is not None:
             for _, row in table.iterrows():
                 test_rows.append(
