@@ -443,4 +443,61 @@ def export(
         )
 
 
+@app.command()
+def features(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache root; default: data.cache_dir or DATA_DIR/.noisytag-cache.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Extraction processes (0 = all cores); default: data.workers.")
+    ] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(help="Split to extract: curated, noisy or test (repeatable); default: all."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Extract the log-mel features of every clip into the feature cache, once.
+
+    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + manifest). Safe to
+    interrupt (even kill -9): run it again and it continues where it stopped; an up-to-date cache returns
+    at once, and changing any front-end parameter builds a new cache. Unreadable files are listed and
+    skipped.
+    """
+    from rich.table import Table
+
+    from noisytag.cache import CacheError, FeatureCache, build_cache, default_cache_dir, split_folder
+
+    cfg = load_cfg(config, set_)
+    splits = tuple(split or ("curated", "noisy", "test"))
+    try:
+        for s in splits:
+            split_folder(s)
+        root = cache_dir or (Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir))
+        n_workers = cfg.data.workers if workers is None else workers
+        out = build_cache(data_dir, root, cfg.frontend, splits=splits, workers=n_workers, progress=progress)
+    except CacheError as err:
+        fail(str(err))
+    table = Table("split", "clips", "failed", "hours", "frames", "MB", title=f"feature cache {out}")
+    failures = []
+    for s in splits:
+        try:
+            cache = FeatureCache.open(root, cfg.frontend, s)
+        except CacheError:
+            continue  # split folder missing (already warned)
+        m = cache.manifest
+        size = f"{m['total_frames'] * m['n_mels'] * 2 / 2**20:.0f}"
+        hours = f"{m['seconds'] / 3600:.2f}"
+        table.add_row(s, str(len(cache)), str(len(cache.failed)), hours, str(m["total_frames"]), size)
+        failures += [(s, f, r) for f, r in cache.failed]
+    console.print(table)
+    for s, fname, reason in failures[:20]:
+        console.print(f"[yellow]failed[/] {s}/{fname}: {reason}", highlight=False)
+    if len(failures) > 20:
+        console.print(f"... and {len(failures) - 20} more (see manifest.json of each split)")
+
+
 # --- end of commands ---

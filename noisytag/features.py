@@ -63,6 +63,8 @@ class LogMel(nn.Module):
     dB = 10·log10(max(S, 1e-10)), floored per example at its maximum − ``cfg.top_db``. N must exceed
     n_fft // 2 (reflect padding); clips from :func:`noisytag.audio.load` always do. ``chunk_frames``
     bounds the frames transformed at once (memory and cache locality); ``None`` does all at once (GPU).
+    ``filters`` (n_mels, n_fft // 2 + 1) skips computing :func:`mel_filters` (worker processes get them
+    from their parent instead of importing librosa's filter code).
     """
 
     def __init__(
@@ -70,11 +72,16 @@ class LogMel(nn.Module):
         cfg: FrontendConfig = FrontendConfig(),
         dtype: torch.dtype = torch.float32,
         chunk_frames: int | None = 256,
+        filters: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.chunk_frames = chunk_frames
-        fb = mel_filters(cfg)
+        fb = mel_filters(cfg) if filters is None else np.asarray(filters, dtype=np.float32)
+        if fb.shape != (cfg.n_mels, cfg.n_fft // 2 + 1):
+            raise ValueError(
+                f"mel filters of shape {fb.shape} do not fit n_mels={cfg.n_mels}, n_fft={cfg.n_fft}"
+            )
         self.groups = _band_groups(fb, _GROUP)
         window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float64)
         self.register_buffer("window", window.to(dtype), persistent=False)
@@ -117,11 +124,13 @@ def _module(cfg: FrontendConfig) -> LogMel:
     return LogMel(cfg)
 
 
-def log_mel_frames(y: np.ndarray, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
+def log_mel_frames(
+    y: np.ndarray, cfg: FrontendConfig = FrontendConfig(), module: LogMel | None = None
+) -> np.ndarray:
     """One clip (N,) → float32 dB (T, n_mels), time-major (the cache's row layout)."""
     x = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).unsqueeze(0)
     with torch.inference_mode():
-        return _module(cfg).frames_db(x)[0].numpy().astype(np.float32, copy=False)
+        return (module or _module(cfg)).frames_db(x)[0].numpy().astype(np.float32, copy=False)
 
 
 def log_mel(y: np.ndarray, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:

@@ -1,0 +1,480 @@
+"""Feature cache: every clip's log-mel extracted once, stored as one flat float16 array + an index.
+
+Layout of ``CACHE_DIR/<FrontendConfig.key()>/<split folder>/`` (changing any front-end parameter
+changes the key, so a new cache is built beside the old one instead of silently reusing it):
+
+- ``frames.f16``   raw float16, row-major (total_frames, n_mels): a clip is the contiguous row range
+  ``[offset, offset + n_frames)``; append-only while building.
+- ``progress.jsonl`` one JSON line per finished file (its size/mtime, offset, n_frames, lo, hi,
+  duration — or the error), appended only after the clip's rows are written to ``frames.f16``.
+- ``index.csv``    fname, offset, n_frames, lo, hi, duration of the current files, sorted by fname.
+- ``manifest.json`` front-end parameters, sizes, and the failed files [(fname, reason)].
+- ``done``         signature of the extracted file list (names, sizes, mtimes), written last.
+
+Kill safety (kill -9 at any moment): on restart the progress log is cut after its last complete line,
+``frames.f16`` is truncated to the end of the last logged clip (dropping a half-written one) and only
+unlogged files are extracted. ``index.csv``, ``manifest.json`` and ``done`` are written atomically
+(temporary file + rename). When ``done`` matches the files on disk, a build returns at once; files
+added or changed later are appended (their old rows stay in ``frames.f16`` but leave the index).
+
+``lo``/``hi`` are the min/max of the STORED (float16-rounded) dB values of the clip, so min-max
+normalisation maps every stored value into [0, 1] exactly. float16 keeps ≥ 0.03 dB resolution over
+−100…+128 dB — ten times finer than the original 8-bit images (SPEC §2.6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import mmap
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from noisytag.config import FrontendConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FRAMES, PROGRESS, INDEX, MANIFEST, DONE, LOCK = (
+    "frames.f16",
+    "progress.jsonl",
+    "index.csv",
+    "manifest.json",
+    "done",
+    ".lock",
+)
+INDEX_COLUMNS = ["fname", "offset", "n_frames", "lo", "hi", "duration"]
+_DTYPE = np.dtype("<f2")
+_SYNC_SECONDS = 10.0  # fsync data + log at most this often (kill -9 needs only the write order)
+
+
+class CacheError(RuntimeError):
+    """The cache is missing, incomplete or does not match the front end; the message says which."""
+
+
+def default_cache_dir(data_dir: str | Path) -> Path:
+    """Where features are cached unless configured: ``DATA_DIR/.noisytag-cache``."""
+    return Path(data_dir) / ".noisytag-cache"
+
+
+def split_folder(split: str) -> str:
+    """Split key ("curated", "noisy", "test") or folder name → folder name ("train_curated", …)."""
+    from noisytag.data import SPLITS
+
+    if split in SPLITS:
+        return SPLITS[split]
+    if split in SPLITS.values():
+        return split
+    raise CacheError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)})")
+
+
+def split_dir(cache_dir: str | Path, cfg: FrontendConfig, split: str) -> Path:
+    """``cache_dir/<cfg.key()>/<split folder>``: the directory of one split's features."""
+    return Path(cache_dir) / cfg.key() / split_folder(split)
+
+
+def audio_files(folder: str | Path) -> list[Path]:
+    """Audio files (by suffix, any case) directly inside ``folder``, sorted by name."""
+    from noisytag.data import AUDIO_SUFFIXES
+
+    with os.scandir(folder) as entries:
+        found = [
+            Path(e.path)
+            for e in entries
+            if e.name.lower().endswith(AUDIO_SUFFIXES) and e.is_file() and not e.name.startswith(".")
+        ]
+    return sorted(found, key=lambda p: p.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# extraction of one clip (runs in worker processes)
+
+
+def extract_clip(path: str | Path, cfg: FrontendConfig = FrontendConfig(), module=None):
+    """Audio file → (dB float16 (T, n_mels), lo, hi, seconds of decoded audio before trimming).
+
+    ``module``: a ready :class:`noisytag.features.LogMel` for ``cfg`` (default: a shared one).
+    Raises :class:`noisytag.audio.AudioError` for a file that cannot be used.
+    """
+    from noisytag.audio import decode, prepare
+    from noisytag.features import log_mel_frames
+
+    y, sr = decode(path)
+    seconds = len(y) / sr
+    db = log_mel_frames(prepare(y, sr, cfg), cfg, module).astype(_DTYPE)
+    return db, float(db.min()), float(db.max()), seconds
+
+
+_WORKER: tuple | None = None  # (cfg, LogMel) of a pool worker process
+
+
+def _init_worker(cfg_fields: dict, filters: np.ndarray) -> None:
+    """Process-pool initialiser: one torch thread per process (the pool is the parallelism)."""
+    import torch
+
+    from noisytag.features import LogMel
+
+    global _WORKER
+    torch.set_num_threads(1)
+    cfg = FrontendConfig(**cfg_fields)
+    _WORKER = (cfg, LogMel(cfg, filters=filters))
+
+
+def _work(path: str, cfg: FrontendConfig | None = None) -> tuple:
+    """("ok", db, lo, hi, seconds) or ("error", reason) — never raises for a bad file."""
+    from noisytag.audio import AudioError
+
+    try:
+        if cfg is None:
+            return ("ok", *extract_clip(path, *_WORKER))
+        return ("ok", *extract_clip(path, cfg))
+    except AudioError as err:
+        return ("error", err.reason)
+    except Exception as err:  # a decoder crash on one file must not stop 30,000 others
+        return ("error", f"{type(err).__name__}: {err}")
+
+
+def _resolve_workers(workers: int) -> int:
+    return max(1, os.cpu_count() or 1) if workers <= 0 else workers
+
+
+def _ordered_results(paths: Sequence[str], cfg: FrontendConfig, workers: int) -> Iterator[tuple]:
+    """``_work`` results in input order; at most ``4 · workers`` clips in flight (flat memory).
+
+    ``workers <= 1`` runs in this process. Pools use "spawn": forking a process that has already
+    started torch's thread pools can deadlock.
+    """
+    workers = _resolve_workers(workers)
+    if workers == 1 or len(paths) <= 1:
+        for p in paths:
+            yield _work(p, cfg)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from noisytag.features import mel_filters
+
+    ctx = multiprocessing.get_context("spawn")
+    init = (dataclasses.asdict(cfg), mel_filters(cfg))
+    with ProcessPoolExecutor(min(workers, len(paths)), ctx, _init_worker, init) as pool:
+        pending: deque = deque()
+        todo = iter(paths)
+        for p in todo:
+            pending.append(pool.submit(_work, p))
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for p in todo:
+                pending.append(pool.submit(_work, p))
+                break
+            yield result
+
+
+def extract_files(
+    paths: Iterable[str | Path],
+    cfg: FrontendConfig = FrontendConfig(),
+    workers: int = 1,
+) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """Log-mels of arbitrary audio files, in order: yields (path, dB (n_mels, T) float32 or None, error).
+
+    Exactly one of dB and error is None; error is the one-line "PATH: reason". Values are the
+    float16-rounded ones the cache stores, so a file gives the same input here as from the cache.
+    """
+    paths = [Path(p) for p in paths]
+    for path, res in zip(paths, _ordered_results([str(p) for p in paths], cfg, workers), strict=True):
+        if res[0] == "ok":
+            yield path, np.ascontiguousarray(res[1].T, dtype=np.float32), None
+        else:
+            yield path, None, f"{path}: {res[1]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# building
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _signature(files: list[tuple[str, int, int]], cfg: FrontendConfig) -> str:
+    payload = json.dumps([FORMAT_VERSION, dataclasses.asdict(cfg), files])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _recover(out: Path, n_mels: int) -> tuple[list[dict], int]:
+    """Repair after a crash → (valid progress entries in log order, rows in frames.f16).
+
+    Keeps log lines up to the first incomplete one or the first whose rows are not fully in the data
+    file, truncates frames.f16 after the last kept clip and rewrites the log if anything was dropped.
+    """
+    row_bytes = n_mels * _DTYPE.itemsize
+    log_path, frames_path = out / PROGRESS, out / FRAMES
+    lines = log_path.read_bytes().split(b"\n") if log_path.exists() else []
+    on_disk = frames_path.stat().st_size // row_bytes if frames_path.exists() else 0
+    entries: list[dict] = []
+    rows = 0
+    complete = len(lines) - 1  # text after the last newline is an unfinished line
+    for raw in lines[:complete]:
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            break
+        if "error" not in entry:
+            if entry.get("offset") != rows or rows + entry.get("n_frames", 0) > on_disk:
+                break
+            rows += entry["n_frames"]
+        entries.append(entry)
+    if len(entries) != max(complete, 0) or (lines and lines[-1]):
+        logger.info("%s: resuming after an interrupted run (%d clips kept)", out, len(entries))
+        _atomic_write(log_path, "".join(json.dumps(e) + "\n" for e in entries))
+    if frames_path.exists() and frames_path.stat().st_size != rows * row_bytes:
+        with open(frames_path, "r+b") as f:
+            f.truncate(rows * row_bytes)
+    return entries, rows
+
+
+def _build_split(folder: Path, out: Path, cfg: FrontendConfig, workers: int, bar) -> None:
+    """Extract one split folder into ``out`` (resumable); ``bar(total)`` → advance callable."""
+    import pandas as pd
+
+    stats = [(p, p.stat()) for p in audio_files(folder)]
+    files = [(p.name, st.st_size, st.st_mtime_ns) for p, st in stats]
+    signature = _signature(files, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    done = out / DONE
+    if done.exists() and done.read_text() == signature:
+        return
+    with open(out / LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits, then finds the work done
+        if done.exists() and done.read_text() == signature:
+            return
+        done.unlink(missing_ok=True)
+        entries, rows = _recover(out, cfg.n_mels)
+        current = {name: (size, mtime) for name, size, mtime in files}
+        latest = {e["fname"]: e for e in entries if current.get(e["fname"]) == (e["size"], e["mtime"])}
+        todo = [(p, st) for p, st in stats if p.name not in latest]
+        advance = bar(len(todo))
+        with open(out / FRAMES, "ab") as data, open(out / PROGRESS, "a") as log:
+            synced = time.monotonic()
+            results = _ordered_results([str(p) for p, _ in todo], cfg, workers)
+            for (path, st), res in zip(todo, results, strict=True):
+                entry = {"fname": path.name, "size": st.st_size, "mtime": st.st_mtime_ns}
+                if res[0] == "ok":
+                    db, lo, hi, seconds = res[1:]
+                    data.write(db.tobytes())
+                    data.flush()  # rows reach the OS before the log line that points at them
+                    entry.update(offset=rows, n_frames=len(db), lo=lo, hi=hi, duration=seconds)
+                    rows += len(db)
+                else:
+                    entry["error"] = res[1]
+                    logger.warning("%s: %s", path, res[1])
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                latest[path.name] = entry
+                advance()
+                if time.monotonic() - synced > _SYNC_SECONDS:
+                    os.fsync(data.fileno())
+                    os.fsync(log.fileno())
+                    synced = time.monotonic()
+            os.fsync(data.fileno())
+            os.fsync(log.fileno())
+        kept = [latest[name] for name, _, _ in files]
+        ok = [e for e in kept if "error" not in e]
+        index = pd.DataFrame([{k: e[k] for k in INDEX_COLUMNS} for e in ok], columns=INDEX_COLUMNS)
+        _atomic_write(out / INDEX, index.to_csv(index=False))
+        failed = [[e["fname"], e["error"]] for e in kept if "error" in e]
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "key": cfg.key(),
+            "split": folder.name,
+            "frontend": dataclasses.asdict(cfg),
+            "dtype": "float16",
+            "layout": "frames.f16 is row-major (total_frames, n_mels); clip = rows [offset, offset + n_frames)",
+            "lo_hi": "min/max of the stored float16 dB values of each clip",
+            "n_mels": cfg.n_mels,
+            "total_frames": rows,
+            "n_clips": len(ok),
+            "seconds": float(sum(e["duration"] for e in ok)),
+            "failed": failed,
+        }
+        _atomic_write(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        _atomic_write(done, signature)
+
+
+def build_cache(
+    data_dir: str | Path,
+    cache_dir: str | Path,
+    cfg: FrontendConfig = FrontendConfig(),
+    splits: Sequence[str] = ("curated", "noisy", "test"),
+    workers: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Extract every audio file of each split folder into ``cache_dir/<cfg.key()>/`` → that directory.
+
+    Resumable after any interruption; an up-to-date split returns at once. A missing split folder is
+    skipped with a warning; unreadable files are logged, listed in the manifest and skipped.
+    ``workers``: extraction processes (0 = all cores, 1 = this process).
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise CacheError(f"{data_dir}: data directory does not exist")
+    root = Path(cache_dir) / cfg.key()
+    with contextlib.ExitStack() as stack:
+        if progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            bars = stack.enter_context(
+                Progress(
+                    "[progress.description]{task.description}",
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                )
+            )
+        for split in splits:
+            folder = data_dir / split_folder(split)
+            if not folder.is_dir():
+                logger.warning("%s: split folder missing, skipped", folder)
+                continue
+
+            def bar(total: int, name: str = folder.name):
+                if not progress or total == 0:
+                    return lambda: None
+                task = bars.add_task(f"features {name}", total=total)
+                return lambda: bars.advance(task)
+
+            _build_split(folder, root / folder.name, cfg, workers, bar)
+    return root
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+class FeatureCache:
+    """Read access to one split of a built cache: the index and memory-mapped float16 frames.
+
+    The frames file is mapped read-only; clips and windows are copied out as float32 dB. Pages a
+    process has touched count towards its resident memory, so after ``resident_mb`` megabytes of reads
+    the mapping is released with ``madvise(MADV_DONTNEED)`` (the data stays in the OS page cache and
+    is faulted back cheaply): random reads over a 6 GB cache stay within a fixed footprint.
+    Picklable (re-opens the files), e.g. for DataLoader worker processes.
+    """
+
+    def __init__(self, directory: str | Path, resident_mb: float = 64.0, split: str | None = None) -> None:
+        import pandas as pd
+
+        self.directory = Path(directory)
+        self.split = split or self.directory.name  # the split name it was opened with
+        if not (self.directory / DONE).exists():
+            raise CacheError(
+                f"{self.directory}: no complete feature cache here (run `noisytag features DATA_DIR`)"
+            )
+        self.manifest = json.loads((self.directory / MANIFEST).read_text())
+        self.n_mels = int(self.manifest["n_mels"])
+        self.index = pd.read_csv(
+            self.directory / INDEX,
+            dtype={
+                "fname": str,
+                "offset": np.int64,
+                "n_frames": np.int64,
+                "lo": np.float32,
+                "hi": np.float32,
+            },
+            keep_default_na=False,
+        )
+        self.failed: list[tuple[str, str]] = [(f, r) for f, r in self.manifest["failed"]]
+        self._offset = self.index["offset"].to_numpy(np.int64)
+        self._n_frames = self.index["n_frames"].to_numpy(np.int64)
+        self._lo = self.index["lo"].to_numpy(np.float32)
+        self._positions: dict[str, int] | None = None
+        self._resident_limit = int(resident_mb * 2**20)
+        self._touched = 0
+        self._mmap: mmap.mmap | None = None
+        total = int(self.manifest["total_frames"])
+        size = total * self.n_mels * _DTYPE.itemsize
+        if size == 0:
+            self.frames = np.zeros((0, self.n_mels), dtype=_DTYPE)
+            return
+        with open(self.directory / FRAMES, "rb") as f:
+            if os.fstat(f.fileno()).st_size < size:
+                raise CacheError(
+                    f"{self.directory / FRAMES}: shorter than its manifest says (rebuild the cache)"
+                )
+            self._mmap = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        self.frames = np.frombuffer(self._mmap, dtype=_DTYPE).reshape(total, self.n_mels)
+
+    @classmethod
+    def open(cls, cache_dir: str | Path, cfg: FrontendConfig, split: str, resident_mb: float = 64.0):
+        """The cache of ``split`` built by ``build_cache(…, cache_dir, cfg)`` (``cache_dir`` as given there)."""
+        cache = cls(split_dir(cache_dir, cfg, split), resident_mb, split)
+        if cache.manifest.get("frontend") != dataclasses.asdict(cfg):
+            raise CacheError(f"{cache.directory}: built with other front-end parameters than requested")
+        return cache
+
+    def __reduce__(self):
+        return (type(self), (self.directory, self._resident_limit / 2**20, self.split))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.directory)!r}, clips={len(self)}, frames={len(self.frames)})"
+
+    def position(self, fname: str) -> int:
+        """Row of ``fname`` in :attr:`index` (KeyError naming the file if it is not cached)."""
+        if self._positions is None:
+            self._positions = {name: i for i, name in enumerate(self.index["fname"])}
+        try:
+            return self._positions[fname]
+        except KeyError:
+            raise KeyError(f"{fname}: not in the feature cache {self.directory}") from None
+
+    def _account(self, nbytes: int) -> None:
+        self._touched += nbytes
+        if self._mmap is not None and self._touched > self._resident_limit:
+            self._mmap.madvise(mmap.MADV_DONTNEED)
+            self._touched = 0
+
+    def clip(self, i: int) -> np.ndarray:
+        """Whole clip ``i`` as float32 dB (n_mels, T)."""
+        o, n = int(self._offset[i]), int(self._n_frames[i])
+        out = np.ascontiguousarray(self.frames[o : o + n].T, dtype=np.float32)
+        self._account(out.size * _DTYPE.itemsize)
+        return out
+
+    def windows(self, indices, starts, width: int) -> np.ndarray:
+        """Batched read → float32 dB (B, n_mels, width); window b = frames [starts[b], starts[b] + width) of clip indices[b].
+
+        Frames past a clip's end (a clip shorter than ``width``, or a late start) are filled with that
+        clip's ``lo``. All rows are gathered with one fancy index into the mapped frames.
+        """
+        idx, st = np.broadcast_arrays(
+            np.asarray(indices, np.int64).ravel(), np.asarray(starts, np.int64).ravel()
+        )
+        if st.size and st.min() < 0:
+            raise ValueError("window starts must be >= 0")
+        t = st[:, None] + np.arange(width)  # (B, width) frame numbers within each clip
+        valid = t < self._n_frames[idx][:, None]
+        rows = self._offset[idx][:, None] + np.where(valid, t, 0)
+        out = np.empty((len(idx), self.n_mels, width), dtype=np.float32)
+        out[...] = self.frames[rows.ravel()].reshape(len(idx), width, self.n_mels).transpose(0, 2, 1)
+        if not valid.all():
+            np.copyto(out, self._lo[idx][:, None, None], where=~valid[:, None, :])
+        self._account(rows.size * self.n_mels * _DTYPE.itemsize)
+        return out
