@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # colour-blind-friendly palette (Okabe-Ito) for stages; tab10 for folds
 STAGE_COLORS = {1: "#999999", 2: "#0072B2", 3: "#E69F00", 4: "#009E73"}
@@ -63,18 +64,20 @@ def curves_figure(curves: dict[int, pd.DataFrame]) -> Figure:
         df = per_epoch(raw)
         x = df["epoch"].to_numpy() + 1
         color = cmap[i]
+        dots = {"marker": "o", "ms": 3} if len(x) < 30 else {}  # a 1-epoch run still shows its points
         if "train_loss" in df:
-            axes[0].plot(x, df["train_loss"], color=color, lw=1.4)
+            axes[0].plot(x, df["train_loss"], color=color, lw=1.4, **dots)
         if "val_loss" in df:
-            axes[0].plot(x, df["val_loss"], color=color, lw=1.2, ls="--")
+            axes[0].plot(x, df["val_loss"], color=color, lw=1.2, ls="--", mfc="white", **dots)
         if "val_lwlrap" in df:
-            axes[1].plot(x, df["val_lwlrap"], color=color, lw=1.4, marker=".", ms=4, label=f"fold {fold}")
+            axes[1].plot(x, df["val_lwlrap"], color=color, lw=1.4, label=f"fold {fold}", **dots)
         if "lr" in df:
-            axes[2].plot(x, df["lr"], color=color, lw=1.4)
+            axes[2].plot(x, df["lr"], color=color, lw=1.4, **dots)
     for ax, name in zip(axes, ("loss (— train, -- val)", "validation lwlrap", "learning rate"), strict=True):
         _style(ax)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if curves:
         axes[1].legend(fontsize=7, ncol=2 if len(curves) > 5 else 1, frameon=False)
@@ -123,7 +126,8 @@ def selection_figure(
 
     With ``precision`` (same shape; fraction of kept clips whose labels are right) a second panel shows
     per-label precision, so labels where the selection admits wrong clips stand out; ``base_rate`` (the
-    share of correct clips in the whole noisy set) is drawn as a dashed line for comparison.
+    share of correct clips in the whole noisy set) is drawn as a dashed line for comparison; a cross
+    marks a label whose kept clips are all wrong.
     """
     n = len(counts)
     k = max(len(counts.columns), 1)
@@ -138,15 +142,21 @@ def selection_figure(
         offset = (j - (k - 1) / 2) * width
         axes[0].bar(x + offset, counts[col].to_numpy(), width, color=color, label=str(col))
         if precision is not None:
-            axes[1].bar(x + offset, precision[col].to_numpy(), width, color=color, label=str(col))
+            values = precision[col].to_numpy(dtype=float)
+            axes[1].bar(x + offset, values, width, color=color, label=str(col))
+            zero = values == 0  # kept clips, none right: mark it, a zero-height bar is invisible
+            axes[1].plot(x[zero] + offset, np.full(zero.sum(), 0.03), "x", color=color, ms=5, mew=1.5)
     axes[0].set_ylabel("clips kept")
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8, frameon=False)
     if precision is not None:
         axes[1].set_ylabel("precision")
         axes[1].set_ylim(0, 1.05)
         if base_rate is not None and np.isfinite(base_rate):
-            axes[1].axhline(base_rate, color="#333333", lw=1, ls="--", label="noisy-set base rate")
-        axes[1].legend(fontsize=8, frameon=False, loc="lower right")
+            axes[1].axhline(base_rate, color="#333333", lw=1, ls="--")
+            axes[1].text(
+                n - 0.45, base_rate + 0.01, "noisy-set base rate", ha="right", va="bottom", fontsize=8
+            )
     for ax in axes:
         _style(ax)
         ax.grid(axis="x", visible=False)

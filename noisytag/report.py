@@ -35,15 +35,6 @@ from noisytag.runstats import Unavailable
 
 logger = logging.getLogger(__name__)
 
-# SPEC §6: the article's numbers on the real data (CNN-model-1): (row, lwlrap noisy, lwlrap curated, public LB)
-ARTICLE_TABLE = [
-    ("stage 1", "0.65057", "0.41096", "—"),
-    ("stage 2", "0.38142", "0.86222", "0.723"),
-    ("stage 3", "0.56716", "0.87930", "0.724"),
-    ("stage 4", "0.57590", "0.87718", "0.724"),
-    ("mean of stages 2–4", "—", "—", "0.733"),
-    ("+ VGG-16 trained the same way", "—", "—", "0.738 (8th of 881)"),
-]
 LEAST_TRUSTED_ROWS = 30
 EXAMPLE_CLIPS = 6
 
@@ -153,20 +144,22 @@ def section_stage_table(ctx: Context) -> str:
     ours["clips trained"] = [f"{int(v):,}" if _finite(v) else "—" for v in ours["clips trained"]]
     ours["seconds"] = [_seconds(v) for v in ours["seconds"]]
     ours = ours.rename(columns={"seconds": "time"})
-    article = pd.DataFrame(ARTICLE_TABLE, columns=["model", "lwlrap noisy", "lwlrap curated", "public LB"])
+    from noisytag.summary import ARTICLE_TABLE  # SPEC §6, the article's numbers on the real data
+
+    article = ARTICLE_TABLE.set_axis(["model", "lwlrap noisy", "lwlrap curated", "public LB"], axis=1)
     digits = {"CV lwlrap noisy": 5, "CV lwlrap curated": 5, "test lwlrap": 5}
     return (
         '<div class="pair"><div><h3>This run</h3>'
         + _table(ours, digits, right=("clips trained", "time"))
         + "</div><div><h3>The article (real data, CNN-model-1)</h3>"
-        + _table(article, cls="ref")
+        + _table(article, {"lwlrap noisy": 5, "lwlrap curated": 5, "public LB": 3}, cls="ref")
         + "</div></div>"
         + _p(
             "CV lwlrap: out-of-fold predictions of each stage's fold models on the noisy and curated sets. "
             "Test lwlrap: against the test truth when the data set has one (synthetic data). The article's "
-            "figures come from FSDKaggle2019 (public LB = 1,120 public test clips), so they are a reference "
-            "for the shape of the table (stage 1 fits the noisy set, stage 2 the curated set, stages 3–4 "
-            "gain on both), not a target for other data."
+            "figures come from FSDKaggle2019 (public LB: the 1,120 public test clips; 0.738 was 8th of "
+            "881), so they are a reference for the shape of the table (stage 1 fits the noisy set, stage 2 "
+            "the curated set, stages 3–4 gain on both), not a target for other data."
         )
     )
 
@@ -271,7 +264,9 @@ def section_least_trusted(ctx: Context) -> str:
     head = table.head(LEAST_TRUSTED_ROWS).copy()
     head.insert(0, "rank", np.arange(1, len(head) + 1))
     if "correct" in head:
-        head["correct"] = head["correct"].map({True: "✓", False: "✗ wrong"})
+        head["correct"] = head["correct"].map(
+            {True: '<span class="ok">✓</span>', False: '<span class="bad">✗ wrong</span>'}
+        )
     s_cols = [c for c in head.columns if re.fullmatch(r"s\d+", c)]
     text = (f"The {len(table):,} noisy clips ranked by trust — score = mean of the per-stage scores "
             f"{', '.join(s_cols)} (each the clip's own lwlrap of its out-of-fold prediction). The least "
@@ -281,7 +276,7 @@ def section_least_trusted(ctx: Context) -> str:
         wrong, rate = int((~table["correct"].head(n)).sum()), float(1 - table["correct"].mean())
         text += (f" Of these {n}, <b>{wrong}</b> really are mislabelled "
                  f"(noise rate of the whole noisy set: {100 * rate:.1f} %).")  # fmt: skip
-    return _p(text) + _table(head, {c: 3 for c in ["score", *s_cols]}, cls="compact")
+    return _p(text) + _table(head, {c: 3 for c in ["score", *s_cols]}, cls="compact", raw=("correct",))
 
 
 def section_gallery(ctx: Context) -> str:
@@ -312,36 +307,11 @@ def _augment_gallery(ctx: Context) -> str:
 
 
 def _examples(ctx: Context) -> str:
+    from noisytag.config import FrontendConfig
     from noisytag.plots import logmel_figure
 
-    if not ctx.run.submission.is_file():
-        raise Unavailable("no submission.csv (test predictions) yet")
-    if ctx.data_dir is None or not (ctx.data_dir / "test").is_dir():
-        raise Unavailable("test audio not found (pass data_dir or record it in run.json)")
-    from noisytag.audio import AudioError, load
-    from noisytag.config import FrontendConfig
-    from noisytag.features import log_mel
-
     frontend = getattr(ctx.cfg, "frontend", None) or FrontendConfig()
-    sub = rs.read_csv(ctx.run.submission, "submission.csv")
-    truth = rs.truth(ctx.data_dir, "test") or {}
-    picks = np.unique(np.linspace(0, len(sub) - 1, min(EXAMPLE_CLIPS, len(sub))).round().astype(int))
-    probs = sub[ctx.classes].to_numpy(dtype=np.float64)[picks]
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :3]
-    items, skipped = [], []
-    for row, i in enumerate(picks):
-        fname = str(sub["fname"].iloc[i])
-        caption = "predicted: " + ", ".join(f"{ctx.classes[j]} {probs[row, j]:.2f}" for j in top[row])
-        if fname in truth:
-            caption += f"\ntrue: {', '.join(truth[fname]) or '—'}"
-        try:
-            db = log_mel(load(ctx.data_dir / "test" / fname, frontend), frontend)
-        except (AudioError, OSError) as err:
-            skipped.append(f"{fname} ({err})")
-            continue
-        items.append({"db": db, "title": fname, "caption": caption})
-    if not items:
-        raise Unavailable("no example clip could be read: " + "; ".join(skipped))
+    items, skipped = rs.example_clips(ctx.run, ctx.data_dir, ctx.classes, frontend, EXAMPLE_CLIPS)
     fig = logmel_figure(items, frontend.hop_length / frontend.sample_rate)
     text = _p("Log-mel spectrograms (dB) of test clips, with the ensemble's top 3 labels.")
     if skipped:
@@ -436,6 +406,7 @@ table.ref { background: #fbfbf6; }
 img { max-width: 100%; height: auto; display: block; margin: 8px 0 14px; }
 pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; font-size: 12.5px;
       max-height: 520px; overflow: auto; }
+.ok { color: #1a7f37; } .bad { color: #c0362c; font-weight: 600; }
 footer { color: var(--muted); font-size: 12.5px; padding: 8px 0 30px; }
 """
 

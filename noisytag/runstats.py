@@ -303,3 +303,39 @@ def fold_timings(info: dict) -> pd.DataFrame:
         return pd.DataFrame()
     frame = pd.DataFrame(recs, columns=["arch", "stage", "fold", "seconds"])
     return frame.pivot_table(index=["arch", "stage"], columns="fold", values="seconds", aggfunc="sum")
+
+
+def example_clips(run: RunDir, data_dir: Path | None, classes: list[str], frontend, n: int = 6):
+    """Log-mels of ``n`` test clips spread over submission.csv, with the ensemble's top 3 labels.
+
+    Returns (items, skipped): items are dicts ``db`` (n_mels, T) dB, ``title`` (file name) and ``caption``
+    (predicted labels, and the true ones when data_dir/truth/test.csv knows them); skipped lists the
+    clips that could not be read, with the reason.
+    """
+    if not run.submission.is_file():
+        raise Unavailable("no submission.csv (test predictions) yet")
+    if data_dir is None or not (Path(data_dir) / "test").is_dir():
+        raise Unavailable("test audio not found (pass data_dir or record it in run.json)")
+    from noisytag.audio import AudioError, load
+    from noisytag.features import log_mel
+
+    sub = read_csv(run.submission, "submission.csv")
+    known = truth(data_dir, "test") or {}
+    picks = np.unique(np.linspace(0, len(sub) - 1, min(n, len(sub))).round().astype(int))
+    probs = sub[classes].to_numpy(dtype=np.float64)[picks]
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    items, skipped = [], []
+    for row, i in enumerate(picks):
+        fname = str(sub["fname"].iloc[i])
+        caption = "predicted: " + ", ".join(f"{classes[j]} {probs[row, j]:.2f}" for j in top[row])
+        if fname in known:
+            caption += f"\ntrue: {', '.join(known[fname]) or '—'}"
+        try:
+            db = log_mel(load(Path(data_dir) / "test" / fname, frontend), frontend)
+        except (AudioError, OSError) as err:
+            skipped.append(f"{fname} ({err})")
+            continue
+        items.append({"db": db, "title": fname, "caption": caption})
+    if not items:
+        raise Unavailable("no example clip could be read: " + "; ".join(skipped))
+    return items, skipped
