@@ -1,0 +1,163 @@
+"""Tagger: records, folders, bad files reported and skipped, table/JSON/CSV output, CLI."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from noisytag.config import FrontendConfig
+
+CLASSES = ["bark", "meow", "chirp", "hum"]
+
+
+def make_run(root, stages=(2, 3), folds=(0,), width=0.125):
+    """A run directory with tiny untrained cnn1 fold models (enough to exercise inference)."""
+    from noisytag.models import build
+    from noisytag.weights import save_model
+
+    for stage in stages:
+        for fold in folds:
+            torch.manual_seed(10 * stage + fold)
+            model = build("cnn1", len(CLASSES), 1, width=width).eval()
+            d = root / "cnn1" / f"stage{stage}" / f"fold{fold}"
+            meta = {
+                "arch": "cnn1",
+                "stage": stage,
+                "fold": fold,
+                "classes": CLASSES,
+                "frontend": dataclasses.asdict(FrontendConfig()),
+                "normalize": "minmax",
+            }
+            save_model(d, model, meta)
+            (d / "done").write_text("1\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    """Readable files in several formats/rates/lengths, plus an empty and a corrupt file."""
+    root = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir()
+
+    def tone(seconds, sr, freq):
+        t = np.arange(int(seconds * sr)) / sr
+        return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+    sf.write(root / "short.wav", tone(0.7, 44100, 440), 44100)
+    sf.write(root / "sub" / "long.flac", np.stack([tone(9.0, 22050, 880)] * 2, axis=1), 22050)
+    sf.write(root / "sub" / "mid.ogg", tone(3.0, 32000, 1000), 32000)
+    (root / "empty.wav").write_bytes(b"")
+    (root / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage" * 10)
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+def test_tag_records_and_bad_files(run_dir, audio):
+    from noisytag.tag import Tagger
+
+    tagger = Tagger(run_dir, stages=[2, 3])
+    assert len(tagger.ensemble.members) == 2
+    records = tagger.tag([audio, audio / "short.wav", audio / "missing.wav"], top_k=3, frames=True)
+    files = [r.file.rsplit("/", 1)[-1] for r in records]
+    # folders expanded recursively and sorted, .txt ignored, repeats dropped, order of arguments kept
+    assert files == ["broken.wav", "empty.wav", "short.wav", "long.flac", "mid.ogg", "missing.wav"]
+    errors = {f: r.error for f, r in zip(files, records, strict=True) if r.error}
+    assert set(errors) == {"broken.wav", "empty.wav", "missing.wav"}
+    assert all(str(audio) in e or "missing.wav" in e for e in errors.values())
+    good = {f: r for f, r in zip(files, records, strict=True) if not r.error}
+    assert good["long.flac"].duration == pytest.approx(9.0, abs=0.01)
+    for r in good.values():
+        assert len(r.labels) == 3 and {lab for lab, _ in r.labels} <= set(CLASSES)
+        probs = [p for _, p in r.labels]
+        assert probs == sorted(probs, reverse=True) and all(0 < p < 1 for p in probs)
+    # timeline: windows of SPEC §7 over the trimmed clip, in file seconds
+    long = good["long.flac"].timeline
+    assert len(long) == 11  # 9 s → 1 + 396900 // 694 = 572 frames → ceil(444 / 48) + 1 windows
+    assert long[0].start_s == pytest.approx(0.0, abs=0.05) and long[-1].end_s == pytest.approx(9.0, abs=0.05)
+    assert [s.start_s for s in long] == sorted(s.start_s for s in long)
+    assert len(good["short.wav"].timeline) == 1
+
+
+def test_clip_probs_match_window_mean(run_dir, audio):
+    """A record's probabilities are the mean of its windows' ensemble probabilities."""
+    from noisytag.audio import load
+    from noisytag.config import InferConfig
+    from noisytag.features import log_mel
+    from noisytag.infer import load_ensemble, predict_files
+
+    ens = load_ensemble(run_dir, stages=[2, 3])
+    path = audio / "sub" / "long.flac"
+    got = predict_files(ens.members, [path], InferConfig(batch_size=3), ens.frontend, "minmax").probs[0]
+    db = log_mel(load(path, FrontendConfig()))
+    x = (db - db.min()) / (db.max() - db.min())
+    from noisytag.windows import window_offsets
+
+    wins = np.stack([x[:, s : s + 128] for s in window_offsets(db.shape[1])])[:, None]
+    with torch.no_grad():
+        per_model = [torch.sigmoid(m(torch.from_numpy(wins))).numpy() for m in ens.models]
+    np.testing.assert_allclose(got, np.mean(per_model, axis=0).mean(axis=0), atol=1e-5)
+
+
+def test_output_formats():
+    from noisytag.tag import Segment, TagRecord, to_csv, to_json, to_table
+
+    records = [
+        TagRecord("a.wav", 3.5, [("bark", 0.9), ("hum", 0.2)], [Segment(0.0, 2.0, "bark", 0.9)]),
+        TagRecord("b.wav", error="b.wav: cannot decode audio (bad header)"),
+    ]
+    data = json.loads(to_json(records))
+    assert data[0]["labels"][0] == {"label": "bark", "prob": 0.9}
+    assert data[0]["timeline"][0]["end_s"] == 2.0 and data[1]["error"].startswith("b.wav")
+    rows = list(csv.DictReader(io.StringIO(to_csv(records))))
+    assert [(r["file"], r["rank"], r["label"]) for r in rows] == [
+        ("a.wav", "1", "bark"),
+        ("a.wav", "2", "hum"),
+        ("b.wav", "", ""),
+    ]
+    assert rows[2]["error"].startswith("b.wav")
+    frames = list(csv.DictReader(io.StringIO(to_csv(records, frames=True))))
+    assert frames[0]["label"] == "bark" and frames[1]["error"]
+    from rich.console import Console
+
+    console = Console(record=True, width=150)
+    console.print(to_table(records, frames=True))
+    text = console.export_text()
+    assert "bark" in text and "error" in text and "0.900" in text
+
+
+def test_cli_tag_formats(run_dir, audio):
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["tag", str(run_dir), str(audio / "short.wav"), str(audio / "broken.wav"), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert len(data) == 2 and data[1]["error"] and len(data[0]["labels"]) == 4
+    res = runner.invoke(app, ["tag", str(run_dir), str(audio / "short.wav"), "--csv", "--top-k", "2"])
+    assert res.exit_code == 0 and res.stdout.splitlines()[0] == "file,duration,rank,label,prob,error"
+    assert len(res.stdout.splitlines()) == 3
+    res = runner.invoke(app, ["tag", str(run_dir), str(audio / "sub"), "--frames", "--json"])
+    assert res.exit_code == 0
+    assert [len(r["timeline"]) for r in json.loads(res.stdout)] == [
+        11,
+        3,
+    ]  # long.flac 9 s, mid.ogg 3 s (191 frames)
+    res = runner.invoke(app, ["tag", str(run_dir), str(audio / "sub"), "--frames"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "timeline" in res.stdout and "mid.ogg" in res.stdout
