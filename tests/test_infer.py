@@ -194,3 +194,69 @@ def test_submission_columns_follow_sample_submission(tmp_path):
     pd.DataFrame({"fname": ["a.wav"], "owl": 0, "dog": 0, "cat": 0}).to_csv(sample, index=False)
     with pytest.raises(ValueError, match="sample_submission.csv: class columns differ"):
         write_submission(out, ["a.wav", "b.wav"], probs, classes, sample_submission=sample)
+
+
+# ---------------------------------------------------------------------------------------------
+# predict / evaluate commands on the tiny synthetic data set
+
+
+def _tiny_run(root, classes):
+    import dataclasses
+
+    from noisytag.config import FrontendConfig
+    from noisytag.models import build
+    from noisytag.weights import save_model
+
+    for stage in (2, 4):
+        torch.manual_seed(stage)
+        d = root / "cnn1" / f"stage{stage}" / "fold0"
+        meta = {
+            "arch": "cnn1",
+            "stage": stage,
+            "fold": 0,
+            "classes": classes,
+            "frontend": dataclasses.asdict(FrontendConfig()),
+            "normalize": "minmax",
+        }
+        save_model(d, build("cnn1", len(classes), 1, width=0.125).eval(), meta)
+        (d / "done").write_text("1\n")
+    return root
+
+
+def test_predict_and_evaluate_commands(tiny_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+    from noisytag.data import read_truth
+    from noisytag.metrics import lwlrap
+
+    sample = pd.read_csv(tiny_data / "sample_submission.csv")
+    classes = list(sample.columns[1:])[::-1]  # the models' order differs from the sample's
+    run = _tiny_run(tmp_path / "run", classes)
+    out = tmp_path / "submission.csv"
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["predict", str(run), str(tiny_data / "test"), "-o", str(out), "--no-progress", "--mode", "fast"]
+    )
+    assert res.exit_code == 0, res.output
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == list(sample.columns)
+    assert sub["fname"].tolist() == sample["fname"].tolist()
+    probs = sub.iloc[:, 1:].to_numpy()
+    assert np.all((probs > 0) & (probs < 1))
+
+    per_class = tmp_path / "per_class.csv"
+    res = runner.invoke(
+        app, ["evaluate", str(out), str(tiny_data / "truth" / "test.csv"), "--csv", str(per_class)]
+    )
+    assert res.exit_code == 0, res.output
+    truth = read_truth(tiny_data / "truth" / "test.csv").set_index("fname").loc[sub["fname"]]
+    y = np.array([[c in labels for c in sample.columns[1:]] for labels in truth["labels"]])
+    assert f"overall lwlrap: {lwlrap(y, probs):.5f}" in res.stdout
+    table = pd.read_csv(per_class)
+    assert table["lwlrap"].is_monotonic_increasing and set(table["class"]) <= set(classes)
+
+    res = runner.invoke(app, ["evaluate", str(out), str(tmp_path / "nope.csv")])
+    assert res.exit_code != 0 and "nope.csv" in res.output
+    res = runner.invoke(app, ["predict", str(run), str(tiny_data / "test"), "--stages", "3", "--no-progress"])
+    assert res.exit_code != 0 and "no finished models for stages 3" in " ".join(res.output.split())
