@@ -196,9 +196,9 @@ def report(
 ) -> None:
     """Write the run's self-contained HTML report (works offline; partial runs too).
 
-    Sections: the article's stage table beside SPEC §6, training curves, per-class lwlrap of the
-    ensemble, stage 3/4 selections, the least-trusted noisy clips (also RUN_DIR/least_trusted.csv),
-    augmentation gallery with example log-mels, config, versions and timings.
+    Sections: stage table beside SPEC §6, training curves, per-class lwlrap,
+    selections of stages 3-4, least-trusted noisy clips (also least_trusted.csv),
+    augmentation gallery and example log-mels, config, versions and timings.
     """
     from noisytag.report import write_report
 
@@ -441,6 +441,93 @@ def export(
         console.print(
             f"waveform tagger: {onnx / t['file']} (max |diff| vs PyTorch path = {t['parity_max_abs_diff']:.1e})"
         )
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write (new, or an earlier synth data set).")],
+    scale: Annotated[str, typer.Option(help="Size: tiny, demo, small or medium.")] = "demo",
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
+    sample_rate: Annotated[int, typer.Option("--sample-rate", help="Sample rate of the files (Hz).")] = 44100,
+    fmt: Annotated[str, typer.Option("--format", help="Audio format: wav (16-bit), flac or ogg.")] = "wav",
+) -> None:
+    """Generate the synthetic demo data set in the competition layout, with its truth kept apart.
+
+    Writes OUT/{train_curated,train_noisy,test}/, train_curated.csv, train_noisy.csv, sample_submission.csv
+    and OUT/truth/{test,noisy}.csv (true labels; ~35 % of the noisy clips carry a wrong label set in
+    train_noisy.csv). Prints clip counts, hours, multi-label share and the actual noisy-label rate.
+    """
+    from rich.table import Table
+
+    from noisytag.synth import generate
+
+    try:
+        s = generate(out, scale=scale, seed=seed, sample_rate=sample_rate, fmt=fmt, progress=True)
+    except (ValueError, FileExistsError, OSError) as err:
+        fail(str(err))
+    table = Table(title=f"synthetic data set -> {out}  ({s['scale']}, seed {s['seed']})")
+    for column in ("split", "clips", "hours", "multi-label share"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, n in s["clips"].items():
+        share = s["multi_label_share"][split]
+        table.add_row(split, str(n), f"{s['hours'][split]:.3f}", f"{share:.1%}")
+    console.print(table)
+    kinds = ", ".join(f"{k} {v}" for k, v in s["corruptions"].items())
+    console.print(
+        f"{s['classes']} classes, {s['sample_rate']} Hz {s['format']}; noisy-label rate "
+        f"[bold]{s['noisy_label_rate']:.1%}[/] ({kinds}); generated in {s['seconds']:.1f} s"
+    )
+
+
+@app.command()
+def check(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Report bad rows and count the rest instead of failing.")
+    ] = False,
+    max_lines: Annotated[int, typer.Option(help="Problem lines to print at most.")] = 50,
+) -> None:
+    """Validate a data set (CSVs, class list, audio files and their headers) and print its counts.
+
+    Every problem is one line naming the file and CSV line: missing audio file, unknown label, duplicate
+    file name, empty label field, malformed CSV, unreadable audio. Exit code 1 when the data set is
+    invalid (unless --skip-invalid).
+    """
+    from rich.table import Table
+
+    from noisytag.data import DataError, describe, load_dataset
+
+    def show(problems: list[str]) -> None:
+        for line in problems[:max_lines]:
+            err_console.print(f"[red]-[/] {line}", highlight=False, markup=False)
+        if len(problems) > max_lines:
+            err_console.print(f"... and {len(problems) - max_lines} more")
+
+    try:
+        dataset = load_dataset(data_dir, skip_invalid=skip_invalid, probe_audio=True)
+    except DataError as err:
+        show(err.problems)
+        fail(f"{data_dir}: {len(err.problems)} problem(s); fix them or use --skip-invalid", code=1)
+    d = describe(dataset)
+    table = Table(title=f"{data_dir}: {d['classes']} classes")
+    for column in ("split", "clips", "hours", "labels/clip", "multi-label"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, v in d["splits"].items():
+        per_clip = "-" if v["labels_per_clip"] is None else f"{v['labels_per_clip']:.2f}"
+        multi = "-" if v["multi_label_share"] is None else f"{v['multi_label_share']:.1%}"
+        table.add_row(split, str(v["clips"]), f"{v['hours']:.2f}" if v["hours"] is not None else "-", per_clip, multi)
+    console.print(table)
+    counts = Table(title="clips per class")
+    for column in ("class", "curated", "noisy"):
+        counts.add_column(column, justify="left" if column == "class" else "right")
+    for name, v in d["per_class"].items():
+        counts.add_row(name, str(v["curated"]), str(v["noisy"]))
+    console.print(counts)
+    if dataset.problems:
+        show(dataset.problems)
+        console.print(f"[yellow]skipped {len(dataset.problems)} invalid row(s) or file(s)[/]")
+    else:
+        console.print("[green]data set is valid[/]")
 
 
 @app.command()

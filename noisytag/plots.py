@@ -60,9 +60,11 @@ def curves_figure(curves: dict[int, pd.DataFrame]) -> Figure:
     fig = Figure(figsize=(13, 3.3))
     axes = fig.subplots(1, 3)
     cmap = [f"C{i % 10}" for i in range(max(len(curves), 1))]
+    last = 1
     for i, (fold, raw) in enumerate(sorted(curves.items())):
         df = per_epoch(raw)
         x = df["epoch"].to_numpy() + 1
+        last = max(last, int(x.max()) if len(x) else 1)
         color = cmap[i]
         dots = {"marker": "o", "ms": 3} if len(x) < 30 else {}  # a 1-epoch run still shows its points
         if "train_loss" in df:
@@ -77,7 +79,8 @@ def curves_figure(curves: dict[int, pd.DataFrame]) -> Figure:
         _style(ax)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, last + 0.5)
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if curves:
         axes[1].legend(fontsize=7, ncol=2 if len(curves) > 5 else 1, frameon=False)
@@ -147,7 +150,7 @@ def selection_figure(
             zero = values == 0  # kept clips, none right: mark it, a zero-height bar is invisible
             axes[1].plot(x[zero] + offset, np.full(zero.sum(), 0.03), "x", color=color, ms=5, mew=1.5)
     axes[0].set_ylabel("clips kept")
-    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes[0].legend(fontsize=8, frameon=False)
     if precision is not None:
         axes[1].set_ylabel("precision")
