@@ -325,7 +325,8 @@ def _decode_features(path: Path, frontend: FrontendConfig):
         start = (byte_bounds(trimmed)[0] - byte_bounds(y)[0]) // y.itemsize
     left = max(min_samples(frontend) - len(trimmed), 0) // 2
     clip = np.ascontiguousarray(pad_to_min(trimmed, frontend), dtype=np.float32)
-    db = log_mel(clip, frontend)
+    # rounded through float16 like the feature cache, so files and cached clips give identical inputs
+    db = log_mel(clip, frontend).astype(np.float16).astype(np.float32)
     return db, float(db.min()), float(db.max()), len(raw) / sr, (start - left) / frontend.sample_rate
 
 

@@ -260,3 +260,20 @@ def test_predict_and_evaluate_commands(tiny_data, tmp_path):
     assert res.exit_code != 0 and "nope.csv" in res.output
     res = runner.invoke(app, ["predict", str(run), str(tiny_data / "test"), "--stages", "3", "--no-progress"])
     assert res.exit_code != 0 and "no finished models for stages 3" in " ".join(res.output.split())
+
+
+def test_files_and_cache_give_the_same_predictions(tiny_data, tiny_cache):
+    """predict_files (decode → features) equals predict_cache on the cached clips of the same files."""
+    from noisytag.cache import FeatureCache
+    from noisytag.config import FrontendConfig
+    from noisytag.infer import predict_files
+    from noisytag.models import build
+
+    torch.manual_seed(0)
+    model = build("cnn1", 12, 1, width=0.125).eval()
+    cache = FeatureCache.open(tiny_cache, FrontendConfig(), "test")
+    names = cache.index["fname"].tolist()[:5]
+    cached = predict_cache([model], cache, [cache.position(n) for n in names], InferConfig())
+    files = predict_files([model], [tiny_data / "test" / n for n in names], InferConfig(), FrontendConfig())
+    assert not files.failures
+    np.testing.assert_allclose(files.probs, cached, atol=1e-6)
