@@ -57,12 +57,20 @@ def _stft_filter(x: np.ndarray, sr: int, gains: Callable[[np.ndarray, np.ndarray
     return seg.ravel()[hop : hop + len(x)]
 
 
-def _band(lo: float, hi: float, order: float = 4.0) -> Callable[[np.ndarray], np.ndarray]:
+def _ipow(x: np.ndarray, k: int) -> np.ndarray:
+    """x**k for a small integer k by repeated multiplication (float ** is ~10× slower)."""
+    out = x
+    for _ in range(k - 1):
+        out = out * x
+    return out
+
+
+def _band(lo: float, hi: float, order: int = 4) -> Callable[[np.ndarray], np.ndarray]:
     """Smooth band-pass magnitude response (Butterworth-like) between lo and hi Hz."""
 
     def gain(f: np.ndarray) -> np.ndarray:
         f = np.maximum(f, 1e-3)
-        return 1.0 / np.sqrt((1 + (lo / f) ** (2 * order)) * (1 + (f / hi) ** (2 * order)))
+        return 1.0 / np.sqrt((1 + _ipow((lo / f) ** 2, order)) * (1 + _ipow((f / hi) ** 2, order)))
 
     return gain
 
@@ -75,10 +83,12 @@ def _colored_noise(rng: np.random.Generator, n: int, sr: int, exponent: float) -
 
 def _fade(n: int, sr: int, attack: float, release: float) -> np.ndarray:
     """Linear attack/release envelope of length n (seconds clipped to the length)."""
-    t = np.arange(n)
     a = max(1, min(int(attack * sr), n // 2))
     r = max(1, min(int(release * sr), n // 2))
-    return np.minimum(1.0, np.minimum((t + 1) / a, (n - t) / r))
+    env = np.ones(n)
+    env[:a] = np.arange(1, a + 1) / a
+    env[n - r :] = np.minimum(env[n - r :], np.arange(r, 0, -1) / r)
+    return env
 
 
 def _time(n: int, sr: int) -> np.ndarray:
@@ -88,7 +98,9 @@ def _time(n: int, sr: int) -> np.ndarray:
 
 def _phase(freq: np.ndarray, sr: int) -> np.ndarray:
     """Instantaneous phase (radians, wrapped to [0, 2π), float32 so that np.sin is fast) of a track in Hz."""
-    return ((2 * np.pi / sr) * np.cumsum(freq) % (2 * np.pi)).astype(np.float32)
+    cycles = np.cumsum(freq) * (1.0 / sr)
+    cycles -= np.floor(cycles)
+    return (cycles * (2 * np.pi)).astype(np.float32)
 
 
 def _harmonics(phase: np.ndarray, amps: list[float]) -> np.ndarray:
@@ -165,10 +177,10 @@ def _bell(rng, n, sr):
         freqs = (f0 * ratios * rng.uniform(0.99, 1.01, len(ratios))).astype(np.float32)
         amps = (rng.uniform(0.2, 1.0, len(ratios)) * (freqs < 0.45 * sr)).astype(np.float32)
         t60 = (rng.uniform(0.6, 2.5) / np.sqrt(ratios)).astype(np.float32)
-        tt = t[: n - s, None]
         phases = rng.uniform(0, 6.3, 8).astype(np.float32)
-        partials = amps * np.exp(-6.9 * tt / t60) * np.sin(2 * np.pi * freqs * tt + phases)
-        out[s:] += partials.sum(axis=1)
+        for f, a, d, p in zip(freqs, amps, t60, phases, strict=True):
+            tt = t[: min(n - s, int(d * sr))]  # until the partial has decayed by 60 dB
+            out[s : s + len(tt)] += a * np.exp(-6.9 / d * tt) * np.sin(2 * np.pi * f * tt + p)
     return out
 
 
@@ -333,17 +345,29 @@ def render_clip(
         event = SOUNDS[label](rng, length, sr) * _fade(length, sr, 0.005, 0.01)
         gain_db = 0.0 if k == 0 else rng.uniform(-8, 0)
         mix[onset : onset + length] += event / _loudness(event) * 10 ** (gain_db / 20)
+    # Background noise is drawn directly as a spectrum and added to the mix's spectrum; the noisy domain's
+    # band-limiting multiplies the same spectrum: two FFTs per clip in all.
     clean = domain == "clean"
     exponent = rng.uniform(0.0, 1.0) if clean else rng.uniform(1.0, 2.0)
     snr_db = rng.uniform(20, 40) if clean else rng.uniform(6, 25)
-    mix += _colored_noise(rng, n, sr, exponent) * 10 ** (-snr_db / 20)
+    if not clean and rng.random() < 0.4:  # mains hum
+        hum_phase = np.float32(2 * np.pi * rng.choice([50.0, 60.0])) * _time(n, sr)
+        mix += _harmonics(hum_phase, [1.0, 0.5, 0.3, 0.2]) * 10 ** (rng.uniform(-26, -12) / 20)
+    size = _fast_len(n)
+    freqs = np.fft.rfftfreq(size, 1.0 / sr)
+    spec = np.fft.rfft(mix, n=size)
+    shape = np.maximum(freqs, 20.0) ** (-exponent / 2)
+    re, im = rng.standard_normal(len(freqs)) * shape, rng.standard_normal(len(freqs)) * shape
+    noise_rms = np.sqrt(2 * np.sum(re * re + im * im)) / size  # Parseval (ignoring the end bins' weight)
+    scale = 10 ** (-snr_db / 20) / noise_rms
+    spec.real += re * scale
+    spec.imag += im * scale
     if not clean:
-        if rng.random() < 0.4:  # mains hum
-            hum_phase = np.float32(2 * np.pi * rng.choice([50.0, 60.0])) * _time(n, sr)
-            mix += _harmonics(hum_phase, [1.0, 0.5, 0.3, 0.2]) * 10 ** (rng.uniform(-26, -12) / 20)
         lo = rng.uniform(100, 400) if rng.random() < 0.3 else 1.0
         hi = np.exp(rng.uniform(np.log(3000), np.log(10000))) if rng.random() < 0.6 else 0.49 * sr
-        mix = _fft_filter(mix, sr, _band(lo, min(hi, 0.49 * sr), 3))
+        spec *= _band(lo, min(hi, 0.49 * sr), 3)(freqs)
+    mix = np.fft.irfft(spec, n=size)[:n]
+    if not clean:
         mix /= np.abs(mix).max() + 1e-12
         effect = rng.random()
         if effect < 0.3:  # hard clipping
