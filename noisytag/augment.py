@@ -23,7 +23,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from noisytag.config import AugmentConfig
@@ -145,13 +144,44 @@ class SpecMix(BatchAugment):
         return torch.where(region, x[perm], x), (1 - a) * y + a * y[perm]
 
 
+def _source_pixels(n: int, scale: torch.Tensor, centre: torch.Tensor):
+    """Bilinear source positions of one axis for a zoom by ``scale`` about ``centre`` (in [−1, 1]).
+
+    Output pixel i (centre at normalised (2i+1)/n − 1, align_corners=False) reads the input at pixel
+    ``p = i + (c − i)(1 − 1/scale)``, c the fixed point in pixels, clamped to [0, n − 1] (border
+    padding). Returns (B, n) int64 ``lo``, ``hi`` and the float weight of ``hi``; scale = 1 gives
+    p = i exactly (weight 0), so unzoomed examples keep their exact values.
+    """
+    i = torch.arange(n, dtype=scale.dtype, device=scale.device)
+    fixed = (centre[:, None] + 1) * (n / 2) - 0.5
+    pos = (i + (fixed - i) * (1 - 1 / scale)[:, None]).clamp(0, n - 1)
+    lo = pos.floor().long()
+    return lo, (lo + 1).clamp(max=n - 1), pos - lo
+
+
+def zoom_theta(params: Params) -> torch.Tensor:
+    """(B, 2, 3) ``F.affine_grid`` matrices of ZoomCrop draws (reference for tests and benchmarks)."""
+    inv = 1.0 / params["scale"]
+    zero = torch.zeros_like(inv)
+    cx, cy = params["cx"], params["cy"]
+    # theta maps output (x = time, y = mel) coordinates to input coordinates
+    return torch.stack(
+        [torch.stack([inv, zero, cx * (1 - inv)], 1), torch.stack([zero, inv, cy * (1 - inv)], 1)], 1
+    )
+
+
 class ZoomCrop(BatchAugment):
     """Zoom by s ~ U[1, max_zoom] about a random point, keeping the size (one affine resampling).
 
     Output pixel u (normalised to [−1, 1]) reads the input at ``c + (u − c)/s``, c ~ U[−1, 1]² the
     fixed point, so the crop always stays inside the input; bilinear, border padding. Examples
-    skipped with probability 1 − p keep their exact values. Targets are unchanged.
-    params: ``on`` (B,) bool, ``scale`` (B,), ``cy``, ``cx`` (B,) fixed point (mel, time).
+    skipped with probability 1 − p get s = 1 and keep their exact values. Targets are unchanged.
+
+    The result equals ``F.grid_sample(x, F.affine_grid(zoom_theta(params)), bilinear, border,
+    align_corners=False)`` (to float rounding); because a zoom without rotation is separable, it is
+    computed as linear interpolation along mel then along time (row gathers + lerp), about 3× faster
+    on a CPU than grid_sample. params: ``on`` (B,) bool, ``scale`` (B,), ``cy``, ``cx`` (B,) fixed
+    point (mel, time) in [−1, 1].
     """
 
     def __init__(self, max_zoom: float = 1.05, p: float = 0.75, generator: torch.Generator | None = None):
@@ -165,22 +195,17 @@ class ZoomCrop(BatchAugment):
         return {"on": on, "scale": scale, "cy": self._uniform(n, -1, 1), "cx": self._uniform(n, -1, 1)}
 
     def apply(self, x, y, params):
-        inv = 1.0 / params["scale"].to(x.dtype)
-        zero = torch.zeros_like(inv)
-        cx, cy = params["cx"].to(x.dtype), params["cy"].to(x.dtype)
-        # affine_grid's theta maps output (x=time, y=mel) coordinates to input coordinates.
-        theta = torch.stack(
-            [
-                torch.stack([inv, zero, cx * (1 - inv)], dim=1),
-                torch.stack([zero, inv, cy * (1 - inv)], dim=1),
-            ],
-            dim=1,
-        )
-        flat = x.reshape(x.shape[0], -1, *x.shape[-2:])
-        grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
-        warped = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        on = _per_example(params["on"], x).bool()
-        return torch.where(on, warped.reshape(x.shape), x), y
+        b, n_f, n_t = x.shape[0], x.shape[-2], x.shape[-1]
+        scale = params["scale"].to(x.dtype)
+        lead = [1] * (x.dim() - 3)  # channel axes
+        lo, hi, frac = _source_pixels(n_f, scale, params["cy"].to(x.dtype))
+        shape = (b, *lead, n_f, 1)
+        lo, hi = lo.view(shape).expand(x.shape), hi.view(shape).expand(x.shape)
+        x = torch.lerp(x.gather(-2, lo), x.gather(-2, hi), frac.view(shape))
+        lo, hi, frac = _source_pixels(n_t, scale, params["cx"].to(x.dtype))
+        shape = (b, *lead, 1, n_t)
+        lo, hi = lo.view(shape).expand(x.shape), hi.view(shape).expand(x.shape)
+        return torch.lerp(x.gather(-1, lo), x.gather(-1, hi), frac.view(shape)), y
 
 
 class Lighting(BatchAugment):
@@ -218,7 +243,8 @@ class Lighting(BatchAugment):
 
     def apply(self, x, y, params):
         shift, scale = _per_example(params["shift"], x), _per_example(params["scale"], x)
-        lit = torch.sigmoid((torch.logit(x, eps=1e-6) + shift) * scale)
+        lit = torch.logit(x, eps=1e-6)  # one fresh tensor, then in place: fewer passes over memory
+        lit.add_(shift).mul_(scale).sigmoid_()
         return torch.where(_per_example(params["on"], x).bool(), lit, x), y
 
 

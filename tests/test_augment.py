@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from noisytag.augment import (
     GALLERY_COLUMNS,
@@ -17,6 +18,7 @@ from noisytag.augment import (
     build_chain,
     check_config,
     gallery,
+    zoom_theta,
 )
 from noisytag.config import AugmentConfig
 
@@ -138,6 +140,18 @@ def test_zoom_scales_a_ramp_about_its_fixed_point():
     assert out[1, 0, 0, 31:33].mean().item() == pytest.approx(0.5, abs=1e-3)  # centre fixed
     assert out[3, 0, 0, 0].item() == pytest.approx(0.0, abs=1e-3)  # left edge fixed
     assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_zoom_equals_one_affine_grid_sample(channels):
+    g = gen(4)
+    x = torch.rand(32, channels, 24, 40, generator=g)
+    zoom = ZoomCrop(max_zoom=1.3, p=1.0, generator=g)
+    params = zoom.sample(x)
+    grid = F.affine_grid(zoom_theta(params), list(x.shape), align_corners=False)
+    expected = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out, _ = zoom.apply(x, torch.zeros(32, 2), params)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
 def test_zoom_untouched_examples_are_exact():
