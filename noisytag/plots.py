@@ -135,7 +135,7 @@ def selection_figure(
     n = len(counts)
     k = max(len(counts.columns), 1)
     panels = 2 if precision is not None else 1
-    fig = Figure(figsize=(max(8, 0.2 * n + 2), 3.4 * panels))
+    fig = Figure(figsize=(max(8, 0.16 * n + 2), 3.4 * panels))
     axes = np.atleast_1d(fig.subplots(panels, 1, sharex=True))
     x = np.arange(n)
     width = 0.8 / k
@@ -151,7 +151,7 @@ def selection_figure(
             axes[1].plot(x[zero] + offset, np.full(zero.sum(), 0.03), "x", color=color, ms=5, mew=1.5)
     axes[0].set_ylabel("clips kept")
     axes[0].yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    axes[0].legend(fontsize=8, frameon=False)
+    axes[0].legend(fontsize=8, frameon=False, ncol=k, loc="lower right", bbox_to_anchor=(1, 1))
     if precision is not None:
         axes[1].set_ylabel("precision")
         axes[1].set_ylim(0, 1.05)
