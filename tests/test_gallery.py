@@ -42,8 +42,6 @@ def test_gallery_figure_rejects_wrong_shapes():
 
 @pytest.mark.slow
 def test_save_gallery_from_data_dir(tiny_data, tmp_path):
-    pytest.importorskip("noisytag.data")
-    pytest.importorskip("noisytag.features")
     from noisytag.gallery import load_windows, save_gallery
 
     x, y, classes, names = load_windows(tiny_data, n_clips=3, seed=0)
@@ -53,3 +51,17 @@ def test_save_gallery_from_data_dir(tiny_data, tmp_path):
     assert len(set(names)) == 3
     out = save_gallery(tiny_data, tmp_path / "sub" / "gallery.png", n_clips=3, seed=0)
     assert out.is_file() and out.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_augment_gallery_command(tiny_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+
+    out = tmp_path / "g.png"
+    result = CliRunner().invoke(app, ["augment-gallery", str(tiny_data), "-o", str(out), "--n-clips", "2"])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    missing = CliRunner().invoke(app, ["augment-gallery", str(tmp_path / "nope"), "-o", str(out)])
+    assert missing.exit_code == 2
