@@ -499,7 +499,7 @@ def check(
 
     def show(problems: list[str]) -> None:
         for line in problems[:max_lines]:
-            err_console.print(f"[red]-[/] {line}", highlight=False, markup=False)
+            err_console.print(f"- {line}", style="red", highlight=False, markup=False, soft_wrap=True)
         if len(problems) > max_lines:
             err_console.print(f"... and {len(problems) - max_lines} more")
 

@@ -121,6 +121,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[int], list[str]]:
             )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        reason = reason.replace("Error tokenizing data. C error: ", "")
         return None, [], [f"{name}: unreadable CSV ({reason})"]
     problems, bad = [], []
     for warning in caught:
@@ -262,6 +263,7 @@ def _load_labelled(
             continue
         keep.append((fname, str(folder / fname), tuple(sorted(labels, key=order.__getitem__))))
     table = pd.DataFrame(keep, columns=["fname", "path", "labels"]) if keep else empty
+    problems.sort(key=lambda p: int(m.group(1)) if (m := re.search(r" line (\d+)", p)) else 0)  # file order
     return table, problems
 
 
