@@ -329,27 +329,48 @@ def _loudness(x: np.ndarray) -> float:
     return float(np.percentile(np.sqrt(np.mean(frames**2, axis=1)), 90)) + 1e-9
 
 
+def _distractor(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    """An unlabelled sound (real clips hold those too): steady tone blips or band-noise bursts, (n,)."""
+    t = np.arange(n) / sr
+    starts = np.sort(rng.uniform(0, max(n / sr - 0.1, 0.0), int(rng.integers(1, 4))))
+    lengths = rng.uniform(0.08, 0.5, len(starts))
+    gate = ((t[:, None] >= starts) & (t[:, None] < starts + lengths)).any(axis=1).astype(np.float64)
+    gate = _fft_filter(gate, sr, _band(0.01, 40.0, 1))  # soften the edges (~25 ms)
+    if rng.random() < 0.5:
+        f = np.exp(rng.uniform(np.log(200), np.log(min(4000, 0.4 * sr))))
+        return gate * _harmonics(_phase(np.full(n, f), sr), [1.0, rng.uniform(0, 0.5)])
+    centre = np.exp(rng.uniform(np.log(200), np.log(min(8000, 0.3 * sr))))
+    width = 2 ** rng.uniform(0.15, 0.5)
+    return gate * _fft_filter(rng.standard_normal(n), sr, _band(centre / width, centre * width, 3))
+
+
 def render_clip(
     rng: np.random.Generator, labels: tuple[str, ...], n: int, sr: int, domain: str
 ) -> np.ndarray:
     """One clip of n samples holding the given classes, in the "clean" or "noisy" recording domain.
 
     Each class occupies a random region of at least half the clip (so two or three classes overlap), at a
-    random relative level; background noise, band-limiting and saturation follow the domain. Returns float32
-    in [-1, 1] with a random peak level.
+    random relative level; an unlabelled distractor sound joins some clips (35 % clean, 50 % noisy);
+    background noise, band-limiting and saturation follow the domain. Returns float32 in [-1, 1] with a
+    random peak level.
     """
     mix = np.zeros(n)
     for k, label in enumerate(labels):
         length = max(min(n, int(0.4 * sr)), int(n * rng.uniform(0.5, 1.0)))
         onset = int(rng.integers(0, n - length + 1))
         event = SOUNDS[label](rng, length, sr) * _fade(length, sr, 0.005, 0.01)
-        gain_db = 0.0 if k == 0 else rng.uniform(-8, 0)
+        gain_db = 0.0 if k == 0 else rng.uniform(-10, 0)
         mix[onset : onset + length] += event / _loudness(event) * 10 ** (gain_db / 20)
+    if rng.random() < (0.35 if domain == "clean" else 0.5):
+        length = max(min(n, int(0.3 * sr)), int(n * rng.uniform(0.2, 0.8)))
+        onset = int(rng.integers(0, n - length + 1))
+        event = _distractor(rng, length, sr)
+        mix[onset : onset + length] += event / _loudness(event) * 10 ** (rng.uniform(-15, -3) / 20)
     # Background noise is drawn directly as a spectrum and added to the mix's spectrum; the noisy domain's
     # band-limiting multiplies the same spectrum: two FFTs per clip in all.
     clean = domain == "clean"
     exponent = rng.uniform(0.0, 1.0) if clean else rng.uniform(1.0, 2.0)
-    snr_db = rng.uniform(20, 40) if clean else rng.uniform(6, 25)
+    snr_db = rng.uniform(12, 40) if clean else rng.uniform(5, 25)
     if not clean and rng.random() < 0.4:  # mains hum
         hum_phase = np.float32(2 * np.pi * rng.choice([50.0, 60.0])) * _time(n, sr)
         mix += _harmonics(hum_phase, [1.0, 0.5, 0.3, 0.2]) * 10 ** (rng.uniform(-26, -12) / 20)
