@@ -57,6 +57,32 @@ def _band_groups(fb: np.ndarray, size: int) -> list[tuple[int, int, int, int]]:
     return groups
 
 
+def frame_segments(x: torch.Tensor, n_fft: int, hop: int) -> list[tuple[int, torch.Tensor]]:
+    """Centred STFT frames of (B, N) signals with reflect padding, as (first frame, (B, t, n_fft) view) pieces.
+
+    Only the few frames that reach into the padding are built from small reflect-padded copies of the
+    signal's ends; the interior frames are a strided view of ``x`` itself (no copy of the signal).
+    Together the pieces are exactly ``pad(x, reflect).unfold(-1, n_fft, hop)``, frames 0 … N // hop.
+    """
+    pad = n_fft // 2
+    n = x.shape[-1]
+    total = 1 + n // hop
+    head = -(-pad // hop)  # frames starting before sample 0
+    body_end = (n + pad - n_fft) // hop + 1  # frames ending at or before sample N
+    if hop >= n_fft - pad or body_end <= head or n < 2 * n_fft:  # short or unusual: pad everything
+        padded = nn.functional.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        return [(0, padded.unfold(-1, n_fft, hop))]
+    left = nn.functional.pad(x[:, : (head - 1) * hop - pad + n_fft].unsqueeze(1), (pad, 0), mode="reflect")
+    tail_start = body_end * hop - pad
+    right = nn.functional.pad(x[:, tail_start:].unsqueeze(1), (0, pad), mode="reflect")
+    body = x[:, head * hop - pad : (body_end - 1) * hop - pad + n_fft]
+    return [
+        (0, left.squeeze(1).unfold(-1, n_fft, hop)[:, :head]),
+        (head, body.unfold(-1, n_fft, hop)),
+        (body_end, right.squeeze(1).unfold(-1, n_fft, hop)[:, : total - body_end]),
+    ]
+
+
 class LogMel(nn.Module):
     """Waveforms (B, N) at ``cfg.sample_rate`` → log-mel dB (B, n_mels, 1 + N // hop).
 
@@ -86,6 +112,9 @@ class LogMel(nn.Module):
         window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float64)
         self.register_buffer("window", window.to(dtype), persistent=False)
         self.register_buffer("filters", torch.from_numpy(fb.copy()).to(dtype), persistent=False)
+        # Each weight twice, for the squared real and imaginary parts, which the rfft output holds
+        # interleaved: power and mel sum become one product over contiguous squares (no strided add).
+        self.register_buffer("filters2", self.filters.repeat_interleave(2, dim=1), persistent=False)
 
     def frames_db(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N) → dB as (B, T, n_mels): time-major, one row per frame, as the feature cache stores it."""
@@ -98,25 +127,33 @@ class LogMel(nn.Module):
                 f"LogMel needs more than {pad} samples per clip (reflect padding), got {x.shape[1]}"
             )
         x = x.to(self.window.dtype)
-        padded = nn.functional.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-        frames = padded.unfold(-1, cfg.n_fft, cfg.hop_length)  # (B, T, n_fft) view, no copy
-        batch, total = frames.shape[0], frames.shape[1]
-        step = total if self.chunk_frames is None else max(1, self.chunk_frames // max(batch, 1))
+        batch, total = x.shape[0], n_frames(x.shape[1], cfg)
+        step = total if self.chunk_frames is None else max(1, min(total, self.chunk_frames // max(batch, 1)))
         mel = torch.empty(batch, total, cfg.n_mels, dtype=x.dtype, device=x.device)
-        for t0 in range(0, total, step):
-            spec = torch.fft.rfft(frames[:, t0 : t0 + step] * self.window, dim=-1)
-            parts = torch.view_as_real(spec)
-            power = parts[..., 0].square() + parts[..., 1].square()  # (B, C, n_fft // 2 + 1)
-            out = mel[:, t0 : t0 + step]
-            for m0, m1, b0, b1 in self.groups:
-                out[..., m0:m1] = power[..., b0:b1] @ self.filters[m0:m1, b0:b1].T
-        db = 10.0 * torch.log10(mel.clamp_min_(AMIN))
+        # Buffers reused by every chunk: fresh large tensors would page-fault on each allocation.
+        windowed = torch.empty(batch, step, cfg.n_fft, dtype=x.dtype, device=x.device)
+        spec = torch.empty(batch, step, cfg.n_fft // 2 + 1, dtype=_complex(x.dtype), device=x.device)
+        for first, frames in frame_segments(x, cfg.n_fft, cfg.hop_length):
+            for f0 in range(0, frames.shape[1], step):
+                c = min(step, frames.shape[1] - f0)
+                w, s = windowed[:, :c], spec[:, :c]
+                torch.mul(frames[:, f0 : f0 + c], self.window, out=w)
+                torch.fft.rfft(w, dim=-1, out=s)
+                squares = torch.view_as_real(s).flatten(-2).square_()  # (B, c, 2 · bins): re², im², …
+                out = mel[:, first + f0 : first + f0 + c]
+                for m0, m1, b0, b1 in self.groups:
+                    out[..., m0:m1] = squares[..., 2 * b0 : 2 * b1] @ self.filters2[m0:m1, 2 * b0 : 2 * b1].T
+        db = torch.log10(mel.clamp_min_(AMIN)).mul_(10.0)
         floor = db.amax(dim=(1, 2), keepdim=True) - cfg.top_db
-        return torch.maximum(db, floor)
+        return torch.maximum(db, floor, out=db)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N) waveforms → (B, n_mels, T) dB (a transposed view of :meth:`frames_db`)."""
         return self.frames_db(x).transpose(1, 2)
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,7 +9,7 @@ import torch
 
 from noisytag.audio import load
 from noisytag.config import FrontendConfig
-from noisytag.features import LogMel, log_mel, n_frames, normalize
+from noisytag.features import LogMel, frame_segments, log_mel, n_frames, normalize
 
 librosa = pytest.importorskip("librosa")
 SR = 44100
@@ -123,3 +123,14 @@ def test_normalize_numpy_and_torch():
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), want)
     np.testing.assert_allclose(normalize(db[0], -80.0, 0.0), want[0])  # one clip, scalar lo/hi
+
+
+@pytest.mark.parametrize("n", [1281, 5119, 5121, 88_199, 88_200, 88_201, 70_680, 70_679])
+def test_frame_segments_equal_full_reflect_padding(n):
+    x = torch.randn(2, n)
+    full = (
+        torch.nn.functional.pad(x.unsqueeze(1), (1280, 1280), mode="reflect").squeeze(1).unfold(-1, 2560, 694)
+    )
+    pieces = frame_segments(x, 2560, 694)
+    assert [first for first, _ in pieces] == list(np.cumsum([0] + [p.shape[1] for _, p in pieces])[:-1])
+    assert torch.equal(torch.cat([p for _, p in pieces], dim=1), full)
