@@ -13,7 +13,7 @@ from noisytag.context import RunConfigMismatch
 from noisytag.pipeline import run_pipeline
 from noisytag.rundir import RunDir
 
-from .conftest import tiny_config
+from conftest import tiny_config
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from noisytag.loader import ClipSet
 from noisytag.metrics import lwlrap
 from noisytag.train import fit_fold, read_metrics, score_windows
 
-from .conftest import tiny_config
+from conftest import tiny_config
 
 
 def test_score_windows_averages_per_clip_and_drops_padded_duplicates():
@@ -75,12 +75,13 @@ def test_training_learns_the_training_set(tmp_path, curated_clips):
         "augment.brightness_p": 0,
         "augment.contrast_p": 0,
     }
-    _fit(tmp_path, caches, clips, n_classes, epochs=8, **off)
+    _fit(tmp_path, caches, clips, n_classes, epochs=12, **{"train.batch_size": 4, **off})
     rows = read_metrics(tmp_path / "metrics.csv")
-    assert [int(r["epoch"]) for r in rows] == list(range(8))
-    losses = [float(r["train_loss"]) for r in rows]
-    assert losses[-1] < 0.8 * losses[0], losses
-    assert float(rows[-1]["val_lwlrap"]) > float(rows[0]["val_lwlrap"])
+    assert [int(r["epoch"]) for r in rows] == list(range(12))
+    val_loss = [float(r["val_loss"]) for r in rows]
+    val_lwlrap = [float(r["val_lwlrap"]) for r in rows]
+    assert val_loss[-1] < 0.9 * val_loss[0], val_loss
+    assert val_lwlrap[-1] > val_lwlrap[0] + 0.15, val_lwlrap
     assert (tmp_path / "last.ckpt").is_file()
 
 
