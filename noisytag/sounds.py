@@ -75,10 +75,21 @@ def _band(lo: float, hi: float, order: int = 4) -> Callable[[np.ndarray], np.nda
     return gain
 
 
+def _shaped_noise(
+    rng: np.random.Generator, n: int, sr: int, gain: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Gaussian noise with magnitude response ``gain(freqs_hz)``, drawn as a spectrum (one FFT), unit RMS."""
+    size = _fast_len(n)
+    shape = gain(np.fft.rfftfreq(size, 1.0 / sr))
+    x = np.fft.irfft(
+        (rng.standard_normal(len(shape)) + 1j * rng.standard_normal(len(shape))) * shape, n=size
+    )[:n]
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
+
+
 def _colored_noise(rng: np.random.Generator, n: int, sr: int, exponent: float) -> np.ndarray:
     """Noise with power ∝ 1/f**exponent (0 white, 1 pink, 2 brown), unit RMS."""
-    x = _fft_filter(rng.standard_normal(n), sr, lambda f: 1.0 / np.maximum(f, 20.0) ** (exponent / 2))
-    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
+    return _shaped_noise(rng, n, sr, lambda f: 1.0 / np.maximum(f, 20.0) ** (exponent / 2))
 
 
 def _fade(n: int, sr: int, attack: float, release: float) -> np.ndarray:
@@ -201,7 +212,7 @@ def _hihat(rng, n, sr):
     length = int(0.25 * sr)
     t = np.arange(length) / sr
     lo = min(rng.uniform(5000, 8000), 0.3 * sr)
-    noise = _fft_filter(rng.standard_normal(length), sr, _band(lo, 0.48 * sr, 3))
+    noise = _shaped_noise(rng, length, sr, _band(lo, 0.48 * sr, 3))
     starts = _hits(rng, n, sr, rng.uniform(0.08, 0.3), 0.02)
     decay = rng.uniform(0.01, 0.06)
     closed = noise * np.exp(-t / decay)
@@ -331,17 +342,17 @@ def _loudness(x: np.ndarray) -> float:
 
 def _distractor(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     """An unlabelled sound (real clips hold those too): steady tone blips or band-noise bursts, (n,)."""
-    t = np.arange(n) / sr
+    t = _time(n, sr)[:, None]
     starts = np.sort(rng.uniform(0, max(n / sr - 0.1, 0.0), int(rng.integers(1, 4))))
-    lengths = rng.uniform(0.08, 0.5, len(starts))
-    gate = ((t[:, None] >= starts) & (t[:, None] < starts + lengths)).any(axis=1).astype(np.float64)
-    gate = _fft_filter(gate, sr, _band(0.01, 40.0, 1))  # soften the edges (~25 ms)
+    ends = starts + rng.uniform(0.08, 0.5, len(starts))
+    ramp = np.float32(0.02)  # 20 ms linear attack and release
+    gate = np.clip(np.minimum(t - starts, ends - t) / ramp, 0, 1).max(axis=1)
     if rng.random() < 0.5:
         f = np.exp(rng.uniform(np.log(200), np.log(min(4000, 0.4 * sr))))
         return gate * _harmonics(_phase(np.full(n, f), sr), [1.0, rng.uniform(0, 0.5)])
     centre = np.exp(rng.uniform(np.log(200), np.log(min(8000, 0.3 * sr))))
     width = 2 ** rng.uniform(0.15, 0.5)
-    return gate * _fft_filter(rng.standard_normal(n), sr, _band(centre / width, centre * width, 3))
+    return gate * _shaped_noise(rng, n, sr, _band(centre / width, centre * width, 3))
 
 
 def render_clip(

@@ -72,7 +72,7 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     "tiny": Scale(2, 4, 1, 0.5, 4.0, 1.5, 2.0),
-    "demo": Scale(15, 60, 8, 0.5, 8.0, 2.2, 2.8),
+    "demo": Scale(15, 60, 8, 0.5, 8.0, 2.0, 2.4),
     "small": Scale(40, 160, 20, 0.5, 12.0, 3.0, 5.0),
     "medium": Scale(75, 300, 40, 0.3, 15.0, 3.5, 8.0),
 }
