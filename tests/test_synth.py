@@ -104,6 +104,7 @@ def test_corruption_kinds():
             assert set(g) < set(t) and len(g) == len(t) - 1
 
 
+@pytest.mark.slow  # ~5 s: a spawn pool and a second data set
 def test_deterministic_across_workers_and_seeds(tiny_data, tmp_path):
     again = tmp_path / "again"
     generate(again, scale="tiny", seed=0, workers=2)  # spawn pool: bytes must not depend on it
