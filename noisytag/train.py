@@ -76,11 +76,12 @@ class TaggerModule(L.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        # Augmentation and dropout draws depend only on (seed, epoch, rank): exact resume.
-        torch.manual_seed(self.seed * 100_003 + self.current_epoch * 101 + self.global_rank)
         self._reset_train()
 
     def training_step(self, batch, batch_idx):
+        # Augmentation and dropout draws depend only on (seed, step, rank), all restored from a
+        # checkpoint, so a resumed run takes exactly the steps an uninterrupted one would.
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step * 101 + self.global_rank)
         x, y = batch
         x, y = self.augment(x, y)
         loss = F.binary_cross_entropy_with_logits(self(x).float(), y.float())
