@@ -46,8 +46,8 @@ def decode(path: str | Path) -> tuple[np.ndarray, int]:
         raise AudioError(path, "not a regular file")
     try:
         with sf.SoundFile(str(path)) as f:
-            sr = f.samplerate
-            if f.subtype == "PCM_16":  # reading int16 and scaling here is ~2× faster, and bit-identical
+            sr, subtype = f.samplerate, f.subtype
+            if subtype == "PCM_16":  # reading int16 and scaling here is ~2× faster, and bit-identical
                 data = f.read(dtype="int16", always_2d=True) * np.float32(1 / 32768)
             else:
                 data = f.read(dtype="float32", always_2d=True)
@@ -59,7 +59,7 @@ def decode(path: str | Path) -> tuple[np.ndarray, int]:
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(path, "no audio samples")
     y = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    if not np.isfinite(y.sum()) and not np.isfinite(y).all():  # the sum is a cheap first check
+    if not subtype.startswith("PCM") and not np.isfinite(y).all():  # integer PCM is always finite
         raise AudioError(path, "non-finite (NaN or infinite) samples")
     return np.ascontiguousarray(y), int(sr)
 

@@ -54,6 +54,9 @@ FRAMES, PROGRESS, INDEX, MANIFEST, DONE, LOCK = (
 )
 INDEX_COLUMNS = ["fname", "offset", "n_frames", "lo", "hi", "duration"]
 _DTYPE = np.dtype("<f2")
+# Reading a page of a mapping also maps its cached neighbours (the kernel's fault-around, 64 KB),
+# so each read range is counted as up to this much more towards the resident budget.
+_FAULT_AROUND = 128 * 1024
 _SYNC_SECONDS = 10.0  # fsync data + log at most this often (kill -9 needs only the write order)
 
 
@@ -156,7 +159,9 @@ def _ordered_results(paths: Sequence[str], cfg: FrontendConfig, workers: int) ->
     """``_work`` results in input order; at most ``4 · workers`` clips in flight (flat memory).
 
     ``workers <= 1`` runs in this process. Pools use "spawn": forking a process that has already
-    started torch's thread pools can deadlock.
+    started torch's thread pools can deadlock. If a worker process dies (a decoder crash on a
+    malformed file), the clips in flight are retried one by one in fresh processes, so only the
+    culprit is reported as failed and the rest of the data set is still extracted.
     """
     workers = _resolve_workers(workers)
     if workers == 1 or len(paths) <= 1:
@@ -165,24 +170,41 @@ def _ordered_results(paths: Sequence[str], cfg: FrontendConfig, workers: int) ->
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     from noisytag.features import mel_filters
 
     ctx = multiprocessing.get_context("spawn")
     init = (dataclasses.asdict(cfg), mel_filters(cfg))
-    with ProcessPoolExecutor(min(workers, len(paths)), ctx, _init_worker, init) as pool:
+    todo = deque(paths)
+    while todo:
         pending: deque = deque()
-        todo = iter(paths)
-        for p in todo:
-            pending.append(pool.submit(_work, p))
-            if len(pending) >= 4 * workers:
-                break
-        while pending:
-            result = pending.popleft().result()
-            for p in todo:
-                pending.append(pool.submit(_work, p))
-                break
-            yield result
+        pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, _init_worker, init)
+        try:
+            while todo or pending:
+                while todo and len(pending) < 4 * workers:
+                    path = todo.popleft()
+                    pending.append((path, pool.submit(_work, path)))
+                result = pending[0][1].result()
+                pending.popleft()
+                yield result
+        except BrokenProcessPool:
+            for path, _ in pending:
+                yield _isolated(path, ctx, init)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _isolated(path: str, ctx, init: tuple) -> tuple:
+    """``_work(path)`` in a process of its own; a crash of that process becomes the file's error."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(1, ctx, _init_worker, init) as pool:
+        try:
+            return pool.submit(_work, path).result()
+        except BrokenProcessPool:
+            return ("error", "the decoder crashed on this file (its worker process died)")
 
 
 def extract_files(
@@ -459,8 +481,8 @@ class FeatureCache:
     def clip(self, i: int) -> np.ndarray:
         """Whole clip ``i`` as float32 dB (n_mels, T)."""
         o, n = int(self._offset[i]), int(self._n_frames[i])
-        out = np.ascontiguousarray(self.frames[o : o + n].T, dtype=np.float32)
-        self._account(out.size * _DTYPE.itemsize)
+        out = _to_float32_transposed(self.frames[o : o + n][None])[0]
+        self._account(n * self.n_mels * _DTYPE.itemsize + _FAULT_AROUND)
         return out
 
     def windows(self, indices, starts, width: int) -> np.ndarray:
@@ -477,9 +499,22 @@ class FeatureCache:
         t = st[:, None] + np.arange(width)  # (B, width) frame numbers within each clip
         valid = t < self._n_frames[idx][:, None]
         rows = self._offset[idx][:, None] + np.where(valid, t, 0)
-        out = np.empty((len(idx), self.n_mels, width), dtype=np.float32)
-        out[...] = self.frames[rows.ravel()].reshape(len(idx), width, self.n_mels).transpose(0, 2, 1)
+        gathered = self.frames[rows.ravel()].reshape(len(idx), width, self.n_mels)
+        out = _to_float32_transposed(gathered)
         if not valid.all():
             np.copyto(out, self._lo[idx][:, None, None], where=~valid[:, None, :])
-        self._account(rows.size * self.n_mels * _DTYPE.itemsize)
+        self._account(rows.size * self.n_mels * _DTYPE.itemsize + len(idx) * _FAULT_AROUND)
         return out
+
+
+def _to_float32_transposed(frames: np.ndarray) -> np.ndarray:
+    """float16 (B, T, n_mels) → float32 (B, n_mels, T) in one pass (torch's F16C copy; numpy's float16
+    casts are several times slower)."""
+    import torch
+
+    if not frames.flags.writeable or not frames.flags.c_contiguous:  # torch wants a writable buffer
+        frames = np.array(frames)
+    src = torch.from_numpy(frames)
+    out = torch.empty(src.shape[0], src.shape[2], src.shape[1], dtype=torch.float32)
+    out.copy_(src.transpose(1, 2))
+    return out.numpy()

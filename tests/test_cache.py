@@ -80,7 +80,7 @@ def test_build_and_read(data, tmp_path):
 
 def test_windows_batched_read(data, tmp_path):
     build_cache(data, tmp_path / "cache", CFG, splits=("curated",), workers=1, progress=False)
-    cache = FeatureCache.open(tmp_path / "cache", CFG, "curated", resident_mb=0.01)  # madvise often
+    cache = FeatureCache.open(tmp_path / "cache", CFG, "curated", resident_mb=0.5)  # madvise often
     rng = np.random.default_rng(1)
     idx = rng.integers(0, len(cache), 50)
     n = cache.index["n_frames"].to_numpy()[idx]
