@@ -85,7 +85,7 @@ def trace_templates(model, width: int = 128):
     """Graphs (model.onnx, fast.onnx) of one architecture, initializers named after ``model``'s state dict."""
     import torch
 
-    from noisytag.infer import ProbsModel, WindowedHead
+    from noisytag.members import ProbsModel, WindowedHead
 
     n_mels = 128
     batch, time = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=width)
@@ -217,7 +217,8 @@ def export_models(
     Members already exported with the same weights (sha256) are kept; the manifest lists every member
     present. Raises :class:`ExportError` when a member differs from PyTorch by more than 1e-4.
     """
-    from noisytag.infer import TorchMember, _member_name, _shared
+    from noisytag.infer import _member_name, _shared
+    from noisytag.members import TorchMember
     from noisytag.weights import load_model, read_meta
 
     out_dir = Path(out_dir)

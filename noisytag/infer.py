@@ -15,8 +15,11 @@ Two modes (``InferConfig.mode``):
   edges instead of zero padding, so scores differ slightly from the exact mode (see benchmarks/README).
 
 Members are behind one small interface (:class:`TorchMember` here, ``noisytag.export.OnnxMember`` for
-onnxruntime): ``probs(x)`` for (B, 1, F, W) windows, ``feature_map(x)`` and ``head_probs(fmaps)`` for
-the fast mode. Inputs always have one channel; a member repeats it when its model wants three.
+onnxruntime): ``probs(x)`` maps (B, 1, F, W) windows to (B, K) probabilities and ``fast_probs(x, starts,
+width)`` maps one whole clip (1, 1, F, T) and its window starts to (n, K). Both backends run the same
+modules (:class:`ProbsModel`, :class:`WindowedHead`; ONNX holds their exported graphs). Inputs always
+have one channel; a member repeats it when its model wants three. Attributes: ``n_classes``,
+``in_channels``, ``time_reduction``, ``name``.
 """
 
 from __future__ import annotations
@@ -28,99 +31,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from noisytag.config import FrontendConfig, InferConfig
+from noisytag.members import ProbsModel, TorchMember, WindowedHead, as_members
+from noisytag.submission import evaluate_submission, read_sample_columns, write_submission
 from noisytag.windows import window_offsets
 
 log = logging.getLogger(__name__)
 
-
-# ----------------------------------------------------------------------------------------------
-# members
-
-
-class ProbsModel(nn.Module):
-    """(B, 1, F, W) windows → (B, K) sigmoid probabilities (channels repeated if the model wants more).
-
-    The graph exported to ONNX for the exact mode; the torch backend runs the same module.
-    """
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.in_channels = int(model.spec.get("in_channels", 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_channels != 1:
-            x = x.expand(-1, self.in_channels, -1, -1)
-        return torch.sigmoid(self.model(x))
-
-
-class WindowedHead(nn.Module):
-    """Fast mode: (1, 1, F, T) clip + (n,) window start frames → (n, K) probabilities.
-
-    The body runs once over the clip; window w's slice of the feature map starts at
-    ``round(start / time_reduction)`` (clamped into the map) and spans ``width // time_reduction``
-    steps; the head pools and classifies each slice. Exported to ONNX as one graph.
-    """
-
-    def __init__(self, model, width: int = 128):
-        super().__init__()
-        self.model = model
-        self.in_channels = int(model.spec.get("in_channels", 1))
-        self.reduction = int(getattr(model, "time_reduction", 1))
-        self.steps = max(width // self.reduction, 1)
-
-    def forward(self, x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-        if self.in_channels != 1:
-            x = x.expand(-1, self.in_channels, -1, -1)
-        fmap = self.model.body(x)[0]  # (D, F', T')
-        last = torch.ones_like(starts) * (fmap.shape[-1] - self.steps)
-        first = torch.round(starts.to(torch.float32) / self.reduction).to(torch.int64)
-        first = torch.clamp(torch.minimum(first, last), min=0)
-        idx = first[:, None] + torch.arange(self.steps, device=starts.device)[None, :]  # (n, w')
-        windows = fmap[:, :, idx].permute(2, 0, 1, 3)  # (D, F', n, w') → (n, D, F', w')
-        head = self.model.head
-        return torch.sigmoid(head.classify(head.pool(windows)))
-
-
-class TorchMember:
-    """One PyTorch model behind the member interface (eval mode, inference mode, sigmoid outputs)."""
-
-    def __init__(self, model, device: str = "cpu", name: str = ""):
-        self.model = model.to(device).eval()
-        self.device = device
-        self.name = name or model.spec.get("name", "model")
-        self.in_channels = int(model.spec.get("in_channels", 1))
-        self.n_classes = int(model.spec["n_classes"])
-        self.time_reduction = int(getattr(model, "time_reduction", 1))
-        self._probs = ProbsModel(self.model).eval()
-        self._fast: dict[int, WindowedHead] = {}
-
-    def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-
-    def probs(self, x: np.ndarray) -> np.ndarray:
-        """(B, 1, F, W) normalised windows → (B, K) sigmoid probabilities."""
-        with torch.inference_mode():
-            return self._probs(self._tensor(x.astype(np.float32, copy=False))).float().cpu().numpy()
-
-    def fast_probs(self, x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
-        """(1, 1, F, T) whole clip + (n,) start frames → (n, K) via :class:`WindowedHead`."""
-        if width not in self._fast:
-            self._fast[width] = WindowedHead(self.model, width).eval()
-        with torch.inference_mode():
-            out = self._fast[width](self._tensor(x.astype(np.float32, copy=False)), self._tensor(starts))
-            return out.float().cpu().numpy()
-
-
-def as_members(models, device: str = "cpu") -> list:
-    """Wrap ``nn.Module``s as :class:`TorchMember`; members (anything with ``probs``) pass through."""
-    if not isinstance(models, list | tuple):
-        models = [models]
-    return [m if hasattr(m, "probs") else TorchMember(m, device) for m in models]
+__all__ = [  # members and submissions live in their own modules; re-exported for callers of infer
+    "Clip",
+    "Ensemble",
+    "ProbsModel",
+    "TorchMember",
+    "WindowedHead",
+    "as_members",
+    "evaluate_submission",
+    "iter_files",
+    "iter_window_probs",
+    "load_ensemble",
+    "predict_cache",
+    "predict_files",
+    "predict_run",
+    "read_sample_columns",
+    "write_submission",
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,55 +438,6 @@ def _member_name(meta: dict, directory: Path) -> str:
     return directory.name
 
 
-def read_sample_columns(path: str | Path) -> tuple[list[str], list[str]]:
-    """(class columns, fnames) of a sample_submission.csv."""
-    import pandas as pd
-
-    frame = pd.read_csv(path, dtype={"fname": str})
-    if frame.columns[0] != "fname":
-        raise ValueError(f"{path}: first column must be 'fname'")
-    return list(frame.columns[1:]), list(frame["fname"])
-
-
-def write_submission(
-    path: str | Path,
-    fnames: Sequence[str],
-    probs: np.ndarray,
-    classes: Sequence[str],
-    sample_submission: str | Path | None = None,
-):
-    """Write ``fname`` + one probability column per class (atomic) and return the DataFrame.
-
-    With ``sample_submission``, its column order is used (it must name the same classes) and, when it
-    lists exactly the same files, its row order too; otherwise rows follow ``fnames``.
-    """
-    import pandas as pd
-
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.shape != (len(fnames), len(classes)):
-        raise ValueError(
-            f"{path}: probabilities {probs.shape} do not match {len(fnames)} files × {len(classes)} classes"
-        )
-    frame = pd.DataFrame(probs, columns=list(classes))
-    frame.insert(0, "fname", list(fnames))
-    if sample_submission is not None:
-        columns, rows = read_sample_columns(sample_submission)
-        if sorted(columns) != sorted(classes):
-            extra = sorted(set(columns) ^ set(classes))[:5]
-            raise ValueError(
-                f"{sample_submission}: class columns differ from the models' classes (e.g. {extra})"
-            )
-        frame = frame[["fname", *columns]]
-        if sorted(rows) == sorted(frame["fname"]):
-            frame = frame.set_index("fname").loc[rows].reset_index()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
-    return frame
-
-
 def audio_files(root: str | Path) -> list[Path]:
     """Supported audio files under ``root`` (recursively; a file is returned as itself), sorted."""
     from noisytag.data import AUDIO_SUFFIXES
@@ -590,40 +476,3 @@ def predict_run(
     fnames = [str(p.relative_to(test_dir)) if test_dir.is_dir() else p.name for p in paths]
     frame = write_submission(out_csv, fnames, probs, ens.classes, sample if sample.is_file() else None)
     return frame, result.failures
-
-
-def evaluate_submission(submission: str | Path, truth_csv: str | Path):
-    """lwlrap of a submission against a truth CSV (fname,labels) → (overall, per-class DataFrame).
-
-    Every truth file must be in the submission (extra submission rows are ignored) and every true
-    label must be a submission column. The per-class frame (class, lwlrap, positives, weight) is
-    sorted worst first; clips without labels count for nothing (SPEC §8).
-    """
-    import pandas as pd
-
-    from noisytag.data import read_truth
-    from noisytag.metrics import lwlrap, per_class_lwlrap
-
-    sub = pd.read_csv(submission, dtype={"fname": str})
-    if "fname" not in sub.columns:
-        raise ValueError(f"{submission}: no 'fname' column")
-    classes = [c for c in sub.columns if c != "fname"]
-    truth = read_truth(truth_csv)
-    sub = sub.drop_duplicates("fname").set_index("fname")
-    missing = sorted(set(truth["fname"]) - set(sub.index))
-    if missing:
-        raise ValueError(f"{submission}: {len(missing)} file(s) of {truth_csv} missing, e.g. {missing[0]}")
-    unknown = sorted({lab for labels in truth["labels"] for lab in labels} - set(classes))
-    if unknown:
-        raise ValueError(f"{truth_csv}: label(s) not in the submission's columns: {', '.join(unknown[:5])}")
-    scores = sub.loc[list(truth["fname"]), classes].to_numpy(dtype=np.float64)
-    if not np.isfinite(scores).all():
-        raise ValueError(f"{submission}: non-numeric or missing probabilities")
-    col = {c: i for i, c in enumerate(classes)}
-    y = np.zeros(scores.shape, dtype=bool)
-    for row, labels in enumerate(truth["labels"]):
-        y[row, [col[lab] for lab in labels]] = True
-    values, weights = per_class_lwlrap(y, scores)
-    table = pd.DataFrame({"class": classes, "lwlrap": values, "positives": y.sum(axis=0), "weight": weights})
-    table = table[table["positives"] > 0].sort_values(["lwlrap", "class"]).reset_index(drop=True)
-    return float(lwlrap(y, scores)), table

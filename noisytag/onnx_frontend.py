@@ -54,7 +54,7 @@ class WaveformTagger(nn.Module):
     ):
         super().__init__()
         from noisytag.features import mel_filters
-        from noisytag.infer import ProbsModel
+        from noisytag.members import ProbsModel
 
         if normalize not in ("minmax", "none"):
             raise ValueError(f"unknown normalisation '{normalize}'")
