@@ -193,7 +193,7 @@ def accuracy(paths: list[str]) -> tuple[float, float]:
 
 
 def _vm(pid: int | str, key: str = "VmHWM") -> float:
-    """Peak (VmHWM) or current (VmRSS) resident memory of a process in MB (0 if it is gone)."""
+    """A memory figure of /proc/PID/status in MB: VmHWM (peak), VmRSS, RssAnon, RssFile (0 if gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -245,24 +245,32 @@ def _rss_build(data: str, cache_dir: str, workers: int) -> None:
 
 
 def _rss_read(cache_dir: str, batches: int) -> None:
+    import torch  # noqa: F401  (loaded by the first read anyway; part of the baseline)
+
     from noisytag.cache import FeatureCache
     from noisytag.config import FrontendConfig
 
     cache = FeatureCache.open(cache_dir, FrontendConfig(), "curated")
-    before = _vm("self")
+    cache.windows([0], [0], 128)
+    base = {k: _vm("self", k) for k in ("VmRSS", "RssAnon", "RssFile")}
+    peak = dict(base)
     rng = np.random.default_rng(0)
     n = cache.index["n_frames"].to_numpy()
-    start = time.perf_counter()
+    elapsed = 0.0
     for _ in range(batches):
         idx = rng.integers(0, len(cache), 128)
         starts = (rng.random(128) * np.maximum(n[idx] - 128 + 1, 1)).astype(np.int64)
+        start = time.perf_counter()
         cache.windows(idx, starts, 128)
-    elapsed = time.perf_counter() - start
+        elapsed += time.perf_counter() - start
+        for k in peak:
+            peak[k] = max(peak[k], _vm("self", k))
     print(
         json.dumps(
             {
-                "open_mb": before,
-                "peak_mb": _vm("self"),
+                "base": base,
+                "peak": peak,
+                "hwm_mb": _vm("self"),
                 "frames_mb": cache.frames.nbytes / 2**20,
                 "clips": len(cache),
                 "touched_mb": batches * 128 * 128 * cache.n_mels * 2 / 2**20,
@@ -320,16 +328,19 @@ def main() -> None:
 
         link_copies(tmp / "small" / "train_curated", tmp / "large" / "train_curated", 4)
         print(
-            f"\npeak resident memory (fresh process each; {args.workers} workers; {batches} batches of 128 windows × 128 frames):"
+            f"\npeak resident memory (fresh process each; {args.workers} workers; "
+            f"{batches} batches of 128 windows × 128 frames):"
         )
         for name in ("small", "large"):
             build = _child("--rss-build", str(tmp / name), str(tmp / f"cache_{name}"), str(args.workers))
             read = _child("--rss-read", str(tmp / f"cache_{name}"), str(batches))
+            base, peak = read["base"], read["peak"]
             print(
-                f"  {read['clips']:4d} clips, frames {read['frames_mb']:6.0f} MB: build {build['seconds']:5.1f} s, "
-                f"parent {build['self_mb']:5.0f} MB, worker {build['worker_mb']:5.0f} MB | reads: "
-                f"{read['peak_mb']:5.0f} MB peak ({read['open_mb']:.0f} MB after open, "
-                f"{read['touched_mb']:.0f} MB read), {read['ms_per_batch']:.1f} ms/batch"
+                f"  {read['clips']:4d} clips, frames file {read['frames_mb']:4.0f} MB | build {build['seconds']:5.1f} s: "
+                f"parent {build['self_mb']:4.0f} MB, worker {build['worker_mb']:4.0f} MB | reads "
+                f"({read['touched_mb']:.0f} MB, {read['ms_per_batch']:.1f} ms/batch): VmHWM {read['hwm_mb']:4.0f} MB, "
+                f"file-backed {base['RssFile']:.0f} → {peak['RssFile']:.0f} MB, "
+                f"anonymous {base['RssAnon']:.0f} → {peak['RssAnon']:.0f} MB"
             )
 
 

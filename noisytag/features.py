@@ -131,19 +131,19 @@ class LogMel(nn.Module):
         batch, total = x.shape[0], n_frames(x.shape[1], cfg)
         step = total if self.chunk_frames is None else max(1, min(total, self.chunk_frames // max(batch, 1)))
         mel = torch.empty(batch, total, cfg.n_mels, dtype=x.dtype, device=x.device)
-        windowed, spec = _scratch(
-            batch, step, cfg.n_fft, x.dtype, x.device, keep=self.chunk_frames is not None
-        )
+        windowed = _scratch(batch, step, cfg.n_fft, x.dtype, x.device, keep=self.chunk_frames is not None)
         for first, frames in frame_segments(x, cfg.n_fft, cfg.hop_length):
             for f0 in range(0, frames.shape[1], step):
                 c = min(step, frames.shape[1] - f0)
-                w, s = windowed[:, :c], spec[:, :c]
+                w = windowed[:, :c]
                 torch.mul(frames[:, f0 : f0 + c], self.window, out=w)
-                torch.fft.rfft(w, dim=-1, out=s)
-                squares = torch.view_as_real(s).flatten(-2).square_()  # (B, c, 2 · bins): re², im², …
-                out = mel[:, first + f0 : first + f0 + c]
+                spec = torch.fft.rfft(w, dim=-1)  # (rfft with out= copies: slower)
+                squares = torch.view_as_real(spec).reshape(batch * c, -1).square_()  # re², im², … per bin
+                chunk = torch.empty(batch * c, cfg.n_mels, dtype=x.dtype, device=x.device)
                 for m0, m1, b0, b1 in self.groups:
-                    out[..., m0:m1] = squares[..., 2 * b0 : 2 * b1] @ self.filters2[m0:m1, 2 * b0 : 2 * b1].T
+                    band = self.filters2[m0:m1, 2 * b0 : 2 * b1].T
+                    torch.mm(squares[:, 2 * b0 : 2 * b1], band, out=chunk[:, m0:m1])
+                mel[:, first + f0 : first + f0 + c] = chunk.view(batch, c, cfg.n_mels)
         db = torch.log10(mel.clamp_min_(AMIN)).mul_(10.0)
         floor = db.amax(dim=(1, 2), keepdim=True) - cfg.top_db
         return torch.maximum(db, floor, out=db)
@@ -153,17 +153,13 @@ class LogMel(nn.Module):
         return self.frames_db(x).transpose(1, 2)
 
 
-def _complex(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
-
-
 _SCRATCH = threading.local()
 
 
 def _scratch(batch: int, step: int, n_fft: int, dtype: torch.dtype, device: torch.device, keep: bool):
-    """Per-thread (windowed frames, spectrum) buffers of one chunk, reused across calls and clips.
+    """Per-thread (B, step, n_fft) buffer for the windowed frames of a chunk, reused across calls.
 
-    Fresh multi-megabyte tensors page-fault on every allocation, which doubled the time of a 2 s
+    A fresh multi-megabyte tensor page-faults on every allocation, which doubled the time of a 2 s
     clip. Buffers are per thread (callers may extract in several threads) and only kept for bounded
     chunk sizes (``keep``); at most a few shapes are held.
     """
@@ -172,15 +168,12 @@ def _scratch(batch: int, step: int, n_fft: int, dtype: torch.dtype, device: torc
     if cache is None:
         cache = _SCRATCH.buffers = {}
     if key not in cache:
-        buffers = (
-            torch.empty(batch, step, n_fft, dtype=dtype, device=device),
-            torch.empty(batch, step, n_fft // 2 + 1, dtype=_complex(dtype), device=device),
-        )
+        buffer = torch.empty(batch, step, n_fft, dtype=dtype, device=device)
         if not keep:
-            return buffers
+            return buffer
         if len(cache) >= 4:
             cache.clear()
-        cache[key] = buffers
+        cache[key] = buffer
     return cache[key]
 
 
