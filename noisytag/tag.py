@@ -69,11 +69,10 @@ def best_labels(probs: np.ndarray, classes: Sequence[str], k: int) -> list[tuple
 def timeline(result, classes: Sequence[str], hop_seconds: float, width: int) -> list[Segment]:
     """Per-window (start, end, top label, probability) in file seconds (see ``FileResult.offset``)."""
     segments = []
-    clip_end = result.offset + result.duration
     for start, probs in zip(result.starts, result.window_probs, strict=True):
         best = int(np.argmax(probs))
         t0 = max(result.offset + start * hop_seconds, 0.0)
-        t1 = min(result.offset + (start + width) * hop_seconds, max(clip_end, t0))
+        t1 = min(result.offset + (start + width) * hop_seconds, max(result.duration, t0))
         segments.append(Segment(round(t0, 3), round(t1, 3), classes[best], round(float(probs[best]), 6)))
     return segments
 

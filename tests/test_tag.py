@@ -161,3 +161,13 @@ def test_cli_tag_formats(run_dir, audio):
     ]  # long.flac 9 s, mid.ogg 3 s (191 frames)
     res = runner.invoke(app, ["tag", str(run_dir), str(audio / "sub"), "--frames"], env={"COLUMNS": "300"})
     assert res.exit_code == 0 and "timeline" in res.stdout and "mid.ogg" in res.stdout
+
+
+def test_timeline_of_a_short_padded_clip(run_dir, audio):
+    """A 0.7 s clip is padded to 2 s; its single window still spans the file's own 0–0.7 s."""
+    from noisytag.tag import Tagger
+
+    (record,) = Tagger(run_dir, stages=[2]).tag([audio / "short.wav"], frames=True)
+    assert record.duration == pytest.approx(0.7, abs=1e-3)
+    ((seg),) = record.timeline
+    assert seg.start_s == 0.0 and seg.end_s == pytest.approx(0.7, abs=1e-3)
