@@ -98,7 +98,7 @@ class LogMel(nn.Module):
         self,
         cfg: FrontendConfig = FrontendConfig(),
         dtype: torch.dtype = torch.float32,
-        chunk_frames: int | None = 256,
+        chunk_frames: int | None = 128,
         filters: np.ndarray | None = None,
     ) -> None:
         super().__init__()
