@@ -549,10 +549,9 @@ def features(
 ) -> None:
     """Extract the log-mel features of every clip into the feature cache, once.
 
-    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + manifest). Safe to
-    interrupt (even kill -9): run it again and it continues where it stopped; an up-to-date cache returns
-    at once, and changing any front-end parameter builds a new cache. Unreadable files are listed and
-    skipped.
+    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + manifest).
+
+    Safe to interrupt (even kill -9): run it again and it continues where it stopped. An up-to-date cache returns at once; changing any front-end parameter builds a new cache; unreadable files are listed and skipped.
     """
     from rich.table import Table
 
@@ -568,7 +567,7 @@ def features(
         out = build_cache(data_dir, root, cfg.frontend, splits=splits, workers=n_workers, progress=progress)
     except CacheError as err:
         fail(str(err))
-    table = Table("split", "clips", "failed", "hours", "frames", "MB", title=f"feature cache {out}")
+    table = Table("split", "clips", "failed", "audio", "frames", "MB", title=f"feature cache {out}")
     failures = []
     for s in splits:
         try:
@@ -576,9 +575,9 @@ def features(
         except CacheError:
             continue  # split folder missing (already warned)
         m = cache.manifest
-        size = f"{m['total_frames'] * m['n_mels'] * 2 / 2**20:.0f}"
-        hours = f"{m['seconds'] / 3600:.2f}"
-        table.add_row(s, str(len(cache)), str(len(cache.failed)), hours, str(m["total_frames"]), size)
+        size = f"{m['total_frames'] * m['n_mels'] * 2 / 2**20:.1f}"
+        audio = f"{m['seconds'] / 3600:.2f} h" if m["seconds"] >= 360 else f"{m['seconds'] / 60:.1f} min"
+        table.add_row(s, str(len(cache)), str(len(cache.failed)), audio, str(m["total_frames"]), size)
         failures += [(s, f, r) for f, r in cache.failed]
     console.print(table)
     for s, fname, reason in failures[:20]:
