@@ -148,7 +148,7 @@ import noisytag.cache as c
 from noisytag.config import FrontendConfig
 work = c._work
 def slow(path, cfg=None):
-    time.sleep(0.15)
+    time.sleep(0.25)
     return work(path, cfg)
 c._work = slow
 c.build_cache(sys.argv[1], sys.argv[2], FrontendConfig(), splits=("curated",), workers=1, progress=False)
