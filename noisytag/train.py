@@ -13,6 +13,7 @@ import csv
 import logging
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -210,8 +211,19 @@ def _devices(devices: str):
     return int(devices) if str(devices).isdigit() else devices
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter (device lines, tips) out of our logs unless debugging."""
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+
+
 def make_trainer(cfg: RunConfig, max_epochs: int, fold_dir: Path | None, progress: bool, callbacks=()):
     """A Lightning Trainer with the run's device, precision, strategy and our callbacks."""
+    quiet_lightning()
     t = cfg.train
     cbs = list(callbacks)
     if fold_dir is not None:
