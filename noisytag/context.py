@@ -109,14 +109,16 @@ def open_caches(data_dir: Path, cfg: RunConfig, splits: Sequence[str], progress:
     return caches
 
 
-def _clipset(frame: pd.DataFrame, cache, classes: list[str]) -> tuple[ClipSet, pd.DataFrame]:
-    """Clips of a split that the cache holds (failed files are dropped), with targets."""
+def _clipset(split: str, frame: pd.DataFrame, cache, classes: list[str]) -> tuple[ClipSet, pd.DataFrame]:
+    """Clips of a split that the cache holds, with targets; files that failed extraction are left out."""
     known = set(cache.index["fname"])
-    kept = frame[frame["fname"].isin(known)].reset_index(drop=True)
+    held = frame["fname"].isin(known)
+    if not held.all():
+        log.warning("%s: %d clip(s) without features are left out", split, int((~held).sum()))
+    kept = frame[held].reset_index(drop=True)
     positions = np.array([cache.position(f) for f in kept["fname"]], dtype=np.int64)
     targets = multi_hot(list(kept["labels"]), classes)
-    split = np.full(len(kept), cache.split if hasattr(cache, "split") else "", dtype=object)
-    return ClipSet(split, positions, targets), kept
+    return ClipSet(np.full(len(kept), split, dtype=object), positions, targets), kept
 
 
 def prepare(
@@ -133,9 +135,7 @@ def prepare(
     caches = open_caches(data_dir, cfg, ("curated", "noisy", "test"), progress)
     frames = {}
     for split, frame in (("curated", data.curated), ("noisy", data.noisy), ("test", data.test)):
-        clipset, kept = _clipset(frame, caches[split], data.classes)
-        clipset = ClipSet(np.full(len(kept), split, dtype=object), clipset.position, clipset.targets)
-        frames[split] = (clipset, kept)
+        frames[split] = _clipset(split, frame, caches[split], data.classes)
     kept_data = Dataset(
         data.root, data.classes, frames["curated"][1], frames["noisy"][1], frames["test"][1], data.problems
     )
