@@ -42,7 +42,7 @@ def load_cfg(config: Path | None, overrides: list[str] | None):
 
 
 def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -72,145 +72,152 @@ def main(
 # Commands are added below, one function each; insert new ones above the end marker.
 
 
-@app.command()
-def pipeline(
-    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")] = Path(
-        "runs/run"
-    ),
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
-    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
-    report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+@app.command(rich_help_panel="Data")
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write (new, or an earlier synth data set).")],
+    scale: Annotated[str, typer.Option(help="Size: tiny, demo, small or medium.")] = "demo",
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
+    sample_rate: Annotated[int, typer.Option("--sample-rate", help="Sample rate of the files (Hz).")] = 44100,
+    fmt: Annotated[str, typer.Option("--format", help="Audio format: wav (16-bit), flac or ogg.")] = "wav",
 ) -> None:
-    """Run the four-stage warm-up pipeline (stages 1-4 x folds x architectures).
+    """Generate the synthetic demo data set in the competition layout, with its truth kept apart.
 
-    Resumable: run the same command again after an interruption and it continues from the last finished
-    epoch; finished folds and stages are not redone. Prints the article's stage table at the end.
+    Writes OUT/{train_curated,train_noisy,test}/, train_curated.csv, train_noisy.csv, sample_submission.csv
+    and OUT/truth/{test,noisy}.csv (true labels; ~35 % of the noisy clips carry a wrong label set in
+    train_noisy.csv). Prints clip counts, hours, multi-label share and the actual noisy-label rate.
     """
-    from noisytag.context import RunConfigMismatch
-    from noisytag.data import DataError
-    from noisytag.pipeline import run_pipeline
-    from noisytag.summary import print_results
+    from rich.table import Table
 
-    cfg = load_cfg(config, set_)
-    try:
-        results = run_pipeline(data_dir, out, cfg, force=force, progress=progress, report=report)
-    except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
-        fail(str(err))
-    print_results(console, results, out)
-
-
-@app.command()
-def train(
-    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")] = Path(
-        "runs/run"
-    ),
-    stage: Annotated[int, typer.Option(help="Pipeline stage to train (1-4).", min=1, max=4)] = 1,
-    fold: Annotated[
-        list[int] | None, typer.Option(help="Fold(s) to train (repeatable); default: all.")
-    ] = None,
-    arch: Annotated[str | None, typer.Option(help="Architecture; default: model.name.")] = None,
-    devices: Annotated[str | None, typer.Option(help="Devices per node (e.g. 2, or auto).")] = None,
-    num_nodes: Annotated[int | None, typer.Option(help="Number of nodes (DDP).")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
-    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
-) -> None:
-    """Train one stage for all or chosen folds, so folds can be spread over machines or GPUs.
-
-    Stages 2-4 start from the previous stage's fold models in the same run directory; stages 3 and 4
-    select noisy clips from the earlier stages' out-of-fold scores. With --devices/--num-nodes the same
-    command runs under Lightning's DDP (or launch it with torchrun / SLURM).
-    """
-    from noisytag.config import with_overrides
-    from noisytag.context import RunConfigMismatch, prepare
-    from noisytag.data import DataError
-    from noisytag.pipeline import run_stage
-
-    cfg = load_cfg(config, set_)
-    extra = []
-    if devices is not None:
-        extra.append(f"train.devices={devices}")
-    if num_nodes is not None:
-        extra.append(f"train.num_nodes={num_nodes}")
-    if extra:
-        cfg = with_overrides(cfg, extra)
-    arch = arch or cfg.model.name
-    try:
-        ctx = prepare(data_dir, out, cfg, force=force, progress=progress)
-        run_stage(ctx, arch, stage, fold)
-    except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
-        fail(str(err))
-    console.print(f"[green]stage {stage} of {arch} trained[/] -> {out}")
-
-
-@app.command()
-def demo(
-    data: Annotated[Path, typer.Option(help="Where the demo data set is (generated if missing).")] = Path(
-        "data/demo"
-    ),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
-    config: ConfigOpt = Path("configs/demo.yaml"),
-    set_: SetOpt = None,
-    scale: Annotated[str, typer.Option(help="Demo data-set scale (demo, small, medium).")] = "demo",
-    force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
-) -> None:
-    """The main job end to end: make the synthetic demo data set, run the pipeline, score the test set."""
-    import time
-
-    from noisytag.context import RunConfigMismatch
-    from noisytag.pipeline import run_pipeline
-    from noisytag.summary import print_results
     from noisytag.synth import generate
 
-    started = time.perf_counter()
-    cfg = load_cfg(config, set_)
-    if not (data / "sample_submission.csv").is_file():
-        console.print(f"generating the demo data set in {data} ...")
-        summary = generate(data, scale=scale, seed=0)
-        console.print(
-            f"noisy-label rate of the noisy set: {summary.get('noisy_label_rate', float('nan')):.1%}"
-        )
     try:
-        results = run_pipeline(data, out, cfg, force=force, progress=True)
-    except (RunConfigMismatch, ValueError, RuntimeError) as err:
+        s = generate(out, scale=scale, seed=seed, sample_rate=sample_rate, fmt=fmt, progress=True)
+    except (ValueError, FileExistsError, OSError) as err:
         fail(str(err))
-    print_results(console, results, out)
-    console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    table = Table(title=f"synthetic data set -> {out}  ({s['scale']}, seed {s['seed']})")
+    for column in ("split", "clips", "hours", "multi-label share"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, n in s["clips"].items():
+        share = s["multi_label_share"][split]
+        table.add_row(split, str(n), f"{s['hours'][split]:.3f}", f"{share:.1%}")
+    console.print(table)
+    kinds = ", ".join(f"{k} {v}" for k, v in s["corruptions"].items())
+    console.print(
+        f"{s['classes']} classes, {s['sample_rate']} Hz {s['format']}; noisy-label rate "
+        f"[bold]{s['noisy_label_rate']:.1%}[/] ({kinds}); generated in {s['seconds']:.1f} s"
+    )
 
 
-@app.command()
-def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory (made by `noisytag pipeline`).")],
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="HTML file to write; default RUN_DIR/report.html.")
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(help="Data set of the run (gallery, example log-mels, truth/); default: run.json."),
-    ] = None,
+@app.command(rich_help_panel="Data")
+def check(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Report bad rows and count the rest instead of failing.")
+    ] = False,
+    max_lines: Annotated[int, typer.Option(help="Problem lines to print at most.")] = 50,
 ) -> None:
-    """Write the run's self-contained HTML report (works offline; partial runs too).
+    """Validate a data set (CSVs, class list, audio files and their headers) and print its counts.
 
-    Sections: stage table beside SPEC §6, training curves, per-class lwlrap,
-    selections of stages 3-4, least-trusted noisy clips (also least_trusted.csv),
-    augmentation gallery and example log-mels, config, versions and timings.
+    Every problem is one line naming the file and CSV line: missing audio file, unknown label, duplicate
+    file name, empty label field, malformed CSV, unreadable audio. Exit code 1 when the data set is
+    invalid (unless --skip-invalid).
     """
-    from noisytag.report import write_report
+    from rich.table import Table
 
-    if not run_dir.is_dir():
-        fail(f"run directory '{run_dir}' does not exist")
-    if data is not None and not data.is_dir():
-        fail(f"data set '{data}' does not exist")
-    path = write_report(run_dir, out=out, data_dir=data)
-    console.print(f"report written to {path}")
+    from noisytag.data import DataError, describe, load_dataset
+
+    def show(problems: list[str]) -> None:
+        for line in problems[:max_lines]:
+            err_console.print(f"- {line}", style="red", highlight=False, markup=False, soft_wrap=True)
+        if len(problems) > max_lines:
+            err_console.print(f"... and {len(problems) - max_lines} more")
+
+    try:
+        dataset = load_dataset(data_dir, skip_invalid=skip_invalid, probe_audio=True)
+    except DataError as err:
+        show(err.problems)
+        fail(f"{data_dir}: {len(err.problems)} problem(s); fix them or use --skip-invalid", code=1)
+    d = describe(dataset)
+    table = Table(title=f"{data_dir}: {d['classes']} classes")
+    for column in ("split", "clips", "hours", "labels/clip", "multi-label"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, v in d["splits"].items():
+        per_clip = "-" if v["labels_per_clip"] is None else f"{v['labels_per_clip']:.2f}"
+        multi = "-" if v["multi_label_share"] is None else f"{v['multi_label_share']:.1%}"
+        table.add_row(
+            split, str(v["clips"]), f"{v['hours']:.2f}" if v["hours"] is not None else "-", per_clip, multi
+        )
+    console.print(table)
+    counts = Table(title="clips per class")
+    for column in ("class", "curated", "noisy"):
+        counts.add_column(column, justify="left" if column == "class" else "right")
+    for name, v in d["per_class"].items():
+        counts.add_row(name, str(v["curated"]), str(v["noisy"]))
+    console.print(counts)
+    if dataset.problems:
+        show(dataset.problems)
+        console.print(f"[yellow]skipped {len(dataset.problems)} invalid row(s) or file(s)[/]")
+    else:
+        console.print("[green]data set is valid[/]")
 
 
-@app.command("augment-gallery")
+@app.command(rich_help_panel="Data")
+def features(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache root; default: data.cache_dir or DATA_DIR/.noisytag-cache.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Extraction processes (0 = all cores); default: data.workers.")
+    ] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(help="Split to extract: curated, noisy or test (repeatable); default: all."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Extract the log-mel features of every clip into the feature cache, once.
+
+    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + manifest).
+
+    Safe to interrupt (even kill -9): run it again and it continues where it stopped. An up-to-date cache returns at once; changing any front-end parameter builds a new cache; unreadable files are listed and skipped.
+    """
+    from rich.table import Table
+
+    from noisytag.cache import CacheError, FeatureCache, build_cache, default_cache_dir, split_folder
+
+    cfg = load_cfg(config, set_)
+    splits = tuple(split or ("curated", "noisy", "test"))
+    try:
+        for s in splits:
+            split_folder(s)
+        root = cache_dir or (Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir))
+        n_workers = cfg.data.workers if workers is None else workers
+        out = build_cache(data_dir, root, cfg.frontend, splits=splits, workers=n_workers, progress=progress)
+    except CacheError as err:
+        fail(str(err))
+    table = Table("split", "clips", "failed", "audio", "frames", "MB", title=f"feature cache {out}")
+    failures = []
+    for s in splits:
+        try:
+            cache = FeatureCache.open(root, cfg.frontend, s)
+        except CacheError:
+            continue  # split folder missing (already warned)
+        m = cache.manifest
+        size = f"{m['total_frames'] * m['n_mels'] * 2 / 2**20:.1f}"
+        audio = f"{m['seconds'] / 3600:.2f} h" if m["seconds"] >= 360 else f"{m['seconds'] / 60:.1f} min"
+        table.add_row(s, str(len(cache)), str(len(cache.failed)), audio, str(m["total_frames"]), size)
+        failures += [(s, f, r) for f, r in cache.failed]
+    console.print(table)
+    for s, fname, reason in failures[:20]:
+        console.print(f"[yellow]failed[/] {s}/{fname}: {reason}", highlight=False)
+    if len(failures) > 20:
+        console.print(f"... and {len(failures) - 20} more (see manifest.json of each split)")
+
+
+@app.command("augment-gallery", rich_help_panel="Data")
 def augment_gallery(
     data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("gallery.png"),
@@ -267,7 +274,118 @@ BackendOpt = Annotated[
 ]
 
 
-@app.command()
+@app.command(rich_help_panel="Training")
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")] = Path(
+        "runs/run"
+    ),
+    stage: Annotated[int, typer.Option(help="Pipeline stage to train (1-4).", min=1, max=4)] = 1,
+    fold: Annotated[
+        list[int] | None, typer.Option(help="Fold(s) to train (repeatable); default: all.")
+    ] = None,
+    arch: Annotated[str | None, typer.Option(help="Architecture; default: model.name.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices per node (e.g. 2, or auto).")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Number of nodes (DDP).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Train one stage for all or chosen folds, so folds can be spread over machines or GPUs.
+
+    Stages 2-4 start from the previous stage's fold models in the same run directory; stages 3 and 4
+    select noisy clips from the earlier stages' out-of-fold scores. With --devices/--num-nodes the same
+    command runs under Lightning's DDP (or launch it with torchrun / SLURM).
+    """
+    from noisytag.config import with_overrides
+    from noisytag.context import RunConfigMismatch, prepare
+    from noisytag.data import DataError
+    from noisytag.pipeline import run_stage
+
+    cfg = load_cfg(config, set_)
+    extra = []
+    if devices is not None:
+        extra.append(f"train.devices={devices}")
+    if num_nodes is not None:
+        extra.append(f"train.num_nodes={num_nodes}")
+    if extra:
+        cfg = with_overrides(cfg, extra)
+    arch = arch or cfg.model.name
+    try:
+        ctx = prepare(data_dir, out, cfg, force=force, progress=progress)
+        run_stage(ctx, arch, stage, fold)
+    except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
+        fail(str(err))
+    console.print(f"[green]stage {stage} of {arch} trained[/] -> {out}")
+
+
+@app.command(rich_help_panel="Training")
+def pipeline(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")] = Path(
+        "runs/run"
+    ),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+) -> None:
+    """Run the four-stage warm-up pipeline (stages 1-4 x folds x architectures).
+
+    Resumable: run the same command again after an interruption and it continues from the last finished
+    epoch; finished folds and stages are not redone. Prints the article's stage table at the end.
+    """
+    from noisytag.context import RunConfigMismatch
+    from noisytag.data import DataError
+    from noisytag.pipeline import run_pipeline
+    from noisytag.summary import print_results
+
+    cfg = load_cfg(config, set_)
+    try:
+        results = run_pipeline(data_dir, out, cfg, force=force, progress=progress, report=report)
+    except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
+        fail(str(err))
+    print_results(console, results, out)
+
+
+@app.command(rich_help_panel="Training")
+def demo(
+    data: Annotated[Path, typer.Option(help="Where the demo data set is (generated if missing).")] = Path(
+        "data/demo"
+    ),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+    scale: Annotated[str, typer.Option(help="Demo data-set scale (demo, small, medium).")] = "demo",
+    force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
+) -> None:
+    """The main job end to end: make the synthetic demo data set, run the pipeline, score the test set."""
+    import time
+
+    from noisytag.context import RunConfigMismatch
+    from noisytag.pipeline import run_pipeline
+    from noisytag.summary import print_results
+    from noisytag.synth import generate
+
+    started = time.perf_counter()
+    cfg = load_cfg(config, set_)
+    if not (data / "sample_submission.csv").is_file():
+        console.print(f"generating the demo data set in {data} ...")
+        summary = generate(data, scale=scale, seed=0)
+        console.print(
+            f"noisy-label rate of the noisy set: {summary.get('noisy_label_rate', float('nan')):.1%}"
+        )
+    try:
+        results = run_pipeline(data, out, cfg, force=force, progress=True)
+    except (RunConfigMismatch, ValueError, RuntimeError) as err:
+        fail(str(err))
+    print_results(console, results, out)
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+@app.command(rich_help_panel="Inference")
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with finished fold models.")],
     test_dir: Annotated[Path, typer.Argument(help="Folder of audio clips to predict (e.g. DATA/test).")],
@@ -316,7 +434,7 @@ def predict(
     )
 
 
-@app.command()
+@app.command(rich_help_panel="Inference")
 def evaluate(
     submission: Annotated[Path, typer.Argument(help="Submission CSV (fname + one column per class).")],
     truth_csv: Annotated[Path, typer.Argument(help="Truth CSV (fname,labels), e.g. DATA/truth/test.csv.")],
@@ -353,7 +471,7 @@ def evaluate(
         console.print(f"per-class table written to {csv}")
 
 
-@app.command()
+@app.command(rich_help_panel="Inference")
 def tag(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with finished fold models.")],
     paths: Annotated[list[Path], typer.Argument(help="Audio files or folders (searched recursively).")],
@@ -405,7 +523,7 @@ def tag(
         console.print(to_table(records, frames=frames))
 
 
-@app.command()
+@app.command(rich_help_panel="Inference")
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with finished fold models.")],
     onnx: Annotated[
@@ -443,147 +561,31 @@ def export(
         )
 
 
-@app.command()
-def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write (new, or an earlier synth data set).")],
-    scale: Annotated[str, typer.Option(help="Size: tiny, demo, small or medium.")] = "demo",
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
-    sample_rate: Annotated[int, typer.Option("--sample-rate", help="Sample rate of the files (Hz).")] = 44100,
-    fmt: Annotated[str, typer.Option("--format", help="Audio format: wav (16-bit), flac or ogg.")] = "wav",
-) -> None:
-    """Generate the synthetic demo data set in the competition layout, with its truth kept apart.
-
-    Writes OUT/{train_curated,train_noisy,test}/, train_curated.csv, train_noisy.csv, sample_submission.csv
-    and OUT/truth/{test,noisy}.csv (true labels; ~35 % of the noisy clips carry a wrong label set in
-    train_noisy.csv). Prints clip counts, hours, multi-label share and the actual noisy-label rate.
-    """
-    from rich.table import Table
-
-    from noisytag.synth import generate
-
-    try:
-        s = generate(out, scale=scale, seed=seed, sample_rate=sample_rate, fmt=fmt, progress=True)
-    except (ValueError, FileExistsError, OSError) as err:
-        fail(str(err))
-    table = Table(title=f"synthetic data set -> {out}  ({s['scale']}, seed {s['seed']})")
-    for column in ("split", "clips", "hours", "multi-label share"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for split, n in s["clips"].items():
-        share = s["multi_label_share"][split]
-        table.add_row(split, str(n), f"{s['hours'][split]:.3f}", f"{share:.1%}")
-    console.print(table)
-    kinds = ", ".join(f"{k} {v}" for k, v in s["corruptions"].items())
-    console.print(
-        f"{s['classes']} classes, {s['sample_rate']} Hz {s['format']}; noisy-label rate "
-        f"[bold]{s['noisy_label_rate']:.1%}[/] ({kinds}); generated in {s['seconds']:.1f} s"
-    )
-
-
-@app.command()
-def check(
-    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
-    skip_invalid: Annotated[
-        bool, typer.Option("--skip-invalid", help="Report bad rows and count the rest instead of failing.")
-    ] = False,
-    max_lines: Annotated[int, typer.Option(help="Problem lines to print at most.")] = 50,
-) -> None:
-    """Validate a data set (CSVs, class list, audio files and their headers) and print its counts.
-
-    Every problem is one line naming the file and CSV line: missing audio file, unknown label, duplicate
-    file name, empty label field, malformed CSV, unreadable audio. Exit code 1 when the data set is
-    invalid (unless --skip-invalid).
-    """
-    from rich.table import Table
-
-    from noisytag.data import DataError, describe, load_dataset
-
-    def show(problems: list[str]) -> None:
-        for line in problems[:max_lines]:
-            err_console.print(f"- {line}", style="red", highlight=False, markup=False, soft_wrap=True)
-        if len(problems) > max_lines:
-            err_console.print(f"... and {len(problems) - max_lines} more")
-
-    try:
-        dataset = load_dataset(data_dir, skip_invalid=skip_invalid, probe_audio=True)
-    except DataError as err:
-        show(err.problems)
-        fail(f"{data_dir}: {len(err.problems)} problem(s); fix them or use --skip-invalid", code=1)
-    d = describe(dataset)
-    table = Table(title=f"{data_dir}: {d['classes']} classes")
-    for column in ("split", "clips", "hours", "labels/clip", "multi-label"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for split, v in d["splits"].items():
-        per_clip = "-" if v["labels_per_clip"] is None else f"{v['labels_per_clip']:.2f}"
-        multi = "-" if v["multi_label_share"] is None else f"{v['multi_label_share']:.1%}"
-        table.add_row(split, str(v["clips"]), f"{v['hours']:.2f}" if v["hours"] is not None else "-", per_clip, multi)
-    console.print(table)
-    counts = Table(title="clips per class")
-    for column in ("class", "curated", "noisy"):
-        counts.add_column(column, justify="left" if column == "class" else "right")
-    for name, v in d["per_class"].items():
-        counts.add_row(name, str(v["curated"]), str(v["noisy"]))
-    console.print(counts)
-    if dataset.problems:
-        show(dataset.problems)
-        console.print(f"[yellow]skipped {len(dataset.problems)} invalid row(s) or file(s)[/]")
-    else:
-        console.print("[green]data set is valid[/]")
-
-
-@app.command()
-def features(
-    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache root; default: data.cache_dir or DATA_DIR/.noisytag-cache.")
+@app.command(rich_help_panel="Reports")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (made by `noisytag pipeline`).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file to write; default RUN_DIR/report.html.")
     ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Extraction processes (0 = all cores); default: data.workers.")
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data set of the run (gallery, example log-mels, truth/); default: run.json."),
     ] = None,
-    split: Annotated[
-        list[str] | None,
-        typer.Option(help="Split to extract: curated, noisy or test (repeatable); default: all."),
-    ] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
-    """Extract the log-mel features of every clip into the feature cache, once.
+    """Write the run's self-contained HTML report (works offline; partial runs too).
 
-    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + manifest).
-
-    Safe to interrupt (even kill -9): run it again and it continues where it stopped. An up-to-date cache returns at once; changing any front-end parameter builds a new cache; unreadable files are listed and skipped.
+    Sections: stage table beside SPEC §6, training curves, per-class lwlrap,
+    selections of stages 3-4, least-trusted noisy clips (also least_trusted.csv),
+    augmentation gallery and example log-mels, config, versions and timings.
     """
-    from rich.table import Table
+    from noisytag.report import write_report
 
-    from noisytag.cache import CacheError, FeatureCache, build_cache, default_cache_dir, split_folder
-
-    cfg = load_cfg(config, set_)
-    splits = tuple(split or ("curated", "noisy", "test"))
-    try:
-        for s in splits:
-            split_folder(s)
-        root = cache_dir or (Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir))
-        n_workers = cfg.data.workers if workers is None else workers
-        out = build_cache(data_dir, root, cfg.frontend, splits=splits, workers=n_workers, progress=progress)
-    except CacheError as err:
-        fail(str(err))
-    table = Table("split", "clips", "failed", "audio", "frames", "MB", title=f"feature cache {out}")
-    failures = []
-    for s in splits:
-        try:
-            cache = FeatureCache.open(root, cfg.frontend, s)
-        except CacheError:
-            continue  # split folder missing (already warned)
-        m = cache.manifest
-        size = f"{m['total_frames'] * m['n_mels'] * 2 / 2**20:.1f}"
-        audio = f"{m['seconds'] / 3600:.2f} h" if m["seconds"] >= 360 else f"{m['seconds'] / 60:.1f} min"
-        table.add_row(s, str(len(cache)), str(len(cache.failed)), audio, str(m["total_frames"]), size)
-        failures += [(s, f, r) for f, r in cache.failed]
-    console.print(table)
-    for s, fname, reason in failures[:20]:
-        console.print(f"[yellow]failed[/] {s}/{fname}: {reason}", highlight=False)
-    if len(failures) > 20:
-        console.print(f"... and {len(failures) - 20} more (see manifest.json of each split)")
+    if not run_dir.is_dir():
+        fail(f"run directory '{run_dir}' does not exist")
+    if data is not None and not data.is_dir():
+        fail(f"data set '{data}' does not exist")
+    path = write_report(run_dir, out=out, data_dir=data)
+    console.print(f"report written to {path}")
 
 
 # --- end of commands ---
