@@ -19,7 +19,7 @@ import pandas as pd
 
 from noisytag.config import RunConfig
 from noisytag.context import Context, atomic_csv, atomic_npy, prepare, write_run_info
-from noisytag.data import format_labels
+from noisytag.data import format_labels, multi_hot
 from noisytag.loader import ClipSet
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,12 @@ def stage_table(ctx: Context) -> pd.DataFrame:
                     "stage": stage,
                     "lwlrap_noisy": lwlrap(ctx.clips["noisy"].targets > 0.5, oof["noisy"]),
                     "lwlrap_curated": lwlrap(ctx.clips["curated"].targets > 0.5, oof["curated"]),
+                    # with the data set's truth: the noisy score against the clips' true labels
+                    "lwlrap_noisy_truth": (
+                        lwlrap(multi_hot(ctx.truth_noisy, ctx.classes) > 0.5, oof["noisy"])
+                        if ctx.truth_noisy is not None
+                        else np.nan
+                    ),
                     "test_lwlrap": (
                         lwlrap(ctx.truth_test > 0.5, test)
                         if ctx.truth_test is not None and test is not None

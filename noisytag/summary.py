@@ -23,11 +23,33 @@ ARTICLE_TABLE = pd.DataFrame(
 )
 
 
+STAGE_COLUMNS = [
+    "arch",
+    "stage",
+    "lwlrap_noisy",
+    "lwlrap_curated",
+    "lwlrap_noisy_truth",
+    "test_lwlrap",
+    "n_train",
+    "seconds",
+]
+
+
+# Short console headers, so the stage table fits an 80-column terminal.
+HEADERS = {
+    "lwlrap_noisy": "CV noisy",
+    "lwlrap_curated": "CV curated",
+    "lwlrap_noisy_truth": "CV noisy (true labels)",
+    "test_lwlrap": "test",
+    "n_train": "train clips",
+}
+
+
 def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.4f}"
     return str(value)
 
 
@@ -35,7 +57,7 @@ def frame_table(frame: pd.DataFrame, title: str, columns: list[str] | None = Non
     table = Table(title=title, title_justify="left")
     columns = columns or list(frame.columns)
     for col in columns:
-        table.add_column(col, justify="left" if frame[col].dtype == object else "right")
+        table.add_column(HEADERS.get(col, col), justify="left" if frame[col].dtype == object else "right")
     for _, row in frame.iterrows():
         table.add_row(*[_fmt(row[c]) for c in columns])
     return table
@@ -49,7 +71,7 @@ def print_results(console: Console, results: dict, run_dir: str | Path) -> None:
             frame_table(
                 stages,
                 "CV lwlrap per stage (the article's table, this run)",
-                ["arch", "stage", "lwlrap_noisy", "lwlrap_curated", "test_lwlrap", "n_train", "seconds"],
+                [c for c in STAGE_COLUMNS if c in stages and stages[c].notna().any()],
             )
         )
         console.print(frame_table(ARTICLE_TABLE, "The article's numbers on the real data (for reference)"))
