@@ -170,6 +170,11 @@ def write_run_info(ctx: Context, update: dict) -> None:
     for key, value in update.items():
         if key == "timings":
             info["timings"].update(value)
+        elif key == "started":  # the run's first start; later resumes are listed apart
+            if "started" in info:
+                info.setdefault("resumed", []).append(value)
+            else:
+                info["started"] = value
         else:
             info[key] = value
     atomic_text(ctx.run.run_info, json.dumps(info, indent=2))

@@ -140,6 +140,7 @@ def _p(text: str) -> str:
 def section_stage_table(ctx: Context) -> str:
     ours = rs.stage_rows(ctx.run).rename(columns={
         "lwlrap_noisy": "CV lwlrap noisy", "lwlrap_curated": "CV lwlrap curated", "test_lwlrap": "test lwlrap",
+        "lwlrap_noisy_truth": "CV lwlrap noisy (true labels)",
         "n_train": "clips trained"})  # fmt: skip
     ours["clips trained"] = [f"{int(v):,}" if _finite(v) else "—" for v in ours["clips trained"]]
     ours["seconds"] = [_seconds(v) for v in ours["seconds"]]
@@ -147,7 +148,7 @@ def section_stage_table(ctx: Context) -> str:
     from noisytag.summary import ARTICLE_TABLE  # SPEC §6, the article's numbers on the real data
 
     article = ARTICLE_TABLE.set_axis(["model", "lwlrap noisy", "lwlrap curated", "public LB"], axis=1)
-    digits = {"CV lwlrap noisy": 5, "CV lwlrap curated": 5, "test lwlrap": 5}
+    digits = {"CV lwlrap noisy": 5, "CV lwlrap curated": 5, "CV lwlrap noisy (true labels)": 5, "test lwlrap": 5}
     return (
         '<div class="pair"><div><h3>This run</h3>'
         + _table(ours, digits, right=("clips trained", "time"))
@@ -188,7 +189,7 @@ def section_curves(ctx: Context) -> str:
     if not parts:
         raise Unavailable("no stage directories in the run yet")
     return _p(
-        "One colour per fold. Validation is on the held-out fold of the stage's training set."
+        "One colour per fold. Validation: the curated clips of the held-out fold (every stage)."
     ) + "".join(parts)
 
 

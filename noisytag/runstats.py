@@ -248,6 +248,8 @@ def stage_rows(run: RunDir) -> pd.DataFrame:
     stage table lacks it, then the ensemble rows of test_scores.csv (model not "stage k")."""
     table = read_csv(run.stage_table, "stage_table.csv")
     cols = ["arch", "model", "lwlrap_noisy", "lwlrap_curated", "test_lwlrap", "n_train", "seconds"]
+    if "lwlrap_noisy_truth" in table and table["lwlrap_noisy_truth"].notna().any():
+        cols.insert(4, "lwlrap_noisy_truth")  # the noisy score against the true labels (synthetic data)
     table = table.reindex(columns=[c if c != "model" else "stage" for c in cols])
     table = table.sort_values(["arch", "stage"], kind="stable")
     table.insert(1, "model", [f"stage {int(k)}" for k in table.pop("stage")])
