@@ -1,0 +1,180 @@
+"""Data commands: make the demo data set, check a data set, build the feature cache, draw the augmentation gallery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from noisytag.cli import ConfigOpt, SetOpt, app, console, err_console, fail, load_cfg  # noqa: F401
+
+
+@app.command(rich_help_panel="Data")
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write (new, or an earlier synth data set).")],
+    scale: Annotated[str, typer.Option(help="Size: tiny, demo, small or medium.")] = "demo",
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
+    sample_rate: Annotated[int, typer.Option("--sample-rate", help="Sample rate of the files (Hz).")] = 44100,
+    fmt: Annotated[str, typer.Option("--format", help="Audio format: wav (16-bit), flac or ogg.")] = "wav",
+) -> None:
+    """Generate the synthetic demo data set in the competition layout, with its truth kept apart.
+
+    Writes OUT/{train_curated,train_noisy,test}/, train_curated.csv, train_noisy.csv, sample_submission.csv
+    and OUT/truth/{test,noisy}.csv (true labels; ~35 % of the noisy clips carry a wrong label set in
+    train_noisy.csv). Prints clip counts, hours, multi-label share and the actual noisy-label rate.
+    """
+    from rich.table import Table
+
+    from noisytag.synth import generate
+
+    try:
+        s = generate(out, scale=scale, seed=seed, sample_rate=sample_rate, fmt=fmt, progress=True)
+    except (ValueError, FileExistsError, OSError) as err:
+        fail(str(err))
+    table = Table(title=f"synthetic data set -> {out}  ({s['scale']}, seed {s['seed']})")
+    for column in ("split", "clips", "hours", "multi-label share"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, n in s["clips"].items():
+        share = s["multi_label_share"][split]
+        table.add_row(split, str(n), f"{s['hours'][split]:.3f}", f"{share:.1%}")
+    console.print(table)
+    kinds = ", ".join(f"{k} {v}" for k, v in s["corruptions"].items())
+    console.print(
+        f"{s['classes']} classes, {s['sample_rate']} Hz {s['format']}; noisy-label rate "
+        f"[bold]{s['noisy_label_rate']:.1%}[/] ({kinds}); generated in {s['seconds']:.1f} s"
+    )
+
+
+@app.command(rich_help_panel="Data")
+def check(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Report bad rows and count the rest instead of failing.")
+    ] = False,
+    max_lines: Annotated[int, typer.Option(help="Problem lines to print at most.")] = 50,
+) -> None:
+    """Validate a data set (CSVs, class list, audio files and their headers) and print its counts.
+
+    Every problem is one line naming the file and CSV line: missing audio file, unknown label, duplicate
+    file name, empty label field, malformed CSV, unreadable audio. Exit code 1 when the data set is
+    invalid (unless --skip-invalid).
+    """
+    from rich.table import Table
+
+    from noisytag.data import DataError, describe, load_dataset
+
+    def show(problems: list[str]) -> None:
+        for line in problems[:max_lines]:
+            err_console.print(f"- {line}", style="red", highlight=False, markup=False, soft_wrap=True)
+        if len(problems) > max_lines:
+            err_console.print(f"... and {len(problems) - max_lines} more")
+
+    try:
+        dataset = load_dataset(data_dir, skip_invalid=skip_invalid, probe_audio=True)
+    except DataError as err:
+        show(err.problems)
+        fail(f"{data_dir}: {len(err.problems)} problem(s); fix them or use --skip-invalid", code=1)
+    d = describe(dataset)
+    table = Table(title=f"{data_dir}: {d['classes']} classes")
+    for column in ("split", "clips", "hours", "labels/clip", "multi-label"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, v in d["splits"].items():
+        per_clip = "-" if v["labels_per_clip"] is None else f"{v['labels_per_clip']:.2f}"
+        multi = "-" if v["multi_label_share"] is None else f"{v['multi_label_share']:.1%}"
+        table.add_row(
+            split, str(v["clips"]), f"{v['hours']:.2f}" if v["hours"] is not None else "-", per_clip, multi
+        )
+    console.print(table)
+    counts = Table(title="clips per class")
+    for column in ("class", "curated", "noisy"):
+        counts.add_column(column, justify="left" if column == "class" else "right")
+    for name, v in d["per_class"].items():
+        counts.add_row(name, str(v["curated"]), str(v["noisy"]))
+    console.print(counts)
+    if dataset.problems:
+        show(dataset.problems)
+        console.print(f"[yellow]skipped {len(dataset.problems)} invalid row(s) or file(s)[/]")
+    else:
+        console.print("[green]data set is valid[/]")
+
+
+@app.command(rich_help_panel="Data")
+def features(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache root; default: data.cache_dir or DATA_DIR/.noisytag-cache.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Extraction processes (0 = all cores); default: data.workers.")
+    ] = None,
+    split: Annotated[
+        list[str] | None,
+        typer.Option(help="Split to extract: curated, noisy or test (repeatable); default: all."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """Extract the log-mel features of every clip into the feature cache, once.
+
+    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + manifest).
+
+    Safe to interrupt (even kill -9): run it again and it continues where it stopped. An up-to-date cache returns at once; changing any front-end parameter builds a new cache; unreadable files are listed and skipped.
+    """
+    from rich.table import Table
+
+    from noisytag.cache import CacheError, FeatureCache, build_cache, default_cache_dir, split_folder
+
+    cfg = load_cfg(config, set_)
+    splits = tuple(split or ("curated", "noisy", "test"))
+    try:
+        for s in splits:
+            split_folder(s)
+        root = cache_dir or (Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir))
+        n_workers = cfg.data.workers if workers is None else workers
+        out = build_cache(data_dir, root, cfg.frontend, splits=splits, workers=n_workers, progress=progress)
+    except CacheError as err:
+        fail(str(err))
+    table = Table("split", "clips", "failed", "audio", "frames", "MB", title=f"feature cache {out}")
+    failures = []
+    for s in splits:
+        try:
+            cache = FeatureCache.open(root, cfg.frontend, s)
+        except CacheError:
+            continue  # split folder missing (already warned)
+        m = cache.manifest
+        size = f"{m['total_frames'] * m['n_mels'] * 2 / 2**20:.1f}"
+        audio = f"{m['seconds'] / 3600:.2f} h" if m["seconds"] >= 360 else f"{m['seconds'] / 60:.1f} min"
+        table.add_row(s, str(len(cache)), str(len(cache.failed)), audio, str(m["total_frames"]), size)
+        failures += [(s, f, r) for f, r in cache.failed]
+    console.print(table)
+    for s, fname, reason in failures[:20]:
+        console.print(f"[yellow]failed[/] {s}/{fname}: {reason}", highlight=False)
+    if len(failures) > 20:
+        console.print(f"... and {len(failures) - 20} more (see manifest.json of each split)")
+
+
+@app.command("augment-gallery", rich_help_panel="Data")
+def augment_gallery(
+    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("gallery.png"),
+    n_clips: Annotated[int, typer.Option("--n-clips", min=1, max=16, help="Clips (rows) to show.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the clip choice, windows and augmentations.")] = 0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Draw a grid of a few clips' log-mel windows and each batch augmentation applied to them.
+
+    Columns: original, mixup, SpecMix, zoom, lighting, masking (each forced on) and the full chain
+    as configured (augment.* keys); the training target is written under each panel as a label
+    mixture, e.g. "0.62 Bell + 0.38 Siren".
+    """
+    cfg = load_cfg(config, set_)
+    from noisytag.gallery import save_gallery
+
+    try:
+        path = save_gallery(data_dir, output, n_clips=n_clips, seed=seed, cfg=cfg)
+    except (OSError, ValueError) as err:  # DataError is a ValueError
+        fail(str(err))
+    console.print(f"[green]gallery written[/] -> {path}")
