@@ -148,7 +148,12 @@ def section_stage_table(ctx: Context) -> str:
     from noisytag.summary import ARTICLE_TABLE  # SPEC §6, the article's numbers on the real data
 
     article = ARTICLE_TABLE.set_axis(["model", "lwlrap noisy", "lwlrap curated", "public LB"], axis=1)
-    digits = {"CV lwlrap noisy": 5, "CV lwlrap curated": 5, "CV lwlrap noisy (true labels)": 5, "test lwlrap": 5}
+    digits = {
+        "CV lwlrap noisy": 5,
+        "CV lwlrap curated": 5,
+        "CV lwlrap noisy (true labels)": 5,
+        "test lwlrap": 5,
+    }
     return (
         '<div class="pair"><div><h3>This run</h3>'
         + _table(ours, digits, right=("clips trained", "time"))

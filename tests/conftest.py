@@ -23,7 +23,6 @@ def tiny_data(tmp_path_factory):
 def tiny_cache(tiny_data, tmp_path_factory):
     """Feature cache of ``tiny_data`` (all splits), built once per session."""
     from noisytag.cache import build_cache
-
     from noisytag.config import FrontendConfig
 
     cache_dir = tmp_path_factory.mktemp("tiny_cache")

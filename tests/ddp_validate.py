@@ -10,8 +10,8 @@ import sys
 import lightning as L
 import numpy as np
 import torch
-from noisytag.cache import FeatureCache
 
+from noisytag.cache import FeatureCache
 from noisytag.config import FrontendConfig, load_config
 from noisytag.loader import ClipSet
 from noisytag.train import build_module, val_loader

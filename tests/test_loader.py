@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from noisytag.cache import FeatureCache
 
+from noisytag.cache import FeatureCache
 from noisytag.config import FrontendConfig
 from noisytag.loader import AllWindowsDataset, ClipSet, EpochSampler, RandomWindowDataset
 from noisytag.windows import n_windows

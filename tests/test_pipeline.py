@@ -7,13 +7,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_config
 
 from noisytag.config import save_config
 from noisytag.context import RunConfigMismatch
 from noisytag.pipeline import run_pipeline
 from noisytag.rundir import RunDir
-
-from conftest import tiny_config
 
 pytestmark = pytest.mark.slow
 

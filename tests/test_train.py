@@ -1,16 +1,15 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from lightning.pytorch.callbacks import Callback
-from noisytag.cache import FeatureCache
-from noisytag.data import load_dataset, multi_hot
 
+from noisytag.cache import FeatureCache
 from noisytag.config import FrontendConfig
+from noisytag.data import load_dataset, multi_hot
 from noisytag.loader import ClipSet
 from noisytag.metrics import lwlrap
 from noisytag.train import fit_fold, read_metrics, score_windows
-
-from conftest import tiny_config
 
 
 def test_score_windows_averages_per_clip_and_drops_padded_duplicates():
