@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from noisytag.models.heads import Head, TaggingNet
+
 Token = int | str
 
 
@@ -67,3 +69,19 @@ def init_weights(module: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def layer_list_net(name: str, layers: Sequence, n_classes: int, in_channels: int, width: float):
+    """A layer-list body (channels scaled by ``width``) + the shared head, initialised: every
+    architecture of the registry is this with its own list."""
+    body = make_body(layers, in_channels, width)
+    head = Head(out_channels(layers, width), n_classes, hidden=scaled(512, width))
+    spec = {
+        "name": name,
+        "n_classes": n_classes,
+        "in_channels": in_channels,
+        "options": {"width": float(width)},
+    }
+    model = TaggingNet(body, head, spec, time_reduction(layers))
+    init_weights(model)
+    return model

@@ -8,8 +8,8 @@ trainable parameters (convolutions with biases, as torchvision's ``vgg16_bn``).
 from __future__ import annotations
 
 from noisytag.models import register
-from noisytag.models.blocks import init_weights, make_body, out_channels, scaled, time_reduction
-from noisytag.models.heads import Head, TaggingNet
+from noisytag.models.blocks import layer_list_net
+from noisytag.models.heads import TaggingNet
 
 VGG16_LAYERS = (
     64, 64, "M",
@@ -23,14 +23,4 @@ VGG16_LAYERS = (
 @register("vgg16")
 def vgg16(n_classes: int, in_channels: int = 1, width: float = 1.0) -> TaggingNet:
     """VGG-16-BN body (channel counts scaled by ``width``) + the shared head."""
-    body = make_body(VGG16_LAYERS, in_channels, width)
-    head = Head(out_channels(VGG16_LAYERS, width), n_classes, hidden=scaled(512, width))
-    spec = {
-        "name": "vgg16",
-        "n_classes": n_classes,
-        "in_channels": in_channels,
-        "options": {"width": float(width)},
-    }
-    model = TaggingNet(body, head, spec, time_reduction(VGG16_LAYERS))
-    init_weights(model)
-    return model
+    return layer_list_net("vgg16", VGG16_LAYERS, n_classes, in_channels, width)
