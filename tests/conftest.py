@@ -55,3 +55,37 @@ def tiny_run(tiny_data, tiny_cache, tmp_path_factory):
     cfg = tiny_config(**{"data.cache_dir": str(tiny_cache)})
     run_pipeline(tiny_data, run_dir, cfg, progress=False, report=True)
     return run_dir
+
+
+def write_model_run(root, classes, members=((2, 0), (3, 0)), width=0.125, in_channels=1, bn_stats=False):
+    """A run directory holding tiny untrained cnn1 fold models (enough to exercise inference/export).
+
+    ``members``: (stage, fold) pairs; ``bn_stats``: one forward pass in training mode first, so the
+    batch-norm statistics are not trivial.
+    """
+    import dataclasses
+
+    import torch
+
+    from noisytag.config import FrontendConfig
+    from noisytag.models import build
+    from noisytag.weights import save_model
+
+    for stage, fold in members:
+        torch.manual_seed(10 * stage + fold)
+        model = build("cnn1", len(classes), in_channels, width=width).train()
+        if bn_stats:
+            with torch.no_grad():
+                model(torch.randn(8, in_channels, 128, 160))
+        d = root / "cnn1" / f"stage{stage}" / f"fold{fold}"
+        meta = {
+            "arch": "cnn1",
+            "stage": stage,
+            "fold": fold,
+            "classes": list(classes),
+            "frontend": dataclasses.asdict(FrontendConfig()),
+            "normalize": "minmax",
+        }
+        save_model(d, model.eval(), meta)
+        (d / "done").write_text("1\n")
+    return root

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
-import torch
+from conftest import write_model_run
 
 from noisytag.config import FrontendConfig, InferConfig
 
@@ -15,26 +14,7 @@ CLASSES = ["bark", "meow", "chirp"]
 
 
 def make_run(root, members=((2, 0), (3, 0)), width=0.125, in_channels=1):
-    from noisytag.models import build
-    from noisytag.weights import save_model
-
-    for stage, fold in members:
-        torch.manual_seed(10 * stage + fold)
-        model = build("cnn1", len(CLASSES), in_channels, width=width).train()
-        with torch.no_grad():  # non-trivial batch-norm statistics
-            model(torch.randn(8, in_channels, 128, 160))
-        d = root / "cnn1" / f"stage{stage}" / f"fold{fold}"
-        meta = {
-            "arch": "cnn1",
-            "stage": stage,
-            "fold": fold,
-            "classes": CLASSES,
-            "frontend": dataclasses.asdict(FrontendConfig()),
-            "normalize": "minmax",
-        }
-        save_model(d, model.eval(), meta)
-        (d / "done").write_text("1\n")
-    return root
+    return write_model_run(root, CLASSES, members, width, in_channels, bn_stats=True)
 
 
 @pytest.fixture(scope="module")

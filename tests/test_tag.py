@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import write_model_run
 
 from noisytag.config import FrontendConfig
 
@@ -19,25 +19,7 @@ CLASSES = ["bark", "meow", "chirp", "hum"]
 
 def make_run(root, stages=(2, 3), folds=(0,), width=0.125):
     """A run directory with tiny untrained cnn1 fold models (enough to exercise inference)."""
-    from noisytag.models import build
-    from noisytag.weights import save_model
-
-    for stage in stages:
-        for fold in folds:
-            torch.manual_seed(10 * stage + fold)
-            model = build("cnn1", len(CLASSES), 1, width=width).eval()
-            d = root / "cnn1" / f"stage{stage}" / f"fold{fold}"
-            meta = {
-                "arch": "cnn1",
-                "stage": stage,
-                "fold": fold,
-                "classes": CLASSES,
-                "frontend": dataclasses.asdict(FrontendConfig()),
-                "normalize": "minmax",
-            }
-            save_model(d, model, meta)
-            (d / "done").write_text("1\n")
-    return root
+    return write_model_run(root, CLASSES, [(s, f) for s in stages for f in folds], width)
 
 
 @pytest.fixture(scope="module")
