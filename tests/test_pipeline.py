@@ -122,3 +122,19 @@ def test_killed_pipeline_resumes_to_the_same_artifacts(tmp_path, tiny_data, tiny
     pd.testing.assert_frame_equal(
         pd.read_csv(RunDir(whole).submission), pd.read_csv(RunDir(cut).submission), atol=1e-5
     )
+
+
+def test_cli_resumes_a_run_with_its_saved_config(tiny_run, tiny_data):
+    """No --config: the run directory's own config.yaml is used, so nothing is refused or redone."""
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+
+    weights = RunDir(tiny_run).fold_dir("cnn1", 4, 1) / "weights.safetensors"
+    before = weights.stat().st_mtime_ns
+    result = CliRunner().invoke(
+        app, ["pipeline", str(tiny_data), "-o", str(tiny_run), "--no-progress", "--no-report"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "CV noisy" in result.output
+    assert weights.stat().st_mtime_ns == before

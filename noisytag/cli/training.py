@@ -10,6 +10,13 @@ import typer
 from noisytag.cli import ConfigOpt, SetOpt, app, console, err_console, fail, load_cfg  # noqa: F401
 
 
+def run_config(config: Path | None, out: Path) -> Path | None:
+    """Without --config, an existing run directory continues with the config it was made with."""
+    if config is None and (out / "config.yaml").is_file():
+        return out / "config.yaml"
+    return config
+
+
 @app.command(rich_help_panel="Training")
 def train(
     data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
@@ -39,7 +46,7 @@ def train(
     from noisytag.data import DataError
     from noisytag.pipeline import run_stage
 
-    cfg = load_cfg(config, set_)
+    cfg = load_cfg(run_config(config, out), set_)
     extra = []
     if devices is not None:
         extra.append(f"train.devices={devices}")
@@ -71,14 +78,15 @@ def pipeline(
     """Run the four-stage warm-up pipeline (stages 1-4 x folds x architectures).
 
     Resumable: run the same command again after an interruption and it continues from the last finished
-    epoch; finished folds and stages are not redone. Prints the article's stage table at the end.
+    epoch; finished folds and stages are not redone. Without --config an existing run directory keeps
+    the config it was made with. Prints the article's stage table at the end.
     """
     from noisytag.context import RunConfigMismatch
     from noisytag.data import DataError
     from noisytag.pipeline import run_pipeline
     from noisytag.summary import print_results
 
-    cfg = load_cfg(config, set_)
+    cfg = load_cfg(run_config(config, out), set_)
     try:
         results = run_pipeline(data_dir, out, cfg, force=force, progress=progress, report=report)
     except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
