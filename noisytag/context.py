@@ -50,6 +50,7 @@ class Context:
     caches: dict
     folds: pd.DataFrame  # fname, split, fold (curated rows, then noisy rows)
     clips: dict[str, ClipSet] = field(default_factory=dict)  # curated / noisy / test, folds.csv order
+    selections: dict[tuple[str, int], pd.DataFrame] = field(default_factory=dict)  # (arch, stage) → clips
     fold_of: dict[str, np.ndarray] = field(default_factory=dict)  # curated / noisy → (N,) folds
     fnames: dict[str, list[str]] = field(default_factory=dict)
     labels: dict[str, list[tuple]] = field(default_factory=dict)

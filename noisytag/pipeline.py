@@ -168,7 +168,13 @@ def noisy_scores(ctx: Context, arch: str) -> pd.DataFrame:
 
 
 def selection_for(ctx: Context, arch: str, stage: int) -> pd.DataFrame:
-    """The noisy clips selected for stage 3 (from s1, s2) or stage 4 (from s3)."""
+    """The noisy clips selected for stage 3 (from s1, s2) or stage 4 (from s3).
+
+    Computed once per (arch, stage) and run, and saved: the scores it reads come from finished stages,
+    so every fold of the stage (and the stage table) sees the same list.
+    """
+    if (arch, stage) in ctx.selections:
+        return ctx.selections[(arch, stage)]
     from noisytag.selection import stage3_selection, stage4_selection
 
     table = noisy_scores(ctx, arch)
@@ -187,6 +193,7 @@ def selection_for(ctx: Context, arch: str, stage: int) -> pd.DataFrame:
         out = selected.copy()
         out["labels"] = out["labels"].map(format_labels)
         atomic_csv(ctx.run.selection(arch, stage), out)
+    ctx.selections[(arch, stage)] = selected
     return selected
 
 

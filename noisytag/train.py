@@ -331,5 +331,4 @@ def fit_fold(
         val_dataloaders=val_loader(cfg, caches, val) if len(val) else None,
         ckpt_path=str(resume) if resume is not None else None,
     )
-    module.trainer_is_global_zero = trainer.is_global_zero
     return module
