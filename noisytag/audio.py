@@ -20,6 +20,7 @@ import numpy as np
 from noisytag.config import FrontendConfig
 
 _AMIN = 1e-10  # librosa's power floor in power_to_db (amplitude 1e-5)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 class AudioError(Exception):
@@ -29,6 +30,20 @@ class AudioError(Exception):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+def audio_files(root: str | Path, recursive: bool = False) -> list[Path]:
+    """Supported audio files (by suffix, any case; hidden files skipped) in ``root``, sorted by path.
+
+    ``recursive`` also walks sub-folders; a file given as ``root`` is returned as itself.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(
+        p for p in found if p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def decode(path: str | Path) -> tuple[np.ndarray, int]:

@@ -39,7 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from noisytag.audio import AudioError, audio_files, decode, prepare
 from noisytag.config import FrontendConfig
+from noisytag.data import SPLITS
+from noisytag.features import LogMel, log_mel_frames, mel_filters
+from noisytag.fileio import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +75,6 @@ def default_cache_dir(data_dir: str | Path) -> Path:
 
 def split_folder(split: str) -> str:
     """Split key ("curated", "noisy", "test") or folder name → folder name ("train_curated", …)."""
-    from noisytag.data import SPLITS
 
     if split in SPLITS:
         return SPLITS[split]
@@ -85,19 +88,6 @@ def split_dir(cache_dir: str | Path, cfg: FrontendConfig, split: str) -> Path:
     return Path(cache_dir) / cfg.key() / split_folder(split)
 
 
-def audio_files(folder: str | Path) -> list[Path]:
-    """Audio files (by suffix, any case) directly inside ``folder``, sorted by name."""
-    from noisytag.data import AUDIO_SUFFIXES
-
-    with os.scandir(folder) as entries:
-        found = [
-            Path(e.path)
-            for e in entries
-            if e.name.lower().endswith(AUDIO_SUFFIXES) and e.is_file() and not e.name.startswith(".")
-        ]
-    return sorted(found, key=lambda p: p.name)
-
-
 # ----------------------------------------------------------------------------------------------
 # extraction of one clip (runs in worker processes)
 
@@ -109,9 +99,6 @@ def extract_clip(path: str | Path, cfg: FrontendConfig = FrontendConfig(), modul
     Raises :class:`noisytag.audio.AudioError` for a file that cannot be used.
     """
     import torch
-
-    from noisytag.audio import decode, prepare
-    from noisytag.features import log_mel_frames
 
     y, sr = decode(path)
     seconds = len(y) / sr
@@ -129,8 +116,6 @@ def _init_worker(cfg_fields: dict, filters: np.ndarray) -> None:
     """Process-pool initialiser: one torch thread per process (the pool is the parallelism)."""
     import torch
 
-    from noisytag.features import LogMel
-
     global _WORKER
     torch.set_num_threads(1)
     cfg = FrontendConfig(**cfg_fields)
@@ -139,7 +124,6 @@ def _init_worker(cfg_fields: dict, filters: np.ndarray) -> None:
 
 def _work(path: str, cfg: FrontendConfig | None = None) -> tuple:
     """("ok", db, lo, hi, seconds) or ("error", reason) — never raises for a bad file."""
-    from noisytag.audio import AudioError
 
     try:
         if cfg is None:
@@ -171,8 +155,6 @@ def _ordered_results(paths: Sequence[str], cfg: FrontendConfig, workers: int) ->
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
-
-    from noisytag.features import mel_filters
 
     ctx = multiprocessing.get_context("spawn")
     init = (dataclasses.asdict(cfg), mel_filters(cfg))
@@ -229,15 +211,6 @@ def extract_files(
 # building
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _signature(files: list[tuple[str, int, int]], cfg: FrontendConfig) -> str:
     payload = json.dumps([FORMAT_VERSION, dataclasses.asdict(cfg), files])
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -268,7 +241,7 @@ def _recover(out: Path, n_mels: int) -> tuple[list[dict], int]:
         entries.append(entry)
     if len(entries) != max(complete, 0) or (lines and lines[-1]):
         logger.info("%s: resuming after an interrupted run (%d clips kept)", out, len(entries))
-        _atomic_write(log_path, "".join(json.dumps(e) + "\n" for e in entries))
+        write_text(log_path, "".join(json.dumps(e) + "\n" for e in entries))
     if frames_path.exists() and frames_path.stat().st_size != rows * row_bytes:
         with open(frames_path, "r+b") as f:
             f.truncate(rows * row_bytes)
@@ -323,7 +296,7 @@ def _build_split(folder: Path, out: Path, cfg: FrontendConfig, workers: int, bar
         kept = [latest[name] for name, _, _ in files]
         ok = [e for e in kept if "error" not in e]
         index = pd.DataFrame([{k: e[k] for k in INDEX_COLUMNS} for e in ok], columns=INDEX_COLUMNS)
-        _atomic_write(out / INDEX, index.to_csv(index=False))
+        write_text(out / INDEX, index.to_csv(index=False))
         failed = [[e["fname"], e["error"]] for e in kept if "error" in e]
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -339,8 +312,8 @@ def _build_split(folder: Path, out: Path, cfg: FrontendConfig, workers: int, bar
             "seconds": float(sum(e["duration"] for e in ok)),
             "failed": failed,
         }
-        _atomic_write(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-        _atomic_write(done, signature)
+        write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        write_text(done, signature)
 
 
 def build_cache(

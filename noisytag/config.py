@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from noisytag.fileio import write_text
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key and the reason."""
@@ -112,6 +114,24 @@ class SelectionConfig:
     stage3_threshold: float = 0.5  # sqrt(s1 * s2) >= threshold
     stage3_cap: int = 5  # at most this many clips per (fold, label)
     stage4_threshold: float = 1.0  # s3 >= threshold (1.0 = all true labels ranked first)
+    method: str = "oof_lwlrap"  # stage-3 detector: "oof_lwlrap" (SPEC §6) or "cleanlab" (confident learning)
+
+
+@dataclass(frozen=True)
+class NoisyConfig:
+    """How the noisy clips that the selection does not trust still train (SPEC §6b).
+
+    ``treatment``: "drop" (the seed: only selected clips train), "given" (their given labels, as if
+    trusted), "head" (a separate noisy-label output head), "lsoft" (soft bootstrapping with
+    ``lsoft_beta``) or "relabel" (soft targets between the given labels and the out-of-fold
+    ensemble of the earlier stages, weight ``relabel_alpha`` on the given labels).
+    ``stages``: the stages in which the untrusted noisy clips (folds ≠ f) join training.
+    """
+
+    treatment: str = "drop"
+    stages: tuple[int, ...] = (3, 4)
+    lsoft_beta: float = 0.7
+    relabel_alpha: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,7 @@ class PipelineConfig:
     stages: tuple[int, ...] = (1, 2, 3, 4)
     stage_epochs: tuple[int, ...] = ()  # per stage; empty = train.epochs for every stage
     stage_lr: tuple[float, ...] = ()  # per stage; empty = train.lr for every stage
+    mode: str = "warmup"  # "warmup" (SPEC §6) or "joint": one stage on curated + all noisy clips
 
 
 @dataclass(frozen=True)
@@ -146,6 +167,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    noisy: NoisyConfig = field(default_factory=NoisyConfig)
     infer: InferConfig = field(default_factory=InferConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -278,7 +300,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def with_overrides(cfg: RunConfig, overrides: typing.Sequence[str]) -> RunConfig:

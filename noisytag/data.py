@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisytag.audio import audio_files
+
 log = logging.getLogger(__name__)
 
 SPLITS = {"curated": "train_curated", "noisy": "train_noisy", "test": "test"}
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 SUBMISSION = "sample_submission.csv"
 LABELLED = ("curated", "noisy")
 
@@ -198,16 +199,6 @@ def read_truth(path: str | Path) -> pd.DataFrame:
 # ---------------------------------------------------------------- validation and loading
 
 
-def _audio_files(folder: Path) -> list[str]:
-    """Names of the audio files directly inside ``folder`` (by suffix, case-insensitive), sorted."""
-    with os.scandir(folder) as entries:
-        return sorted(
-            e.name
-            for e in entries
-            if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(AUDIO_SUFFIXES)
-        )
-
-
 def _load_labelled(
     root: Path, split: str, classes: list[str], class_source: str
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -271,7 +262,7 @@ def _load_test(root: Path, submission_names: list[str] | None) -> tuple[pd.DataF
     folder = root / SPLITS["test"]
     if not folder.is_dir():
         return pd.DataFrame(columns=["fname", "path", "labels"]), [f"{folder.name}/: audio folder missing"]
-    names = _audio_files(folder)
+    names = [p.name for p in audio_files(folder)]
     if submission_names is not None and set(submission_names) != set(names):
         only_sub = len(set(submission_names) - set(names))
         only_dir = len(set(names) - set(submission_names))
