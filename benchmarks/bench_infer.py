@@ -87,17 +87,13 @@ def row(name: str, ts, audio: float, ref: float | None = None) -> str:
 
 
 def precompute(paths, frontend):
-    from noisytag.infer import Clip, _decode_features
+    from noisytag.predict import file_clip
 
-    clips = []
-    for i, p in enumerate(paths):
-        db, lo, hi, _seconds, _offset = _decode_features(p, frontend)
-        clips.append(Clip(i, db, lo, hi))
-    return clips
+    return [file_clip(p, frontend, i)[0] for i, p in enumerate(paths)]
 
 
 def run_models(members, clips, cfg):
-    from noisytag.infer import iter_window_probs
+    from noisytag.predict import iter_window_probs
 
     for _ in iter_window_probs(members, clips, cfg):
         pass
@@ -109,7 +105,8 @@ def onnx_members_of(models, out_dir: Path, width: int = 128):
 
     import onnx
 
-    from noisytag.export import OnnxMember, trace_templates, with_weights
+    from noisytag.export import trace_templates, with_weights
+    from noisytag.members import OnnxMember
 
     templates = {}
     members = []
@@ -125,8 +122,6 @@ def onnx_members_of(models, out_dir: Path, width: int = 128):
         entry = {
             "name": f"m{i}",
             "n_classes": model.spec["n_classes"],
-            "in_channels": model.spec["in_channels"],
-            "time_reduction": model.time_reduction,
             "model": f"m{i}/model.onnx",
             "fast": f"m{i}/fast.onnx",
         }
@@ -140,8 +135,9 @@ def main() -> None:
     import torch
 
     from noisytag.config import FrontendConfig, InferConfig
-    from noisytag.infer import TorchMember, iter_files
+    from noisytag.members import TorchMember
     from noisytag.models import build
+    from noisytag.predict import iter_files
     from noisytag.windows import n_windows
 
     parser = argparse.ArgumentParser(
@@ -174,10 +170,10 @@ def main() -> None:
     print(f"{len(paths)} clips, {audio:.1f} s of audio (mean {audio / len(paths):.1f} s)")
 
     # (a) front end alone
-    from noisytag.infer import _decode_features
+    from noisytag.predict import file_clip
 
-    _decode_features(paths[0], fe)  # warm-up: imports, mel filter bank
-    fe_times = interleaved({"fe": lambda: [_decode_features(p, fe) for p in paths]}, repeats)["fe"]
+    file_clip(paths[0], fe)  # warm-up: imports, mel filter bank
+    fe_times = interleaved({"fe": lambda: [file_clip(p, fe) for p in paths]}, repeats)["fe"]
     fe_med = wall(fe_times)
     print("\n(a) front end (decode + trim + pad + log-mel)")
     print(row("decode + features", fe_times, audio))
@@ -278,9 +274,11 @@ def accuracy(run_dir: Path, data_dir: Path, stages: str | None = None) -> None:
 
     import soundfile as sf
 
+    from noisytag.audio import audio_files
     from noisytag.data import read_truth
-    from noisytag.infer import audio_files, load_ensemble, predict_files, run_infer_config
+    from noisytag.ensemble import load_ensemble, run_infer_config
     from noisytag.metrics import lwlrap
+    from noisytag.predict import predict_files
 
     truth_csv = data_dir / "truth" / "test.csv"
     if not run_dir.is_dir() or not truth_csv.is_file():
@@ -291,7 +289,7 @@ def accuracy(run_dir: Path, data_dir: Path, stages: str | None = None) -> None:
     except (FileNotFoundError, ValueError) as err:
         print(f"  skipped: {err}")
         return
-    paths = audio_files(data_dir / "test")
+    paths = audio_files(data_dir / "test", recursive=True)
     truth = read_truth(truth_csv).set_index("fname")
     col = {c: i for i, c in enumerate(ens.classes)}
     y = np.zeros((len(paths), len(ens.classes)), dtype=bool)

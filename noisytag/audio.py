@@ -13,6 +13,7 @@ librosa reference exactly:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -121,23 +122,30 @@ def frame_power(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray
     return np.maximum(energy, 0.0) / frame_length
 
 
-def trim_silence(y: np.ndarray, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
-    """Drop leading and trailing frames more than ``cfg.trim_db`` dB below the loudest frame.
-
-    ``y``: (N,) → a view ``y[start:end]`` with ``start = first_loud_frame · hop`` and
-    ``end = min(N, (last_loud_frame + 1) · hop)`` (librosa.effects.trim). A silent clip keeps all its
-    samples (every frame is then 0 dB relative to its all-silent peak), so the result is never empty.
-    """
+def trim_bounds(y: np.ndarray, cfg: FrontendConfig = FrontendConfig()) -> tuple[int, int]:
+    """``(start, end)`` samples that :func:`trim_silence` keeps: ``start = first_loud_frame · hop``,
+    ``end = min(N, (last_loud_frame + 1) · hop)``; ``(0, N)`` for an empty or all-quiet clip."""
     if len(y) == 0:
-        return y
+        return 0, 0
     power = frame_power(y, cfg.trim_frame, cfg.trim_hop)
     db = 10.0 * np.log10(np.maximum(power, _AMIN)) - 10.0 * np.log10(max(power.max(), _AMIN))
     loud = np.flatnonzero(db > -cfg.trim_db)
     if loud.size == 0:  # cannot happen (the loudest frame is at 0 dB); kept as a guard
-        return y
+        return 0, len(y)
     start = int(loud[0]) * cfg.trim_hop
     end = min(len(y), (int(loud[-1]) + 1) * cfg.trim_hop)
-    return y[start:end] if end > start else y
+    return (start, end) if end > start else (0, len(y))
+
+
+def trim_silence(y: np.ndarray, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
+    """Drop leading and trailing frames more than ``cfg.trim_db`` dB below the loudest frame.
+
+    ``y``: (N,) → a view ``y[start:end]`` of :func:`trim_bounds` (librosa.effects.trim). A silent clip
+    keeps all its samples (every frame is then 0 dB relative to its all-silent peak), so the result is
+    never empty.
+    """
+    start, end = trim_bounds(y, cfg)
+    return y[start:end]
 
 
 def min_samples(cfg: FrontendConfig = FrontendConfig()) -> int:
@@ -158,10 +166,30 @@ def pad_to_min(y: np.ndarray, cfg: FrontendConfig = FrontendConfig()) -> np.ndar
     return np.pad(y, (left, missing - left)).astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True)
+class LoadedClip:
+    """A clip of :func:`load_clip` and where it lies in its file.
+
+    ``samples``: float32 (N ≥ min_samples,) after resampling, trimming and padding; ``duration``: seconds of
+    the decoded file; ``offset``: file time (s) of ``samples[0]`` (negative when zero-padded on the left).
+    """
+
+    samples: np.ndarray
+    duration: float
+    offset: float
+
+
 def prepare(y: np.ndarray, sr: int, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
     """Steps 1–3 on a decoded mono signal: resample to ``cfg.sample_rate``, trim, pad → float32 (N,)."""
+    return _prepare(y, sr, cfg)[0]
+
+
+def _prepare(y: np.ndarray, sr: int, cfg: FrontendConfig) -> tuple[np.ndarray, int]:
+    """:func:`prepare` and the index of its first sample in the resampled signal (negative if padded)."""
     y = resample(np.asarray(y, dtype=np.float32), sr, cfg.sample_rate)
-    return np.ascontiguousarray(pad_to_min(trim_silence(y, cfg), cfg), dtype=np.float32)
+    start, end = trim_bounds(y, cfg)
+    left = max(min_samples(cfg) - (end - start), 0) // 2
+    return np.ascontiguousarray(pad_to_min(y[start:end], cfg), dtype=np.float32), start - left
 
 
 def load(path: str | Path, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
@@ -171,3 +199,10 @@ def load(path: str | Path, cfg: FrontendConfig = FrontendConfig()) -> np.ndarray
     """
     y, sr = decode(path)
     return prepare(y, sr, cfg)
+
+
+def load_clip(path: str | Path, cfg: FrontendConfig = FrontendConfig()) -> LoadedClip:
+    """:func:`load` plus the file's duration and the clip's offset in it (to place windows in file time)."""
+    y, sr = decode(path)
+    samples, first = _prepare(y, sr, cfg)
+    return LoadedClip(samples, len(y) / sr, first / cfg.sample_rate)

@@ -1,15 +1,16 @@
-"""ONNX export of a run's ensemble members, and running them with onnxruntime.
+"""ONNX export of a run's ensemble members: writes the graphs, checks them, indexes them.
 
 ``export_run(run_dir, out_dir)`` writes, per ensemble member, two graphs with dynamic axes:
 
 * ``{member}/model.onnx``: ``x`` (B, 1, n_mels, T) min-max-normalised log-mel windows → ``probs`` (B, K)
-  (sigmoid included; channels are repeated inside the graph when the model wants three);
+  (sigmoid included; a model that wants more channels expands its single input channel itself);
 * ``{member}/fast.onnx``: ``x`` (1, 1, n_mels, T) whole clip + ``starts`` (n,) int64 window start frames →
-  ``probs`` (n, K): the fast mode of :mod:`noisytag.infer` (body once, head per window slice);
+  ``probs`` (n, K): the fast mode of :mod:`noisytag.predict` (body once, head per window slice);
 
 plus ``manifest.json`` (classes, front-end parameters, normalisation, window arithmetic, members and
 their measured parity with PyTorch). ``--with-frontend`` adds ``tagger.onnx``, one graph from a mono
-44.1 kHz waveform to the ensemble's clip probabilities (see :mod:`noisytag.onnx_frontend`).
+44.1 kHz waveform to the ensemble's clip probabilities (:class:`noisytag.onnx_frontend.WaveformTagger`).
+This module only writes; :mod:`noisytag.ensemble` and :mod:`noisytag.members` read and run the files.
 
 Export is slow per graph (torch.export), but members of one architecture differ only in their
 weights: each architecture is traced once without graph optimisation, so its initializers keep the
@@ -20,31 +21,46 @@ conv + batch norm when it loads the graph). Every member is then checked against
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
-import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from rich.progress import track
+
+from noisytag.audio import prepare
+from noisytag.config import FrontendConfig, InferConfig
+from noisytag.ensemble import (
+    MANIFEST,
+    member_name,
+    onnx_current,
+    read_manifest,
+    run_infer_config,
+    select_model_dirs,
+    shared_settings,
+)
+from noisytag.features import log_mel
+from noisytag.fileio import atomic_path, write_json
+from noisytag.members import ExportError, OnnxMember, ProbsModel, TorchMember, WindowedHead, session
+from noisytag.onnx_frontend import WaveformTagger
+from noisytag.predict import Clip, iter_window_probs
+from noisytag.rundir import RunDir
+from noisytag.weights import load_model, read_meta
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 FORMAT = "noisytag-onnx/1"
 PARITY_TOL = 1e-4
-
-
-class ExportError(RuntimeError):
-    """Export or parity failure; the message names the member or file."""
+TAGGER_FILE = "tagger.onnx"
 
 
 @contextlib.contextmanager
 def _quiet_exporter():
     """torch.onnx prints progress and warns about optional torchvision ops; keep the console clean."""
-    import io
-    import warnings
-
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._export", "torch.export", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -64,8 +80,6 @@ def _quiet_exporter():
 
 def _trace(module, args: tuple, input_names, dynamic_shapes, opset: int | None = None):
     """torch.onnx.export (dynamo) without graph optimisation → onnx.ModelProto."""
-    import torch
-
     with _quiet_exporter():
         program = torch.onnx.export(
             module.eval(),
@@ -81,12 +95,16 @@ def _trace(module, args: tuple, input_names, dynamic_shapes, opset: int | None =
     return program.model_proto
 
 
+def _save(proto, path: Path, **options) -> None:
+    """Kill-safe ``onnx.save_model`` (temporary name, then rename)."""
+    import onnx  # heavy and optional: only export needs it
+
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), **options)
+
+
 def trace_templates(model, width: int = 128):
     """Graphs (model.onnx, fast.onnx) of one architecture, initializers named after ``model``'s state dict."""
-    import torch
-
-    from noisytag.members import ProbsModel, WindowedHead
-
     n_mels = 128
     batch, time = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=width)
     x = torch.rand(2, 1, n_mels, width + 32)
@@ -105,7 +123,7 @@ def trace_templates(model, width: int = 128):
 
 def with_weights(template, state: dict, prefix: str = "model."):
     """Copy of ``template`` whose initializers ``prefix + key`` hold ``state[key]`` (numpy arrays)."""
-    import onnx
+    import onnx  # heavy and optional: only export needs it
     from onnx import numpy_helper
 
     proto = onnx.ModelProto()
@@ -128,56 +146,6 @@ def with_weights(template, state: dict, prefix: str = "model."):
     return proto
 
 
-def _save(proto, path: Path) -> None:
-    import onnx
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
-
-
-def session(path: str | Path, threads: int = 0):
-    """An onnxruntime CPU session with full graph optimisation (``threads`` 0 = onnxruntime's default)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-class OnnxMember:
-    """One exported member behind the :mod:`noisytag.infer` member interface (onnxruntime, CPU)."""
-
-    def __init__(self, root: Path, entry: dict, window: int, threads: int = 0):
-        self.name = entry["name"]
-        self.n_classes = int(entry["n_classes"])
-        self.in_channels = int(entry["in_channels"])
-        self.time_reduction = int(entry["time_reduction"])
-        self.window = int(window)
-        self._paths = {"model": Path(root) / entry["model"], "fast": Path(root) / entry["fast"]}
-        self._sessions: dict = {}
-        self._threads = threads
-
-    def _session(self, kind: str):
-        if kind not in self._sessions:
-            self._sessions[kind] = session(self._paths[kind], self._threads)
-        return self._sessions[kind]
-
-    def probs(self, x: np.ndarray) -> np.ndarray:
-        """(B, 1, F, W) normalised windows → (B, K) probabilities."""
-        return self._session("model").run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-    def fast_probs(self, x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
-        """(1, 1, F, T) clip + (n,) start frames → (n, K) probabilities (graph traced for ``window``)."""
-        if width != self.window:
-            raise ExportError(f"{self._paths['fast']}: exported for {self.window}-frame windows, not {width}")
-        feeds = {"x": np.ascontiguousarray(x, dtype=np.float32), "starts": np.asarray(starts, dtype=np.int64)}
-        return self._session("fast").run(None, feeds)[0]
-
-
 # ----------------------------------------------------------------------------------------------
 # run-level export
 
@@ -195,16 +163,6 @@ def _parity(member_torch, member_onnx, width: int, seed: int = 0) -> float:
     return float(max(a, b))
 
 
-def read_manifest(out_dir: str | Path) -> dict:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (not an export directory)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ExportError(f"{path}: corrupt JSON ({err})") from None
-
-
 def export_models(
     model_dirs: Sequence[Path],
     out_dir: str | Path,
@@ -217,10 +175,6 @@ def export_models(
     Members already exported with the same weights (sha256) are kept; the manifest lists every member
     present. Raises :class:`ExportError` when a member differs from PyTorch by more than 1e-4.
     """
-    from noisytag.infer import _member_name, _shared
-    from noisytag.members import TorchMember
-    from noisytag.weights import load_model, read_meta
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -231,17 +185,15 @@ def export_models(
         manifest = {}  # traced for another window width: start over
     known = {m["name"]: m for m in manifest.get("members", [])}
     metas = [read_meta(d) for d in model_dirs]
-    classes, frontend, normalize = _shared(metas, list(model_dirs))
+    classes, _frontend, normalize = shared_settings(metas, list(model_dirs))
     if manifest and manifest.get("classes") != classes:
         raise ExportError(f"{out_dir / MANIFEST}: holds members for other classes; use another directory")
     templates: dict[str, tuple] = {}
     items = list(zip(model_dirs, metas, strict=True))
     if progress:
-        from rich.progress import track
-
         items = track(items, description="exporting", transient=True)
     for directory, meta in items:
-        name = _member_name(meta, Path(directory))
+        name = member_name(meta, Path(directory))
         if name in known and known[name].get("weights_sha256") == meta.get("weights_sha256"):
             continue
         model, _ = load_model(directory)
@@ -287,14 +239,8 @@ def export_models(
         "members": sorted(known.values(), key=lambda m: m["name"]),
         "tagger": manifest.get("tagger"),
     }
-    _write_manifest(out_dir, manifest)
+    write_json(out_dir / MANIFEST, manifest)
     return manifest
-
-
-def _write_manifest(out_dir: Path, manifest: dict) -> None:
-    tmp = out_dir / f".{MANIFEST}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out_dir / MANIFEST)
 
 
 def export_run(
@@ -306,49 +252,95 @@ def export_run(
     progress: bool = False,
 ) -> dict:
     """Export the chosen stages × folds × architectures of a run (default: its infer.stages)."""
-    from noisytag.infer import run_infer_config, select_model_dirs
-
     cfg = run_infer_config(run_dir)
     dirs = select_model_dirs(run_dir, stages, archs)
     manifest = export_models(dirs, out_dir, cfg.window, cfg.max_stride, progress)
     if with_frontend:
-        from noisytag.onnx_frontend import export_tagger
-
         manifest["tagger"] = export_tagger(dirs, Path(out_dir), cfg.window, cfg.max_stride)
-        _write_manifest(Path(out_dir), manifest)
+        write_json(Path(out_dir) / MANIFEST, manifest)
     return manifest
 
 
-def load_members(out_dir: str | Path, names: Sequence[str] | None = None, threads: int = 0) -> list:
-    """:class:`OnnxMember` objects of an export directory (all, or those named, in that order)."""
-    out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
-    entries = {m["name"]: m for m in manifest["members"]}
-    names = list(names) if names is not None else sorted(entries)
-    missing = [n for n in names if n not in entries]
-    if missing:
-        raise ExportError(f"{out_dir / MANIFEST}: no member(s) {', '.join(missing)}")
-    return [OnnxMember(out_dir, entries[n], manifest["window"], threads) for n in names]
-
-
-def onnx_members(run_dir: str | Path, model_dirs: Sequence[Path], threads: int = 0) -> list:
-    """ONNX members for ``model_dirs`` of a run, exported into ``RUN_DIR/onnx`` when missing or stale."""
-    from noisytag.infer import _member_name, run_infer_config
-    from noisytag.weights import read_meta
-
-    out_dir = Path(run_dir) / "onnx"
+def refresh_onnx(run_dir: str | Path, model_dirs: Sequence[Path]) -> None:
+    """Export ``model_dirs`` of a run into ``RUN_DIR/onnx`` unless they are there and current."""
+    if onnx_current(run_dir, model_dirs):
+        return
+    out_dir = RunDir(run_dir).onnx_dir
     cfg = run_infer_config(run_dir)
+    log.info("exporting %d model(s) to %s", len(model_dirs), out_dir)
+    export_models(model_dirs, out_dir, cfg.window, cfg.max_stride)
+
+
+# ----------------------------------------------------------------------------------------------
+# waveform graph
+
+
+def export_tagger(
+    model_dirs: Sequence[Path], out_dir: Path, width: int = 128, max_stride: int = 48, check: bool = True
+) -> dict:
+    """Write ``out_dir/tagger.onnx`` for the fold models of ``model_dirs``; return its manifest entry."""
     metas = [read_meta(d) for d in model_dirs]
-    names = [_member_name(m, Path(d)) for m, d in zip(metas, model_dirs, strict=True)]
-    try:
-        manifest = read_manifest(out_dir)
-        have = {m["name"]: m.get("weights_sha256") for m in manifest["members"]}
-        fresh = manifest.get("window") == cfg.window and all(
-            have.get(n) == m.get("weights_sha256") for n, m in zip(names, metas, strict=True)
+    _classes, frontend, normalize = shared_settings(metas, list(model_dirs))
+    models = [load_model(d)[0] for d in model_dirs]
+    module = WaveformTagger(models, frontend, width, max_stride, normalize).eval()
+    example = torch.from_numpy(_example_wave(frontend.sample_rate, 3.3))[None]
+    samples = torch.export.Dim("samples", min=frontend.n_fft)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=["waveform"],
+            output_names=["probs", "window_probs", "starts"],
+            dynamic_shapes={"wave": {1: samples}},
+            dynamo=True,
+            optimize=True,
+            verbose=False,
         )
-    except (FileNotFoundError, ExportError, KeyError):
-        fresh = False
-    if not fresh:
-        log.info("exporting %d model(s) to %s", len(model_dirs), out_dir)
-        export_models(model_dirs, out_dir, cfg.window, cfg.max_stride)
-    return load_members(out_dir, names, threads)
+    proto = program.model_proto
+    path = Path(out_dir) / TAGGER_FILE
+    if proto.ByteSize() > 1_800_000_000:  # protobuf's 2 GB limit: weights beside the graph
+        _save(proto, path, save_as_external_data=True, location=TAGGER_FILE + ".data")
+    else:
+        _save(proto, path)
+    entry = {
+        "file": TAGGER_FILE,
+        "members": [str(d) for d in model_dirs],
+        "input": f"waveform float32 (1, samples): mono at {frontend.sample_rate} Hz, untrimmed, ≥ {frontend.n_fft} samples",
+        "outputs": {
+            "probs": "(1, n_classes) mean over members, then windows",
+            "window_probs": "(windows, n_classes) mean over members per window",
+            "starts": "(windows,) int64 start frames in the trimmed and padded clip",
+        },
+    }
+    if check:
+        diff = tagger_parity(path, models, frontend, width, max_stride, normalize)
+        if diff > 1e-3:
+            raise ExportError(f"{path}: differs from the PyTorch path by {diff:.2e}")
+        entry["parity_max_abs_diff"] = diff
+    return entry
+
+
+def _example_wave(sr: int, seconds: float, seed: int = 0) -> np.ndarray:
+    """A test signal with silent edges (exercises trimming), a tone, a chirp and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sr * seconds)) / sr
+    y = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * (200 + 2000 * t) * t)
+    y += 0.05 * rng.standard_normal(t.size)
+    y[: int(0.3 * sr)] = 0.0
+    y[-int(0.2 * sr) :] *= 1e-5
+    return y.astype(np.float32)
+
+
+def tagger_parity(path, models, frontend: FrontendConfig, width, max_stride, normalize) -> float:
+    """Largest |tagger.onnx − PyTorch path| clip probability on test signals of 0.5 s, 2.7 s and 7.1 s."""
+    sess = session(path)
+    cfg = InferConfig(window=width, max_stride=max_stride)
+    worst = 0.0
+    for seconds in (0.5, 2.7, 7.1):
+        wave = _example_wave(frontend.sample_rate, seconds, seed=int(seconds * 10))
+        db = log_mel(prepare(wave, frontend.sample_rate, frontend), frontend)
+        clip = Clip(0, db, float(db.min()), float(db.max()))
+        ((_, _, window_probs),) = iter_window_probs(list(models), [clip], cfg, normalize)
+        got = sess.run(None, {"waveform": wave[None]})[0][0]
+        worst = max(worst, float(np.abs(got - window_probs.mean(axis=0)).max()))
+    return worst

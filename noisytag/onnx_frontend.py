@@ -1,4 +1,4 @@
-"""One ONNX graph from waveform to ensemble probabilities (``noisytag export --with-frontend``).
+"""One torch module from mono waveform to ensemble probabilities, made for export as one ONNX graph.
 
 :class:`WaveformTagger` re-states the whole inference path with export-friendly tensor operations, so a
 deployment needs only an audio decoder (to mono float32 at 44.1 kHz) and onnxruntime:
@@ -13,21 +13,21 @@ deployment needs only an audio decoder (to mono float32 at 44.1 kHz) and onnxrun
 
 Outputs: ``probs`` (1, K), ``window_probs`` (n, K) and ``starts`` (n,) window start frames (of the
 trimmed, padded clip). Data-dependent sizes (trim bounds, window count) are exported through
-``torch.export`` unbacked sizes; the result is checked against the PyTorch path.
+``torch.export`` unbacked sizes. ``noisytag.export.export_tagger`` writes it as ``tagger.onnx``
+(``noisytag export --with-frontend``) and checks it against the PyTorch path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from noisytag.config import FrontendConfig
-
-TAGGER_FILE = "tagger.onnx"
+from noisytag.features import mel_filters
+from noisytag.members import ProbsModel
 
 
 def dft_basis(n_fft: int) -> np.ndarray:
@@ -53,9 +53,6 @@ class WaveformTagger(nn.Module):
         normalize: str = "minmax",
     ):
         super().__init__()
-        from noisytag.features import mel_filters
-        from noisytag.members import ProbsModel
-
         if normalize not in ("minmax", "none"):
             raise ValueError(f"unknown normalisation '{normalize}'")
         self.members = nn.ModuleList(ProbsModel(m).eval() for m in models)
@@ -146,88 +143,4 @@ class WaveformTagger(nn.Module):
         return window_probs.mean(dim=0, keepdim=True), window_probs, starts
 
 
-def export_tagger(
-    model_dirs: Sequence[Path], out_dir: Path, width: int = 128, max_stride: int = 48, check: bool = True
-) -> dict:
-    """Write ``out_dir/tagger.onnx`` for the fold models of ``model_dirs``; return its manifest entry."""
-    from noisytag.export import ExportError, _quiet_exporter, _save
-    from noisytag.infer import _shared
-    from noisytag.weights import load_model, read_meta
-
-    metas = [read_meta(d) for d in model_dirs]
-    _classes, frontend, normalize = _shared(metas, list(model_dirs))
-    models = [load_model(d)[0] for d in model_dirs]
-    module = WaveformTagger(models, frontend, width, max_stride, normalize).eval()
-    example = torch.from_numpy(_example_wave(frontend.sample_rate, 3.3))[None]
-    samples = torch.export.Dim("samples", min=frontend.n_fft)
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            module,
-            (example,),
-            input_names=["waveform"],
-            output_names=["probs", "window_probs", "starts"],
-            dynamic_shapes={"wave": {1: samples}},
-            dynamo=True,
-            optimize=True,
-            verbose=False,
-        )
-    proto = program.model_proto
-    path = Path(out_dir) / TAGGER_FILE
-    if proto.ByteSize() > 1_800_000_000:  # protobuf's 2 GB limit: weights beside the graph
-        import onnx
-
-        onnx.save_model(proto, str(path), save_as_external_data=True, location=TAGGER_FILE + ".data")
-    else:
-        _save(proto, path)
-    entry = {
-        "file": TAGGER_FILE,
-        "members": [str(d) for d in model_dirs],
-        "input": f"waveform float32 (1, samples): mono at {frontend.sample_rate} Hz, untrimmed, ≥ {frontend.n_fft} samples",
-        "outputs": {
-            "probs": "(1, n_classes) mean over members, then windows",
-            "window_probs": "(windows, n_classes) mean over members per window",
-            "starts": "(windows,) int64 start frames in the trimmed and padded clip",
-        },
-    }
-    if check:
-        diff = tagger_parity(path, models, frontend, width, max_stride, normalize)
-        if diff > 1e-3:
-            raise ExportError(f"{path}: differs from the PyTorch path by {diff:.2e}")
-        entry["parity_max_abs_diff"] = diff
-    return entry
-
-
-def _example_wave(sr: int, seconds: float, seed: int = 0) -> np.ndarray:
-    """A test signal with silent edges (exercises trimming), a tone, a chirp and noise."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(sr * seconds)) / sr
-    y = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * (200 + 2000 * t) * t)
-    y += 0.05 * rng.standard_normal(t.size)
-    y[: int(0.3 * sr)] = 0.0
-    y[-int(0.2 * sr) :] *= 1e-5
-    return y.astype(np.float32)
-
-
-def tagger_parity(path, models, frontend, width, max_stride, normalize) -> float:
-    """Largest |tagger.onnx − PyTorch path| clip probability on test signals of 0.5 s, 2.7 s and 7.1 s."""
-    from noisytag.audio import prepare
-    from noisytag.config import InferConfig
-    from noisytag.export import session
-    from noisytag.features import log_mel
-    from noisytag.infer import Clip, as_members, iter_window_probs
-
-    sess = session(path)
-    members = as_members(list(models))
-    cfg = InferConfig(window=width, max_stride=max_stride)
-    worst = 0.0
-    for seconds in (0.5, 2.7, 7.1):
-        wave = _example_wave(frontend.sample_rate, seconds, seed=int(seconds * 10))
-        db = log_mel(prepare(wave, frontend.sample_rate, frontend), frontend)
-        clip = Clip(0, db, float(db.min()), float(db.max()))
-        ((_, _, window_probs),) = iter_window_probs(members, [clip], cfg, normalize)
-        got = sess.run(None, {"waveform": wave[None]})[0][0]
-        worst = max(worst, float(np.abs(got - window_probs.mean(axis=0)).max()))
-    return worst
-
-
-__all__ = ["WaveformTagger", "dft_basis", "export_tagger", "tagger_parity"]
+__all__ = ["WaveformTagger", "dft_basis"]

@@ -6,12 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from noisytag.data import read_truth
+from noisytag.fileio import write_csv
+from noisytag.metrics import lwlrap, per_class_lwlrap
 
 
 def read_sample_columns(path: str | Path) -> tuple[list[str], list[str]]:
     """(class columns, fnames) of a sample_submission.csv."""
-    import pandas as pd
-
     frame = pd.read_csv(path, dtype={"fname": str})
     if frame.columns[0] != "fname":
         raise ValueError(f"{path}: first column must be 'fname'")
@@ -30,8 +33,6 @@ def write_submission(
     With ``sample_submission``, its column order is used (it must name the same classes) and, when it
     lists exactly the same files, its row order too; otherwise rows follow ``fnames``.
     """
-    import pandas as pd
-
     probs = np.asarray(probs, dtype=np.float64)
     if probs.shape != (len(fnames), len(classes)):
         raise ValueError(
@@ -49,11 +50,7 @@ def write_submission(
         frame = frame[["fname", *columns]]
         if sorted(rows) == sorted(frame["fname"]):
             frame = frame.set_index("fname").loc[rows].reset_index()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
+    write_csv(path, frame, float_format="%.6g")
     return frame
 
 
@@ -64,11 +61,6 @@ def evaluate_submission(submission: str | Path, truth_csv: str | Path):
     label must be a submission column. The per-class frame (class, lwlrap, positives, weight) is
     sorted worst first; clips without labels count for nothing (SPEC §8).
     """
-    import pandas as pd
-
-    from noisytag.data import read_truth
-    from noisytag.metrics import lwlrap, per_class_lwlrap
-
     sub = pd.read_csv(submission, dtype={"fname": str})
     if "fname" not in sub.columns:
         raise ValueError(f"{submission}: no 'fname' column")

@@ -1,13 +1,15 @@
-"""Tag anyone's audio with a trained run: top-k labels per file and an optional per-window timeline.
+"""Apply a trained run to anyone's audio: top-k labels per file (with an optional per-window timeline),
+or a submission CSV for a folder of clips.
 
 ``Tagger(run_dir).tag(paths)`` returns plain :class:`TagRecord` objects; the CLI prints them as a rich
 table, JSON or CSV (:func:`to_json`, :func:`to_csv`, :func:`to_table`). Folders are expanded
 recursively to supported audio files; a file that cannot be decoded becomes a record with ``error``
-set, and the other files are still tagged.
+set, and the other files are still tagged. :func:`predict_run` writes the submission of a test folder.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
@@ -16,6 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.table import Table
+
+from noisytag.audio import audio_files
+from noisytag.config import InferConfig
+from noisytag.ensemble import Ensemble, load_ensemble, run_infer_config, select_model_dirs
+from noisytag.export import refresh_onnx
+from noisytag.predict import FileResult, iter_files, predict_files
+from noisytag.submission import write_submission
 
 
 @dataclass
@@ -48,12 +58,10 @@ class TagRecord:
 
 def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     """Files as given; folders → their supported audio files (recursive, sorted). Order kept, no repeats."""
-    from noisytag.infer import audio_files
-
     out: list[Path] = []
     seen: set[Path] = set()
     for p in map(Path, paths):
-        for f in audio_files(p) if p.is_dir() else [p]:
+        for f in audio_files(p, recursive=True) if p.is_dir() else [p]:
             if f not in seen:
                 seen.add(f)
                 out.append(f)
@@ -66,7 +74,7 @@ def best_labels(probs: np.ndarray, classes: Sequence[str], k: int) -> list[tuple
     return [(classes[i], round(float(probs[i]), 6)) for i in order]
 
 
-def timeline(result, classes: Sequence[str], hop_seconds: float, width: int) -> list[Segment]:
+def timeline(result: FileResult, classes: Sequence[str], hop_seconds: float, width: int) -> list[Segment]:
     """Per-window (start, end, top label, probability) in file seconds (see ``FileResult.offset``)."""
     segments = []
     for start, probs in zip(result.starts, result.window_probs, strict=True):
@@ -75,6 +83,16 @@ def timeline(result, classes: Sequence[str], hop_seconds: float, width: int) -> 
         t1 = min(result.offset + (start + width) * hop_seconds, max(result.duration, t0))
         segments.append(Segment(round(t0, 3), round(t1, 3), classes[best], round(float(probs[best]), 6)))
     return segments
+
+
+def open_ensemble(
+    run_dir: str | Path, stages=None, archs=None, device: str = "cpu", backend: str = "torch"
+) -> Ensemble:
+    """:func:`~noisytag.ensemble.load_ensemble`; with the onnx backend the members are exported to
+    ``RUN_DIR/onnx`` first when they are missing there or stale (once per set of weights)."""
+    if backend == "onnx":
+        refresh_onnx(run_dir, select_model_dirs(run_dir, stages, archs))
+    return load_ensemble(run_dir, stages, archs, device, backend)
 
 
 class Tagger:
@@ -94,23 +112,19 @@ class Tagger:
         device: str = "cpu",
         batch_size: int | None = None,
     ):
-        from noisytag.infer import load_ensemble, run_infer_config
-
         cfg = run_infer_config(run_dir)
         changes = {"backend": backend, "mode": mode}
         if batch_size:
             changes["batch_size"] = int(batch_size)
         self.cfg = dataclasses.replace(cfg, **changes)
         self.device = device
-        self.ensemble = load_ensemble(run_dir, stages or cfg.stages, archs, device, backend=backend)
+        self.ensemble = open_ensemble(run_dir, stages or cfg.stages, archs, device, backend)
         self.classes = self.ensemble.classes
 
     def tag(
         self, paths: Sequence[str | Path], top_k: int = 5, frames: bool = False, progress: bool = False
     ) -> list[TagRecord]:
         """Tag files and folders → one record per file (errors included), in input order."""
-        from noisytag.infer import iter_files
-
         ens = self.ensemble
         files = expand_paths(paths)
         hop_seconds = ens.frontend.hop_length / ens.frontend.sample_rate
@@ -128,6 +142,36 @@ class Tagger:
         return records
 
 
+def predict_run(
+    run_dir: str | Path,
+    test_dir: str | Path,
+    out_csv: str | Path,
+    stages=None,
+    archs=None,
+    cfg: InferConfig | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+):
+    """Predict every audio file of ``test_dir`` with the run's ensemble and write the submission.
+
+    Returns ``(frame, failures)``. Column order: ``test_dir/../sample_submission.csv`` when present,
+    else the models' class order. Unreadable files are reported (logging) and get all-zero rows so the
+    submission still lists every file.
+    """
+    cfg = cfg or run_infer_config(run_dir)
+    ens = open_ensemble(run_dir, stages or cfg.stages, archs, device, cfg.backend)
+    test_dir = Path(test_dir)
+    paths = audio_files(test_dir, recursive=True)
+    if not paths:
+        raise FileNotFoundError(f"{test_dir}: no audio files")
+    result = predict_files(ens.members, paths, cfg, ens.frontend, ens.normalize, device, progress)
+    probs = np.nan_to_num(result.probs, nan=0.0)
+    sample = test_dir.parent / "sample_submission.csv"
+    fnames = [str(p.relative_to(test_dir)) if test_dir.is_dir() else p.name for p in paths]
+    frame = write_submission(out_csv, fnames, probs, ens.classes, sample if sample.is_file() else None)
+    return frame, result.failures
+
+
 # ----------------------------------------------------------------------------------------------
 # output formats
 
@@ -142,8 +186,6 @@ def to_csv(records: Sequence[TagRecord], frames: bool = False) -> str:
 
     With ``frames``: ``file,start_s,end_s,label,prob`` per window instead.
     """
-    import csv
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if frames:
@@ -165,8 +207,6 @@ def to_csv(records: Sequence[TagRecord], frames: bool = False) -> str:
 
 def to_table(records: Sequence[TagRecord], frames: bool = False):
     """A rich Table: file, duration, top labels with probabilities (and the timeline when asked)."""
-    from rich.table import Table
-
     table = Table(show_lines=frames, title="noisytag")
     table.add_column("file", overflow="fold")
     table.add_column("seconds", justify="right")

@@ -7,18 +7,23 @@ A fold-model directory holds::
                           + "model": model.spec (what noisytag.models.build(**spec) needs)
                           + "weights_sha256": checksum of the weights file (detects corruption)
 
-Both files are written to temporary names first and renamed into place, so a killed process never
-leaves a half-written file under the final name. :func:`load_model` rebuilds the model through the
-registry, checks that every key and shape matches (strict) and returns it in eval mode.
+Both files are written through :func:`noisytag.fileio.atomic_path` (temporary name, fsync, rename), the
+weights first and the sidecar last, so a killed process never leaves a half-written file under the final
+name. :func:`load_model` rebuilds the model through the registry, checks that every key and shape matches
+(strict) and returns it in eval mode.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from noisytag import models
+from noisytag.fileio import atomic_path, write_json
 
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "model.json"
@@ -50,12 +55,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _replace_atomic(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
 def save_model(directory: str | Path, model, meta: dict) -> None:
     """Write ``model``'s state dict and ``meta`` + ``{"model": model.spec}`` into ``directory``.
 
@@ -63,32 +62,23 @@ def save_model(directory: str | Path, model, meta: dict) -> None:
     inference: arch, stage, fold, classes, frontend (FrontendConfig as dict), normalize, config_hash.
     Writes are atomic per file (temporary name, fsync, rename); the weights go first, the sidecar last.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spec = getattr(model, "spec", None)
     if not isinstance(spec, dict) or "name" not in spec:
         raise WeightsError(f"{directory}: model has no registry spec (model.spec); cannot save it")
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    weights, sidecar = directory / WEIGHTS_FILE, directory / META_FILE
-    tmp_weights = directory / f".{WEIGHTS_FILE}.tmp{os.getpid()}"
-    tmp_sidecar = directory / f".{META_FILE}.tmp{os.getpid()}"
-    try:
-        save_file(state, str(tmp_weights), metadata={"format": FORMAT})
-        record = dict(_plain(meta))
-        record.update(
-            format=FORMAT,
-            model=_plain(spec),
-            weights_sha256=_sha256(tmp_weights),
-            n_parameters=int(sum(p.numel() for p in model.parameters())),
-        )
-        tmp_sidecar.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
-        _replace_atomic(tmp_weights, weights)
-        _replace_atomic(tmp_sidecar, sidecar)
-    finally:
-        for tmp in (tmp_weights, tmp_sidecar):
-            tmp.unlink(missing_ok=True)
+    record = dict(_plain(meta))
+    record.update(
+        format=FORMAT,
+        model=_plain(spec),
+        weights_sha256=None,  # filled in once the weights are written
+        n_parameters=int(sum(p.numel() for p in model.parameters())),
+    )
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        record["weights_sha256"] = _sha256(tmp)
+    write_json(directory / META_FILE, record)
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -128,10 +118,6 @@ def load_model(directory: str | Path, device: str = "cpu", verify: bool = True):
     match the rebuilt model exactly; ``verify`` also checks the weights file's sha256 against the
     sidecar. Any problem raises :class:`WeightsError` naming the file and the reason.
     """
-    from safetensors.torch import load_file
-
-    from noisytag import models
-
     directory = Path(directory)
     meta = read_meta(directory)
     path = directory / WEIGHTS_FILE

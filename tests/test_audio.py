@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from noisytag.audio import AudioError, decode, load, pad_to_min, resample, trim_silence
+from noisytag.audio import (
+    AudioError,
+    decode,
+    load,
+    load_clip,
+    pad_to_min,
+    resample,
+    trim_bounds,
+    trim_silence,
+)
 from noisytag.config import FrontendConfig
 
 librosa = pytest.importorskip("librosa")
@@ -129,3 +138,21 @@ def test_bad_files_raise_one_line_error(tmp_path):
             load(path)
         message = str(info.value)
         assert message.startswith(f"{path}: ") and reason in message and "\n" not in message
+
+
+def test_load_clip_places_the_clip_in_its_file(tmp_path):
+    """load_clip = load + the file's duration and the trimmed, padded clip's offset in it."""
+    sr = 22050
+    t = np.arange(int(1.5 * sr)) / sr
+    y = (0.3 * np.sin(2 * np.pi * 440 * t) * (t > 0.5)).astype(np.float32)  # 0.5 s of silence first
+    path = tmp_path / "late.wav"
+    sf.write(path, y, sr)
+    clip = load_clip(path, CFG)
+    np.testing.assert_array_equal(clip.samples, load(path, CFG))
+    assert clip.duration == pytest.approx(1.5)
+    resampled = resample(y, sr, CFG.sample_rate)
+    start, end = trim_bounds(resampled, CFG)
+    np.testing.assert_array_equal(resampled[start:end], trim_silence(resampled, CFG))
+    left = (88_200 - (end - start)) // 2  # 1 s of sound padded to 2 s, half on the left
+    assert clip.offset == pytest.approx((start - left) / CFG.sample_rate) and clip.offset < 0.5
+    assert 0.4 < start / CFG.sample_rate < 0.5

@@ -28,7 +28,7 @@ def exported(tmp_path_factory):
 
 
 def _clips(seed=0):
-    from noisytag.infer import Clip
+    from noisytag.predict import Clip
 
     rng = np.random.default_rng(seed)
     out = []
@@ -54,7 +54,8 @@ def test_manifest_and_recorded_parity(exported):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_onnx_matches_torch_on_clips(exported, mode):
-    from noisytag.infer import iter_window_probs, load_ensemble
+    from noisytag.ensemble import load_ensemble
+    from noisytag.predict import iter_window_probs
 
     run, _ = exported
     cfg = InferConfig(batch_size=4, mode=mode)
@@ -84,7 +85,8 @@ def test_reexport_is_a_no_op_and_cli(exported):
 
 
 def test_weight_swap_checks_names():
-    from noisytag.export import ExportError, with_weights
+    from noisytag.export import with_weights
+    from noisytag.members import ExportError
 
     onnx = pytest.importorskip("onnx")
     from onnx import helper, numpy_helper
@@ -105,10 +107,11 @@ def test_weight_swap_checks_names():
 def test_waveform_graph_matches_torch_path(tmp_path):
     """tagger.onnx: waveform → probabilities equals decode-free torch path (trim, pad, log-mel, windows)."""
     from noisytag.audio import prepare
-    from noisytag.export import session
+    from noisytag.ensemble import load_ensemble
+    from noisytag.export import export_tagger
     from noisytag.features import log_mel
-    from noisytag.infer import Clip, iter_window_probs, load_ensemble
-    from noisytag.onnx_frontend import export_tagger
+    from noisytag.members import session
+    from noisytag.predict import Clip, iter_window_probs
 
     run = make_run(tmp_path / "run", members=((2, 0),))
     entry = export_tagger(sorted(run.glob("cnn1/stage*/fold*")), tmp_path)
@@ -130,3 +133,24 @@ def test_waveform_graph_matches_torch_path(tmp_path):
         assert starts.tolist() == ref_starts.tolist()
         np.testing.assert_allclose(window_probs, ref, atol=1e-4)
         np.testing.assert_allclose(probs[0], ref.mean(axis=0), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_onnx_backend_exports_on_first_use(tmp_path):
+    """Tagger(backend="onnx") exports a run's members to RUN/onnx once, then reads them."""
+    import soundfile as sf
+
+    from noisytag.members import OnnxMember
+    from noisytag.tag import Tagger
+
+    run = make_run(tmp_path / "run", members=((2, 0),))
+    tagger = Tagger(run, stages=[2], backend="onnx", mode="fast")
+    assert [type(m) for m in tagger.ensemble.members] == [OnnxMember]
+    model_file = run / "onnx" / "cnn1_stage2_fold0" / "model.onnx"
+    stamp = model_file.stat().st_mtime_ns
+    Tagger(run, stages=[2], backend="onnx")  # current: no second export
+    assert model_file.stat().st_mtime_ns == stamp
+    wave = np.random.default_rng(0).standard_normal(44100 * 3).astype(np.float32) * 0.1
+    sf.write(tmp_path / "a.wav", wave, 44100)
+    (record,) = tagger.tag([tmp_path / "a.wav"], top_k=2)
+    assert record.error is None and len(record.labels) == 2

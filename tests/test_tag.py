@@ -77,8 +77,9 @@ def test_clip_probs_match_window_mean(run_dir, audio):
     """A record's probabilities are the mean of its windows' ensemble probabilities."""
     from noisytag.audio import load
     from noisytag.config import InferConfig
+    from noisytag.ensemble import load_ensemble
     from noisytag.features import log_mel
-    from noisytag.infer import load_ensemble, predict_files
+    from noisytag.predict import predict_files
 
     ens = load_ensemble(run_dir, stages=[2, 3])
     path = audio / "sub" / "long.flac"
@@ -89,7 +90,7 @@ def test_clip_probs_match_window_mean(run_dir, audio):
 
     wins = np.stack([x[:, s : s + 128] for s in window_offsets(db.shape[1])])[:, None]
     with torch.no_grad():
-        per_model = [torch.sigmoid(m(torch.from_numpy(wins))).numpy() for m in ens.models]
+        per_model = [torch.sigmoid(member.model(torch.from_numpy(wins))).numpy() for member in ens.members]
     np.testing.assert_allclose(got, np.mean(per_model, axis=0).mean(axis=0), atol=1e-5)
 
 

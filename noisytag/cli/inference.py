@@ -1,4 +1,7 @@
-"""Inference commands: submissions, evaluation, tagging anyone's audio, ONNX export."""
+"""Inference commands: submissions, evaluation, tagging anyone's audio, ONNX export.
+
+The library modules (torch, onnx, pandas) are imported inside each command, so ``--help`` stays instant.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +68,8 @@ def predict(
     """
     import dataclasses
 
-    from noisytag.infer import predict_run, run_infer_config
+    from noisytag.ensemble import run_infer_config  # heavy (torch): imported when the command runs
+    from noisytag.tag import predict_run
 
     if not run_dir.is_dir():
         fail(f"run directory '{run_dir}' does not exist")
@@ -101,7 +105,8 @@ def evaluate(
     """Score a submission: overall lwlrap and per-class lwlrap (worst class first)."""
     from rich.table import Table
 
-    from noisytag.infer import evaluate_submission
+    from noisytag.fileio import write_csv  # heavy (pandas): imported when the command runs
+    from noisytag.submission import evaluate_submission
 
     for path in (submission, truth_csv):
         if not path.is_file():
@@ -124,7 +129,7 @@ def evaluate(
     console.print(out)
     console.print(f"[bold]overall lwlrap: {overall:.5f}[/]")
     if csv is not None:
-        table.to_csv(csv, index=False)
+        write_csv(csv, table)
         console.print(f"per-class table written to {csv}")
 
 
@@ -153,7 +158,7 @@ def tag(
     """
     import sys
 
-    from noisytag.tag import Tagger, to_csv, to_json, to_table
+    from noisytag.tag import Tagger, to_csv, to_json, to_table  # heavy (torch): imported when run
 
     if json_ and csv_:
         fail("choose one of --json and --csv")
@@ -198,7 +203,7 @@ def export(
     Each member gets model.onnx (normalised log-mel windows -> probabilities) and fast.onnx (whole clip +
     window starts -> probabilities); every member is checked against PyTorch (max difference <= 1e-4).
     """
-    from noisytag.export import export_run
+    from noisytag.export import export_run  # heavy (torch, onnx): imported when the command runs
 
     if not run_dir.is_dir():
         fail(f"run directory '{run_dir}' does not exist")

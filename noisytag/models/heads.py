@@ -51,9 +51,10 @@ class Head(nn.Module):
 class TaggingNet(nn.Module):
     """Body + head: (B, C, F, T) log-mels → (B, K) logits (no sigmoid).
 
-    Attributes used by the rest of the package: ``body`` (B, C, F, T) → (B, D, F', T');
+    Attributes used by the rest of the package: :meth:`features` (B, 1 or C, F, T) → (B, D, F', T');
     ``head.pool`` / ``head.classify``; ``spec`` (dict accepted by ``noisytag.models.build(**spec)``);
-    ``time_reduction`` (input frames per feature-map step).
+    ``time_reduction`` (input frames per feature-map step). A one-channel input is repeated to the
+    model's ``in_channels`` here and nowhere else (the original fed 3 identical image channels).
     """
 
     def __init__(self, body: nn.Module, head: Head, spec: dict[str, Any], time_reduction: int):
@@ -63,5 +64,16 @@ class TaggingNet(nn.Module):
         self.spec = spec
         self.time_reduction = time_reduction
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 or C, F, T) → feature map (B, D, F', T')."""
+        channels = int(self.spec.get("in_channels", 1))
+        if x.shape[1] != channels:
+            x = x.expand(-1, channels, -1, -1)
+        return self.body(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1 or C, F, T) → (B, hidden): the head's input to its last linear layer."""
+        return self.head.classify[:-1](self.head.pool(self.features(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.classify(self.head.pool(self.body(x)))
+        return self.head.classify(self.head.pool(self.features(x)))

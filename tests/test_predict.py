@@ -1,4 +1,4 @@
-"""Windowed inference: SPEC §7 windows, averaging order, batching across clips, fast mode, submissions."""
+"""The window engine: SPEC §7 windows, averaging order, batching across clips, fast mode, audio files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from noisytag.config import InferConfig
-from noisytag.infer import iter_window_probs, predict_cache, write_submission
+from noisytag.predict import Clip, iter_window_probs, predict_cache, predict_files
 from noisytag.windows import n_windows, window_offsets
 
 # ---------------------------------------------------------------------------------------------
@@ -63,8 +63,11 @@ class HandModel(nn.Module):
         self.spec = {"name": "hand", "n_classes": len(bias), "in_channels": 1, "options": {}}
         self.time_reduction = 1
 
+    def features(self, x):
+        return self.body(x)
+
     def forward(self, x):
-        return self.head.classify(self.head.pool(self.body(x)))
+        return self.head.classify(self.head.pool(self.features(x)))
 
 
 def _hand_logits(weight, bias, window):
@@ -146,8 +149,6 @@ def test_fast_mode_equals_exact_for_identity_body():
 def test_window_timeline_and_out_of_order_keys():
     clips = _clips([100, 500, 60])
     models = [HandModel(w, b) for w, b in MODELS]
-    from noisytag.infer import Clip
-
     items = [Clip(k, c, float(c.min()), float(c.max())) for k, c in zip("abc", clips, strict=True)]
     for mode in ("exact", "fast"):
         out = {
@@ -173,100 +174,10 @@ def test_cnn1_fast_mode_close_and_short_clips_identical():
     assert np.abs(fast[2] - exact[2]).max() < 0.2
 
 
-# ---------------------------------------------------------------------------------------------
-# submissions
-
-
-def test_submission_columns_follow_sample_submission(tmp_path):
-    classes = ["dog", "cat", "bird"]
-    probs = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
-    sample = tmp_path / "sample_submission.csv"
-    pd.DataFrame({"fname": ["b.wav", "a.wav"], "bird": 0, "dog": 0, "cat": 0}).to_csv(sample, index=False)
-    out = tmp_path / "sub" / "submission.csv"
-    write_submission(out, ["a.wav", "b.wav"], probs, classes, sample_submission=sample)
-    frame = pd.read_csv(out)
-    assert list(frame.columns) == ["fname", "bird", "dog", "cat"]
-    assert frame["fname"].tolist() == ["b.wav", "a.wav"]
-    np.testing.assert_allclose(frame.loc[1, ["dog", "cat", "bird"]].to_numpy(float), probs[0])
-    # without a sample submission: the models' class order
-    write_submission(out, ["a.wav", "b.wav"], probs, classes)
-    assert list(pd.read_csv(out).columns) == ["fname", *classes]
-    pd.DataFrame({"fname": ["a.wav"], "owl": 0, "dog": 0, "cat": 0}).to_csv(sample, index=False)
-    with pytest.raises(ValueError, match="sample_submission.csv: class columns differ"):
-        write_submission(out, ["a.wav", "b.wav"], probs, classes, sample_submission=sample)
-
-
-# ---------------------------------------------------------------------------------------------
-# predict / evaluate commands on the tiny synthetic data set
-
-
-def _tiny_run(root, classes):
-    import dataclasses
-
-    from noisytag.config import FrontendConfig
-    from noisytag.models import build
-    from noisytag.weights import save_model
-
-    for stage in (2, 4):
-        torch.manual_seed(stage)
-        d = root / "cnn1" / f"stage{stage}" / "fold0"
-        meta = {
-            "arch": "cnn1",
-            "stage": stage,
-            "fold": 0,
-            "classes": classes,
-            "frontend": dataclasses.asdict(FrontendConfig()),
-            "normalize": "minmax",
-        }
-        save_model(d, build("cnn1", len(classes), 1, width=0.125).eval(), meta)
-        (d / "done").write_text("1\n")
-    return root
-
-
-def test_predict_and_evaluate_commands(tiny_data, tmp_path):
-    from typer.testing import CliRunner
-
-    from noisytag.cli import app
-    from noisytag.data import read_truth
-    from noisytag.metrics import lwlrap
-
-    sample = pd.read_csv(tiny_data / "sample_submission.csv")
-    classes = list(sample.columns[1:])[::-1]  # the models' order differs from the sample's
-    run = _tiny_run(tmp_path / "run", classes)
-    out = tmp_path / "submission.csv"
-    runner = CliRunner()
-    res = runner.invoke(
-        app, ["predict", str(run), str(tiny_data / "test"), "-o", str(out), "--no-progress", "--mode", "fast"]
-    )
-    assert res.exit_code == 0, res.output
-    sub = pd.read_csv(out)
-    assert list(sub.columns) == list(sample.columns)
-    assert sub["fname"].tolist() == sample["fname"].tolist()
-    probs = sub.iloc[:, 1:].to_numpy()
-    assert np.all((probs > 0) & (probs < 1))
-
-    per_class = tmp_path / "per_class.csv"
-    res = runner.invoke(
-        app, ["evaluate", str(out), str(tiny_data / "truth" / "test.csv"), "--csv", str(per_class)]
-    )
-    assert res.exit_code == 0, res.output
-    truth = read_truth(tiny_data / "truth" / "test.csv").set_index("fname").loc[sub["fname"]]
-    y = np.array([[c in labels for c in sample.columns[1:]] for labels in truth["labels"]])
-    assert f"overall lwlrap: {lwlrap(y, probs):.5f}" in res.stdout
-    table = pd.read_csv(per_class)
-    assert table["lwlrap"].is_monotonic_increasing and set(table["class"]) <= set(classes)
-
-    res = runner.invoke(app, ["evaluate", str(out), str(tmp_path / "nope.csv")])
-    assert res.exit_code != 0 and "nope.csv" in res.output
-    res = runner.invoke(app, ["predict", str(run), str(tiny_data / "test"), "--stages", "3", "--no-progress"])
-    assert res.exit_code != 0 and "no finished models for stages 3" in " ".join(res.output.split())
-
-
 def test_files_and_cache_give_the_same_predictions(tiny_data, tiny_cache):
     """predict_files (decode → features) equals predict_cache on the cached clips of the same files."""
     from noisytag.cache import FeatureCache
     from noisytag.config import FrontendConfig
-    from noisytag.infer import predict_files
     from noisytag.models import build
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Windowed inference (SPEC §7): batched windows of many clips, ensembles, submissions.
+"""The window engine (SPEC §7): clips → windows → batched member forward → per-clip mean.
 
 Flow: clips (cached log-mels or decoded audio) → per-clip min-max normalisation → the evenly spread
 128-frame windows of :func:`noisytag.windows.window_offsets` → batches of ``cfg.batch_size`` windows
@@ -14,12 +14,8 @@ Two modes (``InferConfig.mode``):
   steps starting at ``round(offset / time_reduction)``). Windows see their neighbours' context at the
   edges instead of zero padding, so scores differ slightly from the exact mode (see benchmarks/README).
 
-Members are behind one small interface (:class:`TorchMember` here, ``noisytag.export.OnnxMember`` for
-onnxruntime): ``probs(x)`` maps (B, 1, F, W) windows to (B, K) probabilities and ``fast_probs(x, starts,
-width)`` maps one whole clip (1, 1, F, T) and its window starts to (n, K). Both backends run the same
-modules (:class:`ProbsModel`, :class:`WindowedHead`; ONNX holds their exported graphs). Inputs always
-have one channel; a member repeats it when its model wants three. Attributes: ``n_classes``,
-``in_channels``, ``time_reduction``, ``name``.
+Members follow the interface of :mod:`noisytag.members`; plain ``nn.Module``s are wrapped as
+:class:`~noisytag.members.TorchMember`.
 """
 
 from __future__ import annotations
@@ -27,35 +23,21 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.progress import track
 
+from noisytag.audio import load_clip
 from noisytag.config import FrontendConfig, InferConfig
-from noisytag.members import ProbsModel, TorchMember, WindowedHead, as_members
-from noisytag.submission import evaluate_submission, read_sample_columns, write_submission
+from noisytag.features import log_mel
+from noisytag.features import normalize as minmax_scale
+from noisytag.members import as_members
 from noisytag.windows import window_offsets
 
 log = logging.getLogger(__name__)
-
-__all__ = [  # members and submissions live in their own modules; re-exported for callers of infer
-    "Clip",
-    "Ensemble",
-    "ProbsModel",
-    "TorchMember",
-    "WindowedHead",
-    "as_members",
-    "evaluate_submission",
-    "iter_files",
-    "iter_window_probs",
-    "load_ensemble",
-    "predict_cache",
-    "predict_files",
-    "predict_run",
-    "read_sample_columns",
-    "write_submission",
-]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,7 +54,7 @@ class Clip:
     hi: float
 
 
-def prepare(db: np.ndarray, lo: float, hi: float, width: int, normalize: str = "minmax") -> np.ndarray:
+def model_input(db: np.ndarray, lo: float, hi: float, width: int, normalize: str = "minmax") -> np.ndarray:
     """(F, T) dB → (F, max(T, width)) float32 model input: min-max scaled, right-padded with ``lo``.
 
     The padding value is the clip's own minimum (0 after scaling), as ``FeatureCache.windows``.
@@ -81,9 +63,7 @@ def prepare(db: np.ndarray, lo: float, hi: float, width: int, normalize: str = "
     if db.shape[1] < width:
         db = np.pad(db, ((0, 0), (0, width - db.shape[1])), constant_values=np.float32(lo))
     if normalize == "minmax":
-        from noisytag.features import normalize as minmax
-
-        return np.asarray(minmax(db, np.float32(lo), np.float32(hi)), dtype=np.float32)
+        return np.asarray(minmax_scale(db, np.float32(lo), np.float32(hi)), dtype=np.float32)
     if normalize == "none":
         return db
     raise ValueError(f"unknown normalisation '{normalize}' (expected minmax or none)")
@@ -151,7 +131,7 @@ def iter_window_probs(
     for clip in clips:
         n_frames = clip.db.shape[1]
         starts = window_offsets(n_frames, width, cfg.max_stride)
-        x = prepare(clip.db, clip.lo, clip.hi, width, normalize)
+        x = model_input(clip.db, clip.lo, clip.hi, width, normalize)
         if cfg.mode == "fast" and len(starts) > 1:
             yield clip.key, starts, fast_clip_probs(members, x, starts, width)
             continue
@@ -165,11 +145,7 @@ def iter_window_probs(
 
 
 def _track(items: Iterable, total: int, progress: bool, label: str) -> Iterable:
-    if not progress:
-        return items
-    from rich.progress import track
-
-    return track(items, total=total, description=label, transient=True)
+    return track(items, total=total, description=label, transient=True) if progress else items
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,7 +172,7 @@ def predict_cache(
     """Clip probabilities (len(indices), K) float32 for cached clips (positions in ``cache.index``).
 
     ``models``: nn.Modules built by ``noisytag.models.build`` (or members). Mean over models per
-    window, then over the clip's windows (SPEC §7).
+    window, then over the clip's windows (SPEC §7). ``normalize``: the run's input normalisation.
     """
     members = as_members(models, device)
     indices = np.asarray(indices, dtype=np.int64)
@@ -241,28 +217,15 @@ class FilePredictions:
     failures: list[str] = field(default_factory=list)
 
 
-def _decode_features(path: Path, frontend: FrontendConfig):
-    """Audio file → (dB (F, T), lo, hi, duration s, offset s): ``noisytag.audio.load`` step by step.
+def file_clip(path: str | Path, frontend: FrontendConfig, key: object = None) -> tuple[Clip, float, float]:
+    """Audio file → (its :class:`Clip`, duration s, offset s) via :func:`noisytag.audio.load_clip`.
 
-    The steps are spelled out (decode → resample → trim → pad) only to know where the trimmed clip
-    starts in the file; the samples are identical to ``audio.load``.
+    The log-mel is rounded through float16 like the feature cache, so a file and its cached clip
+    give identical model inputs. Raises ``noisytag.audio.AudioError`` for a file that cannot be used.
     """
-    from numpy.lib.array_utils import byte_bounds
-
-    from noisytag.audio import decode, min_samples, pad_to_min, resample, trim_silence
-    from noisytag.features import log_mel
-
-    raw, sr = decode(path)
-    y = resample(raw, sr, frontend.sample_rate)
-    trimmed = trim_silence(y, frontend)
-    start = 0
-    if len(trimmed) and np.shares_memory(trimmed, y):
-        start = (byte_bounds(trimmed)[0] - byte_bounds(y)[0]) // y.itemsize
-    left = max(min_samples(frontend) - len(trimmed), 0) // 2
-    clip = np.ascontiguousarray(pad_to_min(trimmed, frontend), dtype=np.float32)
-    # rounded through float16 like the feature cache, so files and cached clips give identical inputs
-    db = log_mel(clip, frontend).astype(np.float16).astype(np.float32)
-    return db, float(db.min()), float(db.max()), len(raw) / sr, (start - left) / frontend.sample_rate
+    loaded = load_clip(path, frontend)
+    db = log_mel(loaded.samples, frontend).astype(np.float16).astype(np.float32)
+    return Clip(key, db, float(db.min()), float(db.max())), loaded.duration, loaded.offset
 
 
 def iter_files(
@@ -279,8 +242,6 @@ def iter_files(
     Decoding and feature extraction run ``prefetch`` files ahead in a background thread (soundfile,
     soxr and torch release the GIL), so they overlap with the models.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     paths = [Path(p) for p in paths]
     results: dict[int, FileResult] = {i: FileResult(p) for i, p in enumerate(paths)}
 
@@ -288,7 +249,7 @@ def iter_files(
         with ThreadPoolExecutor(max_workers=1) as pool:
             futures: deque = deque()
             for i, p in enumerate(paths):
-                futures.append((i, pool.submit(_decode_features, p, frontend)))
+                futures.append((i, pool.submit(file_clip, p, frontend, i)))
                 while len(futures) > prefetch:
                     yield from _resolve(*futures.popleft())
             while futures:
@@ -296,14 +257,14 @@ def iter_files(
 
     def _resolve(i, future) -> Iterator[Clip]:
         try:
-            db, lo, hi, seconds, offset = future.result()
+            clip, seconds, offset = future.result()
         except Exception as err:  # AudioError and anything a decoder may raise: report, keep going
             reason = str(err) if str(err).startswith(str(paths[i])) else f"{paths[i]}: {err}"
             results[i].error = reason
             log.warning("skipped %s", reason)
             return
         results[i].duration, results[i].offset = seconds, offset
-        yield Clip(i, db, lo, hi)
+        yield clip
 
     next_out = 0
     for i, starts, probs in _track(
@@ -340,139 +301,3 @@ def predict_files(
         else:
             probs[row] = res.probs
     return FilePredictions(paths, probs, failures)
-
-
-# ----------------------------------------------------------------------------------------------
-# ensembles of a run directory, submissions
-
-
-@dataclass
-class Ensemble:
-    """Members of a run's ensemble and what they share (classes, front end, input normalisation)."""
-
-    members: list
-    metas: list[dict]
-    classes: list[str]
-    frontend: FrontendConfig
-    normalize: str
-    dirs: list[Path]
-
-    @property
-    def models(self) -> list:
-        """The PyTorch models (torch backend only)."""
-        return [m.model for m in self.members if hasattr(m, "model")]
-
-
-def run_infer_config(run_dir: str | Path) -> InferConfig:
-    """The ``infer`` section of the run's config.yaml (defaults when the run has none)."""
-    from noisytag.config import load_config
-    from noisytag.rundir import RunDir
-
-    path = RunDir(run_dir).config
-    return load_config(path).infer if path.is_file() else InferConfig()
-
-
-def select_model_dirs(run_dir: str | Path, stages=None, archs=None) -> list[Path]:
-    """Finished fold models of the run for ``stages`` (default: the run's infer.stages) and ``archs``."""
-    from noisytag.rundir import RunDir
-
-    run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise FileNotFoundError(f"{run.root}: run directory does not exist")
-    stages = tuple(stages) if stages else run_infer_config(run_dir).stages
-    dirs = run.model_dirs(stages=stages, archs=list(archs) if archs else None)
-    if not dirs:
-        found = sorted({(p.parent.parent.name, p.parent.name) for p in run.model_dirs()})
-        have = ", ".join(f"{a}/{s}" for a, s in found) or "none"
-        raise FileNotFoundError(
-            f"{run.root}: no finished models for stages {','.join(map(str, stages))}"
-            f"{' and archs ' + ','.join(archs) if archs else ''} (finished: {have})"
-        )
-    return dirs
-
-
-def _shared(metas: list[dict], dirs: list[Path]) -> tuple[list[str], FrontendConfig, str]:
-    first = metas[0]
-    for meta, d in zip(metas[1:], dirs[1:], strict=True):
-        for key in ("classes", "frontend", "normalize"):
-            if meta.get(key) != first.get(key):
-                raise ValueError(f"{d}/model.json: '{key}' differs from {dirs[0]}/model.json")
-    if not first.get("classes"):
-        raise ValueError(f"{dirs[0]}/model.json: no 'classes'")
-    return (
-        list(first["classes"]),
-        FrontendConfig(**(first.get("frontend") or {})),
-        first.get("normalize", "minmax"),
-    )
-
-
-def load_ensemble(
-    run_dir: str | Path, stages=None, archs=None, device: str = "cpu", backend: str = "torch"
-) -> Ensemble:
-    """Load the chosen stages × folds × architectures of a run (SPEC §7 default: the run's infer.stages).
-
-    ``backend="onnx"`` runs the members with onnxruntime from ``RUN_DIR/onnx`` (exported on first use).
-    """
-    from noisytag.weights import load_model, read_meta
-
-    dirs = select_model_dirs(run_dir, stages, archs)
-    metas = [read_meta(d) for d in dirs]
-    classes, frontend, normalize = _shared(metas, dirs)
-    if backend == "torch":
-        members = []
-        for d, meta in zip(dirs, metas, strict=True):
-            model, _ = load_model(d, device)
-            members.append(TorchMember(model, device, name=_member_name(meta, d)))
-    elif backend == "onnx":
-        from noisytag.export import onnx_members
-
-        members = onnx_members(run_dir, dirs)
-    else:
-        raise ValueError(f"unknown backend '{backend}' (expected torch or onnx)")
-    return Ensemble(members, metas, classes, frontend, normalize, dirs)
-
-
-def _member_name(meta: dict, directory: Path) -> str:
-    if {"arch", "stage", "fold"} <= set(meta):
-        return f"{meta['arch']}_stage{meta['stage']}_fold{meta['fold']}"
-    return directory.name
-
-
-def audio_files(root: str | Path) -> list[Path]:
-    """Supported audio files under ``root`` (recursively; a file is returned as itself), sorted."""
-    from noisytag.data import AUDIO_SUFFIXES
-
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-
-
-def predict_run(
-    run_dir: str | Path,
-    test_dir: str | Path,
-    out_csv: str | Path,
-    stages=None,
-    archs=None,
-    cfg: InferConfig | None = None,
-    device: str = "cpu",
-    progress: bool = False,
-):
-    """Predict every audio file of ``test_dir`` with the run's ensemble and write the submission.
-
-    Returns ``(frame, failures)``. Column order: ``test_dir/../sample_submission.csv`` when present,
-    else the models' class order. Unreadable files are reported (logging) and get all-zero rows so the
-    submission still lists every file.
-    """
-    cfg = cfg or run_infer_config(run_dir)
-    ens = load_ensemble(run_dir, stages or cfg.stages, archs, device, backend=cfg.backend)
-    test_dir = Path(test_dir)
-    paths = audio_files(test_dir)
-    if not paths:
-        raise FileNotFoundError(f"{test_dir}: no audio files")
-    result = predict_files(ens.members, paths, cfg, ens.frontend, ens.normalize, device, progress)
-    probs = np.nan_to_num(result.probs, nan=0.0)
-    sample = test_dir.parent / "sample_submission.csv"
-    fnames = [str(p.relative_to(test_dir)) if test_dir.is_dir() else p.name for p in paths]
-    frame = write_submission(out_csv, fnames, probs, ens.classes, sample if sample.is_file() else None)
-    return frame, result.failures
