@@ -1,6 +1,7 @@
 """Augmentation gallery: a grid of a few clips' log-mel windows and each batch augmentation applied.
 
-Rows are clips, columns are ``noisytag.augment.GALLERY_COLUMNS`` (original, mixup, SpecMix, zoom,
+Also the example test clips of the run report (:func:`example_clips`): log-mels of a few test clips with
+the ensemble's top labels. Rows of the gallery are clips, columns are ``noisytag.augment.GALLERY_COLUMNS`` (original, mixup, SpecMix, zoom,
 lighting, masking, full chain); under each panel the target it trains on, written as a label mixture
 ("0.62 bell + 0.38 siren"). Drawn with matplotlib's object API (no pyplot state), so it is safe in
 tests, servers and the run report.
@@ -14,8 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
 
-from noisytag.config import AugmentConfig, RunConfig
+from noisytag.audio import AudioError, load
+from noisytag.augment import gallery
+from noisytag.config import AugmentConfig, FrontendConfig, RunConfig
+from noisytag.data import load_dataset, multi_hot, read_truth
+from noisytag.features import log_mel, normalize
+from noisytag.windows import random_offsets
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +78,6 @@ def gallery_figure(
     Augmentations come from :func:`noisytag.augment.gallery` with ``cfg`` and ``seed``; each
     single-augmentation panel notes its random draw in the corner.
     """
-    import torch
-    from matplotlib.figure import Figure
-
-    from noisytag.augment import gallery
-
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     if x.dim() == 3:
         x = x[:, None]
@@ -152,11 +156,6 @@ def load_windows(
     y (N, K) multi-hot, the class names and the file names. Unreadable clips are skipped with a
     warning and replaced by others.
     """
-    from noisytag.audio import AudioError, load
-    from noisytag.data import load_dataset, multi_hot
-    from noisytag.features import log_mel, normalize
-    from noisytag.windows import random_offsets
-
     cfg = cfg or RunConfig()
     width = cfg.train.window
     dataset = load_dataset(data_dir, skip_invalid=True, splits=("curated", "noisy"))
@@ -204,3 +203,37 @@ def save_gallery(
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
     return out_png
+
+
+def example_clips(
+    submission: pd.DataFrame, data_dir: str | Path, frontend: FrontendConfig, n: int = 6
+) -> tuple[list[dict], list[str]]:
+    """Log-mels of ``n`` test clips spread over ``submission`` (fname + one column per class), each with
+    the ensemble's top 3 labels and, when ``data_dir/truth/test.csv`` exists, the true ones.
+
+    Returns (items, skipped): items are dicts ``db`` (n_mels, T) dB, ``title`` (file name) and
+    ``caption``; skipped lists the clips that could not be read, with the reason. Raises ValueError
+    when none could be read.
+    """
+    data_dir = Path(data_dir)
+    classes = list(submission.columns[1:])
+    truth_csv = data_dir / "truth" / "test.csv"
+    known = dict(read_truth(truth_csv).itertuples(index=False)) if truth_csv.is_file() else {}
+    picks = np.unique(np.linspace(0, len(submission) - 1, min(n, len(submission))).round().astype(int))
+    probs = submission[classes].to_numpy(dtype=np.float64)[picks]
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    items, skipped = [], []
+    for row, i in enumerate(picks):
+        fname = str(submission["fname"].iloc[i])
+        caption = "predicted: " + ", ".join(f"{classes[j]} {probs[row, j]:.2f}" for j in top[row])
+        if fname in known:
+            caption += f"\ntrue: {', '.join(known[fname]) or '—'}"
+        try:
+            db = log_mel(load(data_dir / "test" / fname, frontend), frontend)
+        except (AudioError, OSError) as err:
+            skipped.append(f"{fname} ({err})")
+            continue
+        items.append({"db": db, "title": fname, "caption": caption})
+    if not items:
+        raise ValueError("no example clip could be read: " + "; ".join(skipped))
+    return items, skipped

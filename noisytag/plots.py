@@ -1,13 +1,15 @@
-"""Figures of the run report: each function takes plain arrays/frames and returns a matplotlib Figure.
+"""Figures and HTML building blocks of the run report.
 
-Figures are made with ``matplotlib.figure.Figure`` directly (no pyplot), so nothing here touches the
+Each figure function takes plain arrays/frames and returns a matplotlib Figure. Figures are made with ``matplotlib.figure.Figure`` directly (no pyplot), so nothing here touches the
 global backend or leaks open figures; :func:`figure_png` renders any figure to base64 PNG for embedding
-in the self-contained HTML report.
+in the self-contained HTML report (:func:`img_tag`). :func:`html_table` and :data:`CSS` give the report's
+tables and look.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import io
 import sys
 
@@ -32,6 +34,102 @@ def figure_png(fig, dpi: int = 96) -> str:
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def img_tag(fig, alt: str) -> str:
+    """``<img>`` holding ``fig`` as an embedded PNG."""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{figure_png(fig)}">'
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def cell_text(value, digits: int = 5) -> str:
+    """A table cell: "—" for missing numbers, floats with ``digits`` decimals, anything else escaped."""
+    if value is None or (isinstance(value, float | np.floating) and not np.isfinite(value)):
+        return "—"
+    if isinstance(value, float | np.floating):
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def seconds_text(value) -> str:
+    """Seconds → "12.3 s", "4 min 05 s", "2 h 03 min"; "—" when missing."""
+    s = _number(value)
+    if s is None or not np.isfinite(s):
+        return "—"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def html_table(
+    frame: pd.DataFrame, numeric: dict[str, int] | None = None, cls: str = "", raw=(), right=()
+) -> str:
+    """HTML table of ``frame``; ``numeric`` maps column → decimals (right-aligned, formatted); columns
+    in ``raw`` hold ready-made HTML (links), ``right`` columns are right-aligned; the rest is escaped."""
+    numeric = numeric or {}
+    right = set(right) | set(numeric)
+    num = ' class="num"'
+    head = "".join(f"<th{num if c in right else ''}>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for rec in frame.itertuples(index=False):
+        cells = []
+        for col, value in zip(frame.columns, rec, strict=True):
+            if col in raw:
+                cells.append(f"<td>{value}</td>")
+            elif col in numeric:
+                cells.append(f"<td{num}>{cell_text(_number(value), numeric[col])}</td>")
+            else:
+                cells.append(f"<td{num if col in right else ''}>{cell_text(value)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+CSS = """
+:root { --fg: #1d2330; --muted: #667085; --line: #e4e7ec; --accent: #0b63b6; --bg: #f7f8fa; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: var(--fg); background: var(--bg); }
+header { background: #14213d; color: #fff; padding: 22px 0 18px; }
+header h1 { margin: 0 0 4px; font-size: 24px; font-weight: 600; }
+header .meta { color: #c9d3e6; font-size: 13.5px; }
+header .meta b { color: #fff; font-weight: 600; }
+.wrap { max-width: 1240px; margin: 0 auto; padding: 0 28px; }
+nav { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 18px; margin: 20px 0; }
+nav ol { margin: 4px 0; padding-left: 22px; columns: 2; }
+nav a, a { color: var(--accent); text-decoration: none; }
+a:hover { text-decoration: underline; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 6px 24px 20px;
+          margin: 0 0 22px; }
+h2 { font-size: 20px; margin: 16px 0 10px; padding-bottom: 6px; border-bottom: 2px solid var(--line); }
+h3 { font-size: 16px; margin: 18px 0 8px; color: #344054; }
+p { margin: 8px 0; max-width: 100ch; }
+.small { font-size: 13px; color: var(--muted); }
+.na { color: #8a5a00; background: #fff8e6; border: 1px solid #f5dfa8; border-radius: 6px; padding: 8px 12px;
+      font-style: italic; }
+table { border-collapse: collapse; margin: 8px 0 12px; font-size: 14px; font-variant-numeric: tabular-nums; }
+th, td { padding: 5px 11px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th { background: #f2f4f7; font-weight: 600; color: #344054; white-space: nowrap; }
+tbody tr:nth-child(even) { background: #fafbfc; }
+tbody tr:hover { background: #eef4fb; }
+td.num, th.num { text-align: right; }
+table.compact { font-size: 13px; }
+table.compact td { padding: 3px 10px; }
+table.ref { background: #fbfbf6; }
+.pair { display: flex; flex-wrap: wrap; gap: 28px; align-items: flex-start; }
+img { max-width: 100%; height: auto; display: block; margin: 8px 0 14px; }
+pre { background: #f6f8fa; border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; font-size: 12.5px;
+      max-height: 520px; overflow: auto; }
+.ok { color: #1a7f37; } .bad { color: #c0362c; font-weight: 600; }
+footer { color: var(--muted); font-size: 12.5px; padding: 8px 0 30px; }
+"""
 
 
 def _style(ax) -> None:

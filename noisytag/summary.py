@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from pandas.api.types import is_numeric_dtype
 from rich.console import Console
 from rich.table import Table
 
@@ -23,33 +24,32 @@ ARTICLE_TABLE = pd.DataFrame(
 )
 
 
-STAGE_COLUMNS = [
-    "arch",
-    "stage",
-    "lwlrap_noisy",
-    "lwlrap_curated",
-    "lwlrap_noisy_truth",
-    "test_lwlrap",
-    "n_train",
-    "seconds",
-]
+STAGE_COLUMNS = ["arch", "stage", "lwlrap_noisy", "lwlrap_curated", "lwlrap_noisy_truth", "test_lwlrap", "n_train",
+                 "seconds"]  # fmt: skip
+SELECTION_COLUMNS = ["arch", "stage", "method", "selected", "precision", "base_rate"]
+DETECTOR_COLUMNS = ["arch", "stage", "agreement", "lwlrap_precision", "lwlrap_recall", "cleanlab_precision",
+                    "cleanlab_recall", "kappa"]  # fmt: skip
 
-
-# Short console headers, so the stage table fits an 80-column terminal.
+# Short console headers, so the tables fit an 80-column terminal.
 HEADERS = {
     "lwlrap_noisy": "CV noisy",
     "lwlrap_curated": "CV curated",
     "lwlrap_noisy_truth": "CV noisy (true labels)",
     "test_lwlrap": "test",
     "n_train": "train clips",
+    "base_rate": "base rate",
+    "lwlrap_precision": "OOF lwlrap P",
+    "lwlrap_recall": "OOF lwlrap R",
+    "cleanlab_precision": "cleanlab P",
+    "cleanlab_recall": "cleanlab R",
 }
 
 
-def _fmt(value) -> str:
+def _fmt(value, column: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.4f}"
+        return f"{value:.1f}" if abs(value) >= 10 or column == "seconds" else f"{value:.4f}"
     return str(value)
 
 
@@ -57,32 +57,40 @@ def frame_table(frame: pd.DataFrame, title: str, columns: list[str] | None = Non
     table = Table(title=title, title_justify="left")
     columns = columns or list(frame.columns)
     for col in columns:
-        table.add_column(HEADERS.get(col, col), justify="left" if frame[col].dtype == object else "right")
+        table.add_column(HEADERS.get(col, col), justify="right" if is_numeric_dtype(frame[col]) else "left")
     for _, row in frame.iterrows():
-        table.add_row(*[_fmt(row[c]) for c in columns])
+        table.add_row(*[_fmt(row[c], c) for c in columns])
     return table
 
 
+def _present(frame: pd.DataFrame | None, columns: list[str]) -> list[str]:
+    """The ``columns`` of ``frame`` that hold a value; [] without a frame or with no data columns."""
+    if frame is None or not len(frame):
+        return []
+    shown = [c for c in columns if c in frame and frame[c].notna().any()]
+    return shown if set(shown) - {"arch", "stage", "model"} else []
+
+
 def print_results(console: Console, results: dict, run_dir: str | Path) -> None:
-    """Print the tables ``run_pipeline`` returns; the test lwlrap comes last."""
-    stages = results.get("stage_table")
-    if stages is not None and len(stages):
-        console.print(
-            frame_table(
-                stages,
-                "CV lwlrap per stage (the article's table, this run)",
-                [c for c in STAGE_COLUMNS if c in stages and stages[c].notna().any()],
-            )
-        )
+    """Print the tables ``run_pipeline`` returns (stage table beside the article's, selection and its
+    detector audit, the ensemble's test lwlrap last), then where the run and its report are."""
+    stages, selection, test = (results.get(k) for k in ("stage_table", "selection", "test"))
+    if columns := _present(stages, STAGE_COLUMNS):
+        console.print(frame_table(stages, "CV lwlrap per stage (the article's table, this run)", columns))
         console.print(frame_table(ARTICLE_TABLE, "The article's numbers on the real data (for reference)"))
-    selection = results.get("selection")
-    if selection is not None and len(selection):
+    if columns := _present(selection, SELECTION_COLUMNS):
         console.print(
-            frame_table(selection, "Noisy-clip selection: precision of the kept labels vs base rate")
+            frame_table(selection, "Noisy-clip selection: precision of the kept labels vs base rate", columns)
         )
-    test = results.get("test")
+    if columns := _present(selection, DETECTOR_COLUMNS):
+        title = "Detectors of wrong label sets: agreement, precision (P) and recall (R)"
+        console.print(frame_table(selection, title, columns))
     if test is not None and len(test):
-        console.print(frame_table(test, "Test lwlrap (against the data set's truth)"))
+        ensemble = test[test["model"].astype(str).str.startswith("ensemble")]
+        shown = ensemble if len(ensemble) else test
+        console.print(
+            frame_table(shown, "Test lwlrap (against the data set's truth)", ["model", "test_lwlrap"])
+        )
     console.print(f"run directory: [bold]{run_dir}[/]")
     if results.get("report"):
         console.print(f"report: [bold]{results['report']}[/]")
