@@ -7,13 +7,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# public name → "module:attribute"
 _LAZY = {
-    "load_config": ("noisytag.config", "load_config"),
-    "RunConfig": ("noisytag.config", "RunConfig"),
-    "build_model": ("noisytag.models", "build"),
-    "lwlrap": ("noisytag.metrics", "lwlrap"),
-    "Tagger": ("noisytag.tag", "Tagger"),
-    "run_pipeline": ("noisytag.pipeline", "run_pipeline"),
+    "load_config": "noisytag.config:load_config",
+    "RunConfig": "noisytag.config:RunConfig",
+    "build_model": "noisytag.models:build",
+    "lwlrap": "noisytag.metrics:lwlrap",
+    "Tagger": "noisytag.tag:Tagger",
+    "run_pipeline": "noisytag.pipeline:run_pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]
@@ -23,6 +24,6 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        module, attr = _LAZY[name]
+        module, attr = _LAZY[name].split(":")
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'noisytag' has no attribute {name!r}")

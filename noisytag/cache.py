@@ -20,6 +20,9 @@ added or changed later are appended (their old rows stay in ``frames.f16`` but l
 ``lo``/``hi`` are the min/max of the STORED (float16-rounded) dB values of the clip, so min-max
 normalisation maps every stored value into [0, 1] exactly. float16 keeps ≥ 0.03 dB resolution over
 −100…+128 dB — ten times finer than the original 8-bit images (SPEC §2.6).
+
+(Longer than ~400 lines on purpose: the builder, its crash-isolating worker pool and the reader share
+the on-disk format above, which is clearer in one file than spread over three.)
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import mmap
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -187,24 +190,6 @@ def _isolated(path: str, ctx, init: tuple) -> tuple:
             return pool.submit(_work, path).result()
         except BrokenProcessPool:
             return ("error", "the decoder crashed on this file (its worker process died)")
-
-
-def extract_files(
-    paths: Iterable[str | Path],
-    cfg: FrontendConfig = FrontendConfig(),
-    workers: int = 1,
-) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
-    """Log-mels of arbitrary audio files, in order: yields (path, dB (n_mels, T) float32 or None, error).
-
-    Exactly one of dB and error is None; error is the one-line "PATH: reason". Values are the
-    float16-rounded ones the cache stores, so a file gives the same input here as from the cache.
-    """
-    paths = [Path(p) for p in paths]
-    for path, res in zip(paths, _ordered_results([str(p) for p in paths], cfg, workers), strict=True):
-        if res[0] == "ok":
-            yield path, np.ascontiguousarray(res[1].T, dtype=np.float32), None
-        else:
-            yield path, None, f"{path}: {res[1]}"
 
 
 # ----------------------------------------------------------------------------------------------

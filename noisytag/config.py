@@ -77,9 +77,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and its options (see noisytag.models registry)."""
+    """Options shared by the architectures (which ones: ``pipeline.architectures``)."""
 
-    name: str = "cnn1"
     width: float = 1.0  # channel-width multiplier; 1.0 = the paper's model
     in_channels: int = 1
 
@@ -143,6 +142,7 @@ class PipelineConfig:
     stage_epochs: tuple[int, ...] = ()  # per stage; empty = train.epochs for every stage
     stage_lr: tuple[float, ...] = ()  # per stage; empty = train.lr for every stage
     mode: str = "warmup"  # "warmup" (SPEC §6) or "joint": one stage on curated + all noisy clips
+    joint_epochs: int = 0  # joint mode; 0 = as many training examples as the warm-up stages see
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,6 @@ class InferConfig:
     batch_size: int = 256
     mode: str = "exact"  # "exact": one forward per window; "fast": conv body once per clip
     backend: str = "torch"  # or "onnx"
-    top_k: int = 5
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,13 @@ rebuilt, because out-of-fold predictions and selections of a run depend on it.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from noisytag.data import multi_hot
+from noisytag.fileio import write_csv
 
 __all__ = ["FoldsError", "make_folds", "assign_folds", "load_or_make_folds", "FOLD_SPLITS"]
 
@@ -85,8 +87,6 @@ def assign_folds(dataset, n_folds: int, seed: int) -> pd.DataFrame:
         DataFrame(fname str, split "curated"|"noisy", fold int64): curated rows first, each split in the
         data set's row order.
     """
-    from noisytag.data import multi_hot
-
     parts = []
     for split in FOLD_SPLITS:
         frame = getattr(dataset, split)
@@ -123,10 +123,7 @@ def load_or_make_folds(path: str | Path, dataset, n_folds: int, seed: int) -> pd
     path = Path(path)
     if not path.exists():
         folds = assign_folds(dataset, n_folds, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        folds.to_csv(tmp, index=False)
-        os.replace(tmp, path)  # a killed run never leaves half a folds.csv behind
+        write_csv(path, folds)  # a killed run never leaves half a folds.csv behind
         log.info("made %d folds for %d clips: %s", n_folds, len(folds), path)
         return folds
     saved = _read_folds(path)

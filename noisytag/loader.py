@@ -19,21 +19,41 @@ from torch.utils.data import Dataset, Sampler
 from noisytag.features import normalize as minmax
 from noisytag.windows import window_offsets
 
+Caches = Mapping[str, object]  # split name → FeatureCache
+
 
 @dataclass(frozen=True)
 class ClipSet:
-    """Clips drawn from one or more cached splits, with their multi-hot targets.
+    """Clips drawn from one or more cached splits, with their (soft) targets.
 
-    ``split[i]`` names the cache of clip i, ``position[i]`` its row in that cache's index and
-    ``targets[i]`` its (K,) float32 label vector.
+    ``split[i]`` names the cache of clip i, ``position[i]`` its row in that cache's index,
+    ``targets[i]`` its (K,) float32 label vector and ``untrusted[i]`` (float32, 0 or 1) whether its
+    labels are treated as noisy (SPEC §6b: noisy head or Lsoft), 0 for every clip by default.
     """
 
     split: np.ndarray  # (N,) str
     position: np.ndarray  # (N,) int64
     targets: np.ndarray  # (N, K) float32
+    untrusted: np.ndarray | None = None  # (N,) float32; None = all trusted
 
     def __len__(self) -> int:
         return len(self.position)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(N,) float32 untrusted flags (zeros when none were given)."""
+        if self.untrusted is None:
+            return np.zeros(len(self), np.float32)
+        return self.untrusted.astype(np.float32, copy=False)
+
+    def subset(self, mask: np.ndarray) -> ClipSet:
+        return ClipSet(self.split[mask], self.position[mask], self.targets[mask], self.weights[mask])
+
+    def with_labels(self, targets: np.ndarray | None = None, untrusted: float | None = None) -> ClipSet:
+        """The same clips with other targets and/or every clip's untrusted flag set to ``untrusted``."""
+        flags = self.weights if untrusted is None else np.full(len(self), untrusted, np.float32)
+        targets = self.targets if targets is None else targets.astype(np.float32)
+        return ClipSet(self.split, self.position, targets, flags)
 
     @staticmethod
     def concat(parts: Sequence[ClipSet]) -> ClipSet:
@@ -41,6 +61,7 @@ class ClipSet:
             np.concatenate([p.split for p in parts]),
             np.concatenate([p.position for p in parts]).astype(np.int64),
             np.concatenate([p.targets for p in parts]).astype(np.float32),
+            np.concatenate([p.weights for p in parts]),
         )
 
 
@@ -53,26 +74,38 @@ def _read_window(cache, position: int, start: int, width: int, normalize: str) -
     return db[None].astype(np.float32, copy=False)
 
 
-class RandomWindowDataset(Dataset):
-    """Item ``key = epoch * N + i`` → (x (1, n_mels, width), y (K,)) for a random window of clip i."""
+class _ClipWindows(Dataset):
+    """Shared part of the window datasets: the clips, their caches, lengths and window reads."""
 
-    def __init__(
-        self,
-        caches: Mapping[str, object],
-        clips: ClipSet,
-        width: int = 128,
-        seed: int = 0,
-        normalize: str = "minmax",
-    ):
+    def __init__(self, caches: Caches, clips: ClipSet, width: int, normalize: str):
         self.caches = caches
         self.clips = clips
         self.width = width
-        self.seed = seed
         self.normalize = normalize
         self.n_frames = np.array(
             [caches[s].index["n_frames"].iat[p] for s, p in zip(clips.split, clips.position, strict=True)],
             dtype=np.int64,
         )
+
+    def window(self, i: int, start: int) -> torch.Tensor:
+        """(1, n_mels, width) model input of clip i's window starting at frame ``start``."""
+        cache = self.caches[self.clips.split[i]]
+        return torch.from_numpy(
+            _read_window(cache, int(self.clips.position[i]), start, self.width, self.normalize)
+        )
+
+
+class RandomWindowDataset(_ClipWindows):
+    """Item ``key = epoch * N + i`` → (x (1, n_mels, width), y (K + 1,)) for a random window of clip i.
+
+    The last target column is the clip's untrusted flag: batch augmentations mix it like the labels,
+    so a mixed example carries the share of untrusted labels in it (the loss weights by it).
+    """
+
+    def __init__(self, caches: Caches, clips: ClipSet, width: int = 128, seed: int = 0, normalize="minmax"):
+        super().__init__(caches, clips, width, normalize)
+        self.seed = seed
+        self.targets = np.concatenate([clips.targets, clips.weights[:, None]], axis=1)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -81,9 +114,7 @@ class RandomWindowDataset(Dataset):
         epoch, i = divmod(int(key), len(self.clips))
         room = max(int(self.n_frames[i]) - self.width, 0)
         start = int(np.random.default_rng([self.seed, epoch, i]).integers(0, room + 1))
-        cache = self.caches[self.clips.split[i]]
-        x = _read_window(cache, int(self.clips.position[i]), start, self.width, self.normalize)
-        return torch.from_numpy(x), torch.from_numpy(self.clips.targets[i])
+        return self.window(i, start), torch.from_numpy(self.targets[i])
 
 
 class EpochSampler(Sampler[int]):
@@ -108,40 +139,22 @@ class EpochSampler(Sampler[int]):
         return iter((order + self.epoch * self.n).tolist())
 
 
-class AllWindowsDataset(Dataset):
+class AllWindowsDataset(_ClipWindows):
     """Every inference window (SPEC §7) of every clip: item → (x, y, window_id, clip_row).
 
     Validation averages the window probabilities per ``clip_row``; ``window_id`` lets a distributed
     run drop the duplicates its sampler pads in.
     """
 
-    def __init__(
-        self,
-        caches: Mapping[str, object],
-        clips: ClipSet,
-        width: int = 128,
-        max_stride: int = 48,
-        normalize: str = "minmax",
-    ):
-        self.caches = caches
-        self.clips = clips
-        self.width = width
-        self.normalize = normalize
-        rows, starts = [], []
-        for row, (split, pos) in enumerate(zip(clips.split, clips.position, strict=True)):
-            offsets = window_offsets(int(caches[split].index["n_frames"].iat[pos]), width, max_stride)
-            rows.append(np.full(len(offsets), row))
-            starts.append(offsets)
-        self.rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        self.starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+    def __init__(self, caches: Caches, clips: ClipSet, width: int = 128, max_stride=48, normalize="minmax"):
+        super().__init__(caches, clips, width, normalize)
+        offsets = [window_offsets(int(n), width, max_stride) for n in self.n_frames]
+        self.rows = np.repeat(np.arange(len(offsets)), [len(o) for o in offsets]).astype(np.int64)
+        self.starts = np.concatenate(offsets).astype(np.int64) if offsets else np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, k: int):
         row = int(self.rows[k])
-        cache = self.caches[self.clips.split[row]]
-        x = _read_window(
-            cache, int(self.clips.position[row]), int(self.starts[k]), self.width, self.normalize
-        )
-        return torch.from_numpy(x), torch.from_numpy(self.clips.targets[row]), k, row
+        return self.window(row, int(self.starts[k])), torch.from_numpy(self.clips.targets[row]), k, row

@@ -23,11 +23,8 @@ over clips; when labels are dense (many positives per clip) a vectorised per-row
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["lwlrap", "per_class_lwlrap", "clip_lwlrap", "positive_precisions", "LwlrapMetric"]
+__all__ = ["lwlrap", "per_class_lwlrap", "clip_lwlrap", "positive_precisions"]
 
 # Mean positives per clip above which sorting each row beats comparing every positive with its row.
 _DENSE_POSITIVES_PER_CLIP = 8.0
@@ -152,67 +149,3 @@ def clip_lwlrap(truth, scores) -> np.ndarray:
     has = counts > 0
     out[has] = sums[has] / counts[has]
     return out
-
-
-class LwlrapMetric(Metric):
-    """Exact lwlrap accumulated over batches and, under DDP, over processes.
-
-    ``update(preds, target, index=None)``: preds (B, C) logits or probabilities (any scores whose order
-    per clip is meaningful; logits avoid float32 sigmoid ties), target (B, C) with ``> 0`` = true label,
-    index (B,) int clip indices. ``compute()`` gathers every process's rows (torchmetrics "cat" states),
-    keeps the first row of every clip index — a DistributedSampler pads its shards with repeated
-    examples, which would otherwise be counted twice — and returns :func:`lwlrap` of the result as a
-    float64 tensor (NaN when nothing has been seen). Pass ``index`` in every update or in none.
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("preds", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
-        self.add_state("index", default=[], dist_reduce_fx="cat")
-
-    def update(self, preds: torch.Tensor, target: torch.Tensor, index: torch.Tensor | None = None) -> None:
-        if preds.ndim != 2 or preds.shape != target.shape:
-            raise ValueError(
-                f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must be equal (B, C)"
-            )
-        self.preds.append(preds.detach())
-        self.target.append(target.detach())
-        if index is not None:
-            index = torch.as_tensor(index, device=preds.device).reshape(-1).long()
-            if index.numel() != preds.shape[0]:
-                raise ValueError(f"index has {index.numel()} entries for {preds.shape[0]} rows")
-            self.index.append(index)
-
-    def compute(self) -> torch.Tensor:
-        preds, target, index = self._gathered()
-        if preds.shape[0] == 0:
-            return torch.tensor(float("nan"), dtype=torch.float64)
-        if index is not None:
-            _, first = np.unique(index, return_index=True)
-            preds, target = preds[first], target[first]
-        return torch.tensor(lwlrap(target, preds), dtype=torch.float64)
-
-    def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """States as numpy arrays (after torchmetrics has synced them across processes)."""
-
-        def cat(state) -> torch.Tensor:
-            if isinstance(state, list):
-                return dim_zero_cat(state) if state else torch.zeros(0)
-            return state
-
-        preds, target, index = cat(self.preds), cat(self.target), cat(self.index)
-        n = preds.shape[0] if preds.ndim else 0
-        if n == 0:
-            return np.zeros((0, 0)), np.zeros((0, 0)), None
-        preds = preds.detach().cpu().double().numpy().reshape(n, -1)
-        target = target.detach().cpu().double().numpy().reshape(n, -1)
-        if index.numel() == 0:
-            return preds, target, None
-        if index.numel() != n:
-            raise ValueError("LwlrapMetric: pass `index` in every update or in none")
-        return preds, target, index.detach().cpu().long().numpy()

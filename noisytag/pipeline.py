@@ -1,14 +1,17 @@
-"""The four-stage warm-up pipeline (SPEC §6): stages × folds × architectures, resumable.
+"""The four-stage warm-up pipeline (SPEC §6, §6b): stages × folds × architectures, resumable.
 
 Each fold model is finished when its ``done`` marker exists (written after weights and out-of-fold
 predictions), so a re-run skips it; a fold that was interrupted resumes from its last epoch checkpoint.
-Stage-level outputs (scores, selections, the stage table) are pure functions of the fold outputs and are
-recomputed on every run.
+Stage-level outputs (scores, selections, tables, submission) are pure functions of the fold outputs
+(:mod:`noisytag.scoring`), written by global rank zero.
+
+Beyond the seed (``noisy.treatment`` ≠ drop): in the stages of ``noisy.stages`` every noisy clip of the
+other folds trains; the selected ones as trusted, the rest through the treatment. ``pipeline.mode:
+joint`` is the baseline to beat: one stage on curated + all noisy clips, same folds and budget.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -16,16 +19,74 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
-from noisytag.config import RunConfig
-from noisytag.context import Context, atomic_csv, atomic_npy, prepare, write_run_info
-from noisytag.data import format_labels, multi_hot
+from noisytag.config import RunConfig, stable_hash
+from noisytag.context import RunContext, barrier, is_global_zero, open_run
+from noisytag.data import format_labels
+from noisytag.fileio import write_csv, write_npy, write_text
 from noisytag.loader import ClipSet
+from noisytag.metrics import lwlrap
+from noisytag.predict import predict_cache
+from noisytag.rundir import VOLATILE_KEYS
+from noisytag.scoring import (
+    correct_labels,
+    ensemble_stages,
+    ensemble_test,
+    noisy_scores,
+    per_class_table,
+    run_stages,
+    stage_oof,
+    stage_table,
+)
+from noisytag.selection import detector_audit, select_noisy
+from noisytag.submission import write_submission
+from noisytag.train import fit_fold, inference_device
+from noisytag.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
 
+TREATMENTS = ("drop", "given", "head", "lsoft", "relabel")
+# What selection.csv keeps of the detector audit (noisytag.selection.detector_audit).
+AUDIT_COLUMNS = (
+    "agreement",
+    "kappa",
+    "lwlrap_precision",
+    "lwlrap_recall",
+    "cleanlab_precision",
+    "cleanlab_recall",
+)
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Raise ValueError naming the key of a pipeline setting that cannot run."""
+    stages = tuple(cfg.pipeline.stages)
+    for stage in stages:
+        needs = {3: (1, 2), 4: (1, 2, 3)}.get(stage, ())
+        if any(n not in stages for n in needs):
+            raise ValueError(
+                f"config key 'pipeline.stages': stage {stage} needs stages {needs} in the same run"
+            )
+    if cfg.pipeline.mode not in ("warmup", "joint"):
+        raise ValueError(f"config key 'pipeline.mode': 'warmup' or 'joint', got {cfg.pipeline.mode!r}")
+    if cfg.noisy.treatment not in TREATMENTS:
+        raise ValueError(
+            f"config key 'noisy.treatment': one of {', '.join(TREATMENTS)}, got {cfg.noisy.treatment!r}"
+        )
+    if not 0.0 <= cfg.noisy.lsoft_beta <= 1.0:
+        raise ValueError(f"config key 'noisy.lsoft_beta': must be in [0, 1], got {cfg.noisy.lsoft_beta}")
+    if not 0.0 <= cfg.noisy.relabel_alpha <= 1.0:
+        raise ValueError(
+            f"config key 'noisy.relabel_alpha': must be in [0, 1], got {cfg.noisy.relabel_alpha}"
+        )
+    if cfg.selection.method not in ("oof_lwlrap", "cleanlab"):
+        raise ValueError(
+            f"config key 'selection.method': 'oof_lwlrap' or 'cleanlab', got {cfg.selection.method!r}"
+        )
+
+
 # ----------------------------------------------------------------------------------------------
-# one fold
+# what one fold trains on
 
 
 def stage_epochs_lr(cfg: RunConfig, stage: int) -> tuple[int, float]:
@@ -35,42 +96,116 @@ def stage_epochs_lr(cfg: RunConfig, stage: int) -> tuple[int, float]:
     return int(epochs), float(lr)
 
 
-def _subset(clips: ClipSet, mask: np.ndarray) -> ClipSet:
-    return ClipSet(clips.split[mask], clips.position[mask], clips.targets[mask])
+def treated(cfg: RunConfig, stage: int) -> bool:
+    """Whether the untrusted noisy clips train in this stage (SPEC §6b)."""
+    return cfg.noisy.treatment != "drop" and stage in cfg.noisy.stages
 
 
-def training_clips(ctx: Context, arch: str, stage: int, fold: int) -> ClipSet:
-    """The training set of (stage, fold) per SPEC §6."""
-    curated, noisy = ctx.clips["curated"], ctx.clips["noisy"]
-    if stage == 1:
-        return _subset(noisy, ctx.fold_of["noisy"] != fold)
-    own = _subset(curated, ctx.fold_of["curated"] != fold)
-    if stage == 2:
-        return own
-    selected = selection_for(ctx, arch, stage)
-    chosen = set(selected.loc[selected["fold"] != fold, "fname"])
-    mask = np.array([f in chosen for f in ctx.fnames["noisy"]], dtype=bool)
-    return ClipSet.concat([own, _subset(noisy, mask)])
+def joint_epochs(cfg: RunConfig, n_curated: int, n_noisy: int) -> int:
+    """Epochs of the joint baseline: ``pipeline.joint_epochs``, or as many training examples as the
+    warm-up's stages would see (stages 3–4 counted without their selected clips)."""
+    if cfg.pipeline.joint_epochs > 0:
+        return cfg.pipeline.joint_epochs
+    budget = 0
+    for stage in cfg.pipeline.stages:
+        size = n_noisy if stage == 1 else n_curated + (n_noisy if treated(cfg, stage) else 0)
+        budget += stage_epochs_lr(cfg, stage)[0] * size
+    return max(1, round(budget / max(n_curated + n_noisy, 1)))
 
 
-def run_fold(ctx: Context, arch: str, stage: int, fold: int) -> None:
+def stage_key(cfg: RunConfig, arch: str, stage: int) -> str:
+    """A hash of everything that decides the fold outputs of (arch, stage), given the same data set.
+
+    Two runs whose keys match for a stage have identical fold models and predictions there (same
+    seeds, same folds, same warm starts), so one may reuse the other's stage (``noisytag ablate``).
+    The key of stage k includes that of stage k − 1, whose weights it starts from.
+    """
+    c = cfg.to_dict()
+    common = {
+        "frontend": c["frontend"],
+        "normalize": c["data"]["normalize"],
+        "augment": c["augment"],
+        "model": {**c["model"], "arch": arch},
+        "train": {k: v for k, v in c["train"].items() if k not in VOLATILE_KEYS["train"]},
+        "window": [c["infer"]["window"], c["infer"]["max_stride"]],
+        "mode": c["pipeline"]["mode"],
+    }
+    key = stable_hash(common)
+    for k in sorted(s for s in run_stages(cfg) if s <= stage):
+        own = {"stage": k, "epochs_lr": stage_epochs_lr(cfg, k)}
+        if cfg.pipeline.mode == "joint":
+            own["joint"] = [
+                c["pipeline"]["stages"],
+                c["pipeline"]["stage_epochs"],
+                c["pipeline"]["joint_epochs"],
+            ]
+        if k >= 3:
+            own["selection"] = c["selection"]
+        if treated(cfg, k):
+            own["noisy"] = c["noisy"]
+        key = stable_hash([key, own])
+    return key[:16]
+
+
+def _relabelled(ctx: RunContext, arch: str, stage: int, noisy: ClipSet) -> ClipSet:
+    """Soft targets α·given + (1 − α)·(mean OOF of the earlier stages) for the noisy clips."""
+    earlier = [
+        o for s in run_stages(ctx.cfg) if s < stage and (o := stage_oof(ctx, arch, s, "noisy")) is not None
+    ]
+    if not earlier:
+        return noisy.with_labels(untrusted=0.0)  # nothing to relabel from yet: given labels
+    alpha = ctx.cfg.noisy.relabel_alpha
+    return noisy.with_labels(alpha * noisy.targets + (1 - alpha) * np.mean(earlier, axis=0), untrusted=0.0)
+
+
+def training_clips(ctx: RunContext, arch: str, stage: int, fold: int) -> ClipSet:
+    """The training set of (stage, fold): SPEC §6, plus the untrusted noisy clips of §6b."""
+    cfg = ctx.cfg
+    curated = ctx.curated.rows(ctx.curated.fold != fold)
+    other_folds = ctx.noisy.fold != fold
+    if cfg.pipeline.mode == "joint":
+        noisy = ctx.noisy.rows(other_folds)
+        trust = 1.0 if treated(cfg, 1) and cfg.noisy.treatment in ("head", "lsoft") else 0.0
+        return ClipSet.concat([curated, noisy.with_labels(untrusted=trust)])
+    trusted = np.zeros(len(ctx.noisy.fnames), dtype=bool)
+    if stage >= 3:
+        chosen = set(select_for(ctx, arch, stage).query("fold != @fold")["fname"])
+        trusted = np.array([f in chosen for f in ctx.noisy.fnames], dtype=bool)
+    parts = [] if stage == 1 and not treated(cfg, 1) else [curated]
+    if stage == 1 and not treated(cfg, 1):
+        parts.append(ctx.noisy.rows(other_folds))  # the seed's stage 1: noisy clips, given labels
+    if trusted.any():
+        parts.append(ctx.noisy.rows(other_folds & trusted))
+    if treated(cfg, stage):
+        rest = ctx.noisy.clips.with_labels(untrusted=1.0)
+        if cfg.noisy.treatment == "relabel":
+            rest = _relabelled(ctx, arch, stage, ctx.noisy.clips)
+        elif cfg.noisy.treatment == "given":
+            rest = rest.with_labels(untrusted=0.0)
+        parts.append(rest.subset(other_folds & ~trusted))
+    return ClipSet.concat(parts)
+
+
+def fold_seed(cfg: RunConfig, stage: int, fold: int) -> int:
+    return cfg.train.seed + 1000 * stage + fold
+
+
+# ----------------------------------------------------------------------------------------------
+# one fold
+
+
+def run_fold(ctx: RunContext, arch: str, stage: int, fold: int) -> None:
     """Train (or resume) one fold model and write its weights, OOF and test predictions, done-marker."""
-    import torch
-
-    from noisytag.infer import predict_cache
-    from noisytag.train import fit_fold
-    from noisytag.weights import load_model, save_model
-
     run, cfg = ctx.run, ctx.cfg
     if run.fold_done(arch, stage, fold).is_file():
         return
-    fold_dir = run.fold_dir(arch, stage, fold)
     init_state = None
-    if stage > 1 and (stage - 1) in cfg.pipeline.stages:
+    if stage > 1 and (stage - 1) in run_stages(cfg):
         previous, _ = load_model(run.fold_dir(arch, stage - 1, fold))
         init_state = previous.state_dict()
     epochs, lr = stage_epochs_lr(cfg, stage)
-    val = _subset(ctx.clips["curated"], ctx.fold_of["curated"] == fold)
+    if cfg.pipeline.mode == "joint":
+        epochs = joint_epochs(cfg, int((ctx.curated.fold != fold).sum()), int((ctx.noisy.fold != fold).sum()))
     train = training_clips(ctx, arch, stage, fold)
     log.info("%s stage %d fold %d: %d training clips, %d epochs", arch, stage, fold, len(train), epochs)
     started = time.perf_counter()
@@ -80,289 +215,163 @@ def run_fold(ctx: Context, arch: str, stage: int, fold: int) -> None:
         n_classes=len(ctx.classes),
         caches=ctx.caches,
         train=train,
-        val=val,
-        fold_dir=fold_dir,
+        val=ctx.curated.rows(ctx.curated.fold == fold),
+        fold_dir=run.fold_dir(arch, stage, fold),
         epochs=epochs,
         lr=lr,
-        seed=cfg.train.seed + 1000 * stage + fold,
+        seed=fold_seed(cfg, stage, fold),
         init_state=init_state,
         progress=ctx.progress,
     )
-    if not ctx.is_zero:
-        return
-    model = module.model.cpu().eval()
-    with torch.no_grad():
-        for split in ("curated", "noisy"):
-            rows = ctx.fold_of[split] == fold
-            probs = predict_cache(
-                [model],
-                ctx.caches[split],
-                ctx.clips[split].position[rows],
-                cfg.infer,
-                normalize=cfg.data.normalize,
+    if is_global_zero():
+        model, device = module.model.eval(), inference_device(cfg)
+        with torch.no_grad():
+            for split in ("curated", "noisy"):
+                rows = ctx.splits[split].fold == fold
+                positions = ctx.splits[split].clips.position[rows]
+                probs = predict_cache(
+                    [model], ctx.caches[split], positions, cfg.infer, cfg.data.normalize, device
+                )
+                write_npy(run.fold_oof(arch, stage, fold, split), probs.astype(np.float32))
+            positions = ctx.test.clips.position
+            test = predict_cache(
+                [model], ctx.caches["test"], positions, cfg.infer, cfg.data.normalize, device
             )
-            atomic_npy(run.fold_oof(arch, stage, fold, split), probs.astype(np.float32))
-        test = predict_cache(
-            [model], ctx.caches["test"], ctx.clips["test"].position, cfg.infer, normalize=cfg.data.normalize
-        )
-        atomic_npy(fold_dir / "test.npy", test.astype(np.float32))
-    meta = {
-        "arch": arch,
-        "stage": stage,
-        "fold": fold,
-        "classes": ctx.classes,
-        "frontend": cfg.to_dict()["frontend"],
-        "normalize": cfg.data.normalize,
-        "config_hash": cfg.hash(),
-    }
-    save_model(fold_dir, model, meta)
-    seconds = round(time.perf_counter() - started, 2)
-    write_run_info(ctx, {"timings": {f"{arch}/stage{stage}/fold{fold}": seconds}})
-    run.fold_checkpoint(arch, stage, fold).unlink(missing_ok=True)
-    run.fold_done(arch, stage, fold).write_text(f"{seconds}\n")
+            write_npy(run.fold_test(arch, stage, fold), test.astype(np.float32))
+        model.cpu()
+        meta = {
+            "arch": arch,
+            "stage": stage,
+            "fold": fold,
+            "classes": ctx.classes,
+            "frontend": cfg.to_dict()["frontend"],
+            "normalize": cfg.data.normalize,
+            "config_hash": cfg.hash(),
+            "n_train": len(train),
+        }
+        save_model(run.fold_dir(arch, stage, fold), model, meta)
+        seconds = round(time.perf_counter() - started, 2)
+        run.update_info(timings={f"{arch}/stage{stage}/fold{fold}": seconds})
+        run.fold_checkpoint(arch, stage, fold).unlink(missing_ok=True)
+        write_text(run.fold_done(arch, stage, fold), f"{seconds}\n")
+    barrier()  # other ranks go on only once rank zero has written the fold's outputs
 
 
 # ----------------------------------------------------------------------------------------------
-# stage-level results (pure functions of the fold outputs)
+# selections (stages 3 and 4)
 
 
-def stage_oof(ctx: Context, arch: str, stage: int, split: str) -> np.ndarray | None:
-    """(N_split, K) out-of-fold probabilities of a finished stage, rows in folds.csv order."""
-    fold_of = ctx.fold_of[split]
-    out = np.full((len(fold_of), len(ctx.classes)), np.nan, dtype=np.float32)
-    for fold in range(ctx.cfg.train.folds):
-        path = ctx.run.fold_oof(arch, stage, fold, split)
-        if not ctx.run.fold_done(arch, stage, fold).is_file() or not path.is_file():
-            return None
-        out[fold_of == fold] = np.load(path, allow_pickle=False)
-    return out
+def select_for(ctx: RunContext, arch: str, stage: int) -> pd.DataFrame:
+    """The noisy clips trusted in stage 3 or 4, computed once per (arch, stage) and run, and saved.
 
-
-def stage_test(ctx: Context, arch: str, stage: int) -> np.ndarray | None:
-    """(N_test, K) test probabilities of a finished stage: the mean over its fold models."""
-    preds = []
-    for fold in range(ctx.cfg.train.folds):
-        path = ctx.run.fold_dir(arch, stage, fold) / "test.npy"
-        if not ctx.run.fold_done(arch, stage, fold).is_file() or not path.is_file():
-            return None
-        preds.append(np.load(path, allow_pickle=False))
-    return np.mean(preds, axis=0)
-
-
-def noisy_scores(ctx: Context, arch: str) -> pd.DataFrame:
-    """Per noisy clip: fold, given labels and s_k = the clip's own lwlrap under stage k's OOF."""
-    from noisytag.metrics import clip_lwlrap
-
-    table = pd.DataFrame(
-        {"fname": ctx.fnames["noisy"], "fold": ctx.fold_of["noisy"], "labels": ctx.labels["noisy"]}
-    )
-    truth = ctx.clips["noisy"].targets > 0.5
-    for stage in (1, 2, 3, 4):
-        oof = stage_oof(ctx, arch, stage, "noisy")
-        if oof is not None:
-            table[f"s{stage}"] = clip_lwlrap(truth, oof)
-    if ctx.truth_noisy is not None:
-        table["true_labels"] = ctx.truth_noisy
-        table["correct"] = [set(a) == set(b) for a, b in zip(table["labels"], ctx.truth_noisy, strict=True)]
-    return table
-
-
-def selection_for(ctx: Context, arch: str, stage: int) -> pd.DataFrame:
-    """The noisy clips selected for stage 3 (from s1, s2) or stage 4 (from s3).
-
-    Computed once per (arch, stage) and run, and saved: the scores it reads come from finished stages,
-    so every fold of the stage (and the stage table) sees the same list.
+    Both detectors (per-clip OOF lwlrap of SPEC §6 and confident learning) judge every noisy clip;
+    ``selection.method`` decides which one selects. Every clip's verdicts go to the stage's audit CSV.
     """
     if (arch, stage) in ctx.selections:
         return ctx.selections[(arch, stage)]
-    from noisytag.selection import stage3_selection, stage4_selection
-
+    sources = (1, 2) if stage == 3 else (3,)
+    oofs = [stage_oof(ctx, arch, s, "noisy") for s in sources]
+    if any(o is None for o in oofs):
+        raise RuntimeError(
+            f"stage {stage} of {arch} needs the finished stages {', '.join(map(str, sources))}"
+        )
     table = noisy_scores(ctx, arch)
-    need = ("s1", "s2") if stage == 3 else ("s3",)
-    missing = [c for c in need if c not in table]
-    if missing:
-        raise RuntimeError(f"stage {stage} of {arch} needs the finished stages {', '.join(missing)}")
-    sel = ctx.cfg.selection
-    if stage == 3:
-        selected = stage3_selection(table, threshold=sel.stage3_threshold, cap=sel.stage3_cap)
-    else:
-        selected = stage4_selection(table, threshold=sel.stage4_threshold)
-    if "correct" in table:
-        selected = selected.merge(table[["fname", "correct"]], on="fname", how="left")
-    if ctx.is_zero:
-        out = selected.copy()
-        out["labels"] = out["labels"].map(format_labels)
-        atomic_csv(ctx.run.selection(arch, stage), out)
+    audit = select_noisy(table, ctx.noisy.clips.targets, np.mean(oofs, axis=0), stage, ctx.cfg.selection)
+    selected = audit[audit["selected"]].drop(columns=["selected"]).reset_index(drop=True)
+    if is_global_zero():
+        for frame, path in ((selected, ctx.run.selection(arch, stage)), (audit, ctx.run.audit(arch, stage))):
+            out = frame.copy()
+            for col in ("labels", "true_labels"):
+                if col in out:
+                    out[col] = out[col].map(format_labels)
+            write_csv(path, out)
     ctx.selections[(arch, stage)] = selected
     return selected
 
 
-def write_scores(ctx: Context, arch: str) -> pd.DataFrame:
-    table = noisy_scores(ctx, arch)
-    out = table.copy()
-    out["labels"] = out["labels"].map(format_labels)
-    if "true_labels" in out:
-        out["true_labels"] = out["true_labels"].map(format_labels)
-    atomic_csv(ctx.run.scores(arch), out)
-    return table
-
-
 # ----------------------------------------------------------------------------------------------
-# stages, table, ensemble
+# stages, tables, ensemble
 
 
-def run_stage(ctx: Context, arch: str, stage: int, folds: Sequence[int] | None = None) -> None:
-    """Every (or the chosen) fold of one stage; then the stage's derived outputs."""
-    if stage in (3, 4):
-        selection_for(ctx, arch, stage)  # fails early, with the reason, if earlier stages are missing
+def run_stage(ctx: RunContext, arch: str, stage: int, folds: Sequence[int] | None = None) -> None:
+    """Every (or the chosen) fold of one stage; then the stage's per-clip scores."""
+    if stage not in run_stages(ctx.cfg):
+        raise ValueError(f"stage {stage} is not trained in this run (stages: {run_stages(ctx.cfg)})")
+    if stage in (3, 4) and ctx.cfg.pipeline.mode == "warmup":
+        select_for(ctx, arch, stage)  # fails early, with the reason, if earlier stages are missing
     for fold in folds if folds is not None else range(ctx.cfg.train.folds):
         run_fold(ctx, arch, stage, fold)
-    if ctx.is_zero:
-        write_scores(ctx, arch)
+    if is_global_zero():
+        out = noisy_scores(ctx, arch)
+        for col in ("labels", "true_labels"):
+            if col in out:
+                out[col] = out[col].map(format_labels)
+        write_csv(ctx.run.scores(arch), out)
 
 
-def stage_table(ctx: Context) -> pd.DataFrame:
-    """The article's table for this run: CV lwlrap on noisy and curated (and test) per stage."""
-    from noisytag.metrics import lwlrap
-
-    timings = (
-        json.loads(ctx.run.run_info.read_text()).get("timings", {}) if ctx.run.run_info.is_file() else {}
-    )
+def selection_table(ctx: RunContext) -> pd.DataFrame:
+    """Per (arch, stage) selection: size, precision of the kept labels vs base rate, detector audit."""
     rows = []
-    for arch in ctx.cfg.pipeline.architectures:
-        for stage in ctx.cfg.pipeline.stages:
-            oof = {s: stage_oof(ctx, arch, stage, s) for s in ("noisy", "curated")}
-            if oof["curated"] is None:
-                continue
-            test = stage_test(ctx, arch, stage)
-            n_train = sum(len(training_clips(ctx, arch, stage, f)) for f in range(ctx.cfg.train.folds))
-            rows.append(
-                {
-                    "arch": arch,
-                    "stage": stage,
-                    "lwlrap_noisy": lwlrap(ctx.clips["noisy"].targets > 0.5, oof["noisy"]),
-                    "lwlrap_curated": lwlrap(ctx.clips["curated"].targets > 0.5, oof["curated"]),
-                    # with the data set's truth: the noisy score against the clips' true labels
-                    "lwlrap_noisy_truth": (
-                        lwlrap(multi_hot(ctx.truth_noisy, ctx.classes) > 0.5, oof["noisy"])
-                        if ctx.truth_noisy is not None
-                        else np.nan
-                    ),
-                    "test_lwlrap": (
-                        lwlrap(ctx.truth_test > 0.5, test)
-                        if ctx.truth_test is not None and test is not None
-                        else np.nan
-                    ),
-                    "n_train": n_train // ctx.cfg.train.folds,
-                    "seconds": round(
-                        sum(v for k, v in timings.items() if k.startswith(f"{arch}/stage{stage}/")), 1
-                    ),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def ensemble_test(ctx: Context) -> tuple[np.ndarray | None, list[str]]:
-    """Mean test probabilities over the ensemble's stages × folds × architectures (SPEC §7)."""
-    preds, members = [], []
-    for arch in ctx.cfg.pipeline.architectures:
-        for stage in ctx.cfg.infer.stages:
-            test = stage_test(ctx, arch, stage)
-            if test is not None:
-                preds.append(test)
-                members.append(f"{arch}/stage{stage}")
-    return (np.mean(preds, axis=0) if preds else None), members
-
-
-def selection_precision(ctx: Context) -> pd.DataFrame:
-    """Share of selected noisy clips whose given labels are right, vs the noisy set's base rate."""
-    if ctx.truth_noisy is None:
-        return pd.DataFrame()
-    base = float(
-        np.mean([set(a) == set(b) for a, b in zip(ctx.labels["noisy"], ctx.truth_noisy, strict=True)])
-    )
-    rows = []
+    base = float(correct_labels(ctx.noisy.labels, ctx.noisy.truth).mean()) if ctx.noisy.truth else np.nan
     for arch in ctx.cfg.pipeline.architectures:
         for stage in (3, 4):
-            path = ctx.run.selection(arch, stage)
-            if path.is_file():
-                sel = pd.read_csv(path)
-                precision = float(sel["correct"].mean()) if len(sel) else np.nan
+            path = ctx.run.audit(arch, stage)
+            if stage in run_stages(ctx.cfg) and path.is_file():
+                audit = pd.read_csv(path)
+                kept = audit[audit["selected"]]
+                precision = float(kept["correct"].mean()) if "correct" in audit and len(kept) else np.nan
+                found = detector_audit(audit)
                 rows.append(
-                    {
-                        "arch": arch,
-                        "stage": stage,
-                        "selected": len(sel),
-                        "precision": precision,
-                        "base_rate": base,
-                    }
+                    {"arch": arch, "stage": stage, "method": ctx.cfg.selection.method, "selected": len(kept)}
+                    | {"precision": precision, "base_rate": base}
+                    | {k: v for k, v in found.items() if k in AUDIT_COLUMNS}
                 )
     return pd.DataFrame(rows)
 
 
-def finish(ctx: Context) -> dict:
-    """Stage table, selection precision, test scores, submission: written and returned."""
-    from noisytag.metrics import lwlrap
-
-    table = stage_table(ctx)
-    atomic_csv(ctx.run.stage_table, table)
-    precision = selection_precision(ctx)
+def finish(ctx: RunContext) -> dict:
+    """Stage table, test scores, selection audit, per-class scores, submission: written and returned."""
+    run = ctx.run
+    folds = range(ctx.cfg.train.folds)
+    n_train = {
+        (arch, stage): sum(len(training_clips(ctx, arch, stage, f)) for f in folds) // len(folds)
+        for arch in ctx.cfg.pipeline.architectures
+        for stage in run_stages(ctx.cfg)
+        if stage_oof(ctx, arch, stage, "curated") is not None
+    }
+    table = stage_table(ctx, n_train, run.info().get("timings", {}))
     ensemble, members = ensemble_test(ctx)
-    test_rows = []
+    test_rows = pd.DataFrame()
     if ensemble is not None:
-        from noisytag.infer import write_submission
-
         sample = ctx.data_dir / "sample_submission.csv"
         write_submission(
-            ctx.run.submission,
-            ctx.fnames["test"],
-            ensemble,
-            ctx.classes,
-            sample_submission=sample if sample.is_file() else None,
+            run.submission, ctx.test.fnames, ensemble, ctx.classes, sample if sample.is_file() else None
         )
         if ctx.truth_test is not None:
-            for _, row in table.iterrows():
-                test_rows.append(
-                    {
-                        "model": f"stage {int(row['stage'])}",
-                        "arch": row["arch"],
-                        "test_lwlrap": row["test_lwlrap"],
-                    }
-                )
-            test_rows.append(
-                {
-                    "model": "ensemble " + "+".join(members),
-                    "arch": "all",
-                    "test_lwlrap": lwlrap(ctx.truth_test > 0.5, ensemble),
-                }
+            ens = {"model": "ensemble " + "+".join(members), "arch": "all"}
+            ens["test_lwlrap"] = lwlrap(ctx.truth_test > 0.5, ensemble)
+            test_rows = pd.concat(
+                [table[["model", "arch", "test_lwlrap"]], pd.DataFrame([ens])], ignore_index=True
             )
-            atomic_csv(ctx.run.test_scores, pd.DataFrame(test_rows))
-    write_run_info(ctx, {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return {"stage_table": table, "selection": precision, "test": pd.DataFrame(test_rows)}
+    selection = selection_table(ctx)
+    if is_global_zero():
+        write_csv(run.stage_table, table)
+        write_csv(run.test_scores, test_rows)
+        write_csv(run.selection_table, selection)
+        write_csv(run.per_class, per_class_table(ctx, ensemble))
+        run.update_info(
+            finished=time.strftime("%Y-%m-%d %H:%M:%S"), ensemble_stages=list(ensemble_stages(ctx.cfg))
+        )
+    return {"stage_table": table, "selection": selection, "test": test_rows}
 
 
 def run_pipeline(
-    data_dir: str | Path,
-    run_dir: str | Path,
-    cfg: RunConfig,
-    force: bool = False,
-    progress: bool = True,
-    report: bool = True,
+    data_dir: str | Path, run_dir: str | Path, cfg: RunConfig, force: bool = False, progress: bool = True
 ) -> dict:
-    """Stages 1–4 × folds × architectures; resumable; returns the tables of :func:`finish`."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    stages = tuple(cfg.pipeline.stages)
-    for stage in stages:
-        needs = {3: (1, 2), 4: (1, 2, 3)}.get(stage, ())
-        if any(n not in stages for n in needs):
-            raise ValueError(f"pipeline.stages: stage {stage} needs stages {needs} in the same run")
-    ctx = prepare(data_dir, run_dir, cfg, force=force, progress=progress)
+    """Stages × folds × architectures; resumable; returns the tables of :func:`finish`."""
+    check_config(cfg)
+    ctx = open_run(data_dir, run_dir, cfg, force=force, progress=progress)
     for arch in cfg.pipeline.architectures:
-        for stage in stages:
+        for stage in run_stages(cfg):
             run_stage(ctx, arch, stage)
-    results = finish(ctx)
-    if report and ctx.is_zero:
-        from noisytag.report import write_report
-
-        results["report"] = write_report(ctx.run.root, data_dir=ctx.data_dir)
-    return results
+    return finish(ctx)

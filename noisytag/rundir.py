@@ -1,29 +1,65 @@
-"""RunDir: every path inside a run directory, in one place.
+"""RunDir: every path inside a run directory and the rules for its config and run.json, in one place.
 
 A run directory is what users keep and share; everything needed to tag new audio is in it::
 
     config.yaml                      resolved RunConfig of the run
-    run.json                         software versions, data set, timings
+    run.json                         software versions, data set, start/resume times, per-fold timings
     folds.csv                        fname, split (curated|noisy), fold
-    stage_table.csv                  arch, stage, lwlrap_noisy, lwlrap_curated, test_lwlrap, n_train, seconds
-    test_scores.csv                  model (stage k | ensemble), arch, test_lwlrap   (when test truth is known)
+    stage_table.csv                  model (stage k), arch, stage, lwlrap_noisy, lwlrap_curated,
+                                     lwlrap_noisy_truth, test_lwlrap, n_train, seconds
+    test_scores.csv                  model (stage k | ensemble ...), arch, test_lwlrap (with test truth)
+    selection.csv                    arch, stage, selected, precision, base_rate, detector agreement,
+                                     precision / recall of each detector on wrong label sets (with truth)
+    per_class.csv                    label, lwlrap, weight, source: the final ensemble per class
     submission.csv                   fname + one probability column per class
     report.html                      the run report
     {arch}/scores.csv                noisy clips: fname, fold, labels, s1..s4 (+ true_labels, correct)
-    {arch}/selections/stage{k}.csv   fname, fold, labels, score (+ correct)
-    {arch}/stage{k}/test.npy         test-set probabilities of the stage (mean over folds), rows = test order
+    {arch}/selections/stage{k}.csv   the selected clips: fname, fold, labels, score, verdicts (+ correct)
+    {arch}/selections/stage{k}_audit.csv   every noisy clip: both detectors' scores and verdicts
     {arch}/stage{k}/fold{f}/weights.safetensors, model.json   the fold model (noisytag.weights)
-    {arch}/stage{k}/fold{f}/metrics.csv      epoch, train_loss, val_loss, val_lwlrap, lr
+    {arch}/stage{k}/fold{f}/metrics.csv      epoch, train_loss, val_loss, val_lwlrap, lr, seconds
     {arch}/stage{k}/fold{f}/oof_curated.npy  probabilities of the curated clips of fold f (folds.csv order)
     {arch}/stage{k}/fold{f}/oof_noisy.npy    probabilities of the noisy clips of fold f (folds.csv order)
+    {arch}/stage{k}/fold{f}/test.npy         probabilities of the test clips (data-set order)
     {arch}/stage{k}/fold{f}/last.ckpt        Lightning checkpoint while training (removed when done)
     {arch}/stage{k}/fold{f}/done             written last: the fold is complete
+    onnx/                            ``noisytag export`` output (models + manifest.json)
+
+Only global rank zero writes run-level files; callers decide that (``noisytag.train.is_global_zero``).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
+
+from noisytag.config import RunConfig, config_from_dict, save_config
+from noisytag.fileio import software_versions, write_json
+
+# Config keys that do not change results: a run may be resumed with other values.
+VOLATILE_KEYS = {
+    "infer": None,  # the whole section
+    "data": {"workers", "cache_dir"},
+    "train": {"num_workers", "devices", "accelerator", "num_nodes", "strategy", "val_batch_size"},
+}
+
+
+class RunConfigMismatch(RuntimeError):
+    """The run directory was made with a config that changes results."""
+
+
+def comparable(cfg: RunConfig) -> dict:
+    """The config as a dict without the keys that do not change results (:data:`VOLATILE_KEYS`)."""
+    out = {}
+    for section, values in cfg.to_dict().items():
+        drop = VOLATILE_KEYS.get(section, set())
+        if drop is not None:
+            out[section] = {k: v for k, v in values.items() if k not in drop}
+    return out
 
 
 @dataclass(frozen=True)
@@ -33,36 +69,24 @@ class RunDir:
     def __init__(self, root: str | Path):
         object.__setattr__(self, "root", Path(root))
 
-    # run level
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
+    # run level ---------------------------------------------------------------------------------
+    def _file(name: str):  # noqa: N805 - a small property factory for the fixed run-level files
+        return property(lambda self: self.root / name)
 
-    @property
-    def run_info(self) -> Path:
-        return self.root / "run.json"
+    config = _file("config.yaml")
+    run_info = _file("run.json")
+    folds = _file("folds.csv")
+    stage_table = _file("stage_table.csv")
+    test_scores = _file("test_scores.csv")
+    selection_table = _file("selection.csv")
+    per_class = _file("per_class.csv")
+    submission = _file("submission.csv")
+    report = _file("report.html")
+    least_trusted = _file("least_trusted.csv")
+    onnx_dir = _file("onnx")
+    del _file
 
-    @property
-    def folds(self) -> Path:
-        return self.root / "folds.csv"
-
-    @property
-    def stage_table(self) -> Path:
-        return self.root / "stage_table.csv"
-
-    @property
-    def test_scores(self) -> Path:
-        return self.root / "test_scores.csv"
-
-    @property
-    def submission(self) -> Path:
-        return self.root / "submission.csv"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.html"
-
-    # architecture level
+    # architecture and stage level ----------------------------------------------------------------
     def arch_dir(self, arch: str) -> Path:
         return self.root / arch
 
@@ -72,12 +96,13 @@ class RunDir:
     def selection(self, arch: str, stage: int) -> Path:
         return self.arch_dir(arch) / "selections" / f"stage{stage}.csv"
 
+    def audit(self, arch: str, stage: int) -> Path:
+        return self.arch_dir(arch) / "selections" / f"stage{stage}_audit.csv"
+
     def stage_dir(self, arch: str, stage: int) -> Path:
         return self.arch_dir(arch) / f"stage{stage}"
 
-    def stage_test(self, arch: str, stage: int) -> Path:
-        return self.stage_dir(arch, stage) / "test.npy"
-
+    # fold level ----------------------------------------------------------------------------------
     def fold_dir(self, arch: str, stage: int, fold: int) -> Path:
         return self.stage_dir(arch, stage) / f"fold{fold}"
 
@@ -93,10 +118,10 @@ class RunDir:
     def fold_oof(self, arch: str, stage: int, fold: int, split: str) -> Path:
         return self.fold_dir(arch, stage, fold) / f"oof_{split}.npy"
 
-    def architectures(self) -> list[str]:
-        """Architectures that have at least one finished fold, in name order."""
-        return sorted(p.parent.parent.parent.name for p in self.root.glob("*/stage*/fold*/done"))
+    def fold_test(self, arch: str, stage: int, fold: int) -> Path:
+        return self.fold_dir(arch, stage, fold) / "test.npy"
 
+    # discovery -----------------------------------------------------------------------------------
     def model_dirs(self, stages=None, archs=None) -> list[Path]:
         """Finished fold-model directories, filtered by stage numbers and architecture names."""
         out = []
@@ -107,3 +132,54 @@ class RunDir:
             if (stages is None or stage in stages) and (archs is None or arch in archs):
                 out.append(fold_dir)
         return out
+
+    def architectures(self) -> list[str]:
+        """Architectures that have at least one finished fold, in name order."""
+        return sorted({d.parent.parent.name for d in self.model_dirs()})
+
+    # config and run.json rules -------------------------------------------------------------------
+    def saved_config(self) -> RunConfig | None:
+        if not self.config.is_file():
+            return None
+        return config_from_dict(yaml.safe_load(self.config.read_text()))
+
+    def adopt_config(self, cfg: RunConfig, force: bool = False) -> None:
+        """Save ``cfg`` as the run's config; refuse one that changes results unless ``force``."""
+        saved = self.saved_config()
+        if saved is not None and not force:
+            a, b = comparable(saved), comparable(cfg)
+            if a != b:
+                diffs = [
+                    f"{s}.{k}: {a.get(s, {}).get(k)!r} → {b.get(s, {}).get(k)!r}"
+                    for s in sorted(set(a) | set(b))
+                    for k in sorted(set(a.get(s, {})) | set(b.get(s, {})))
+                    if a.get(s, {}).get(k) != b.get(s, {}).get(k)
+                ]
+                raise RunConfigMismatch(
+                    f"{self.root} was made with another config ({'; '.join(diffs)}); "
+                    "use --force to continue it anyway, or another output directory"
+                )
+        self.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.config)
+
+    def info(self) -> dict:
+        return json.loads(self.run_info.read_text()) if self.run_info.is_file() else {}
+
+    def update_info(self, data_dir: Path | None = None, **update) -> None:
+        """Merge ``update`` into run.json: ``timings`` add up per key, a second ``started`` is a resume."""
+        info = self.info()
+        if data_dir is not None:
+            info.setdefault("data_dir", str(Path(data_dir).resolve()))
+        info.setdefault("versions", software_versions())
+        info.setdefault("timings", {})
+        for key, value in update.items():
+            if key == "timings":
+                info["timings"].update(value)
+            elif key == "started" and "started" in info:
+                info.setdefault("resumed", []).append(value)
+            else:
+                info[key] = value
+        write_json(self.run_info, info)
+
+    def mark_started(self, data_dir: Path) -> None:
+        self.update_info(data_dir, started=time.strftime("%Y-%m-%d %H:%M:%S"))

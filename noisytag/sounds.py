@@ -6,6 +6,7 @@ falling, rhythmic or continuous, low or high) while pitch, timing and level vary
 :func:`render_clip` mixes the classes of one clip and applies a recording domain ("clean" for curated and
 test clips; "noisy": other noise floor, mains hum, band-limiting, clipping or compression).
 All frequencies stay below 0.45 × the sample rate, so any rate ≥ 8 kHz works.
+(Over ~400 lines on purpose: twelve small generators, one per class, read best side by side.)
 """
 
 from __future__ import annotations

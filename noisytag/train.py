@@ -9,9 +9,7 @@ the pipeline's job.
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from noisytag.augment import build_chain
 from noisytag.config import AugmentConfig, RunConfig
+from noisytag.fileio import atomic_path, write_csv
 from noisytag.loader import AllWindowsDataset, ClipSet, EpochSampler, RandomWindowDataset
 from noisytag.metrics import lwlrap
 from noisytag.models import build
@@ -38,7 +38,15 @@ METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_lwlrap", "lr", "second
 
 
 class TaggerModule(L.LightningModule):
-    """Model + augmentations + loss; validation gathers window logits and scores whole clips."""
+    """Model + augmentations + loss; validation gathers window logits and scores whole clips.
+
+    Training targets carry one extra last column, the example's untrusted share w ∈ [0, 1] (see
+    :class:`noisytag.loader.RandomWindowDataset`); how it enters the loss is ``noisy.treatment``
+    (SPEC §6b): "head" — a separate noisy-label output layer on the shared embedding takes the loss
+    of the untrusted share, the clean layer the rest; "lsoft" — soft bootstrapping, target
+    ``β·y + (1 − β)·sigmoid(logit)`` (prediction detached) with β = 1 − w·(1 − lsoft_beta); any
+    other treatment — plain BCE on every example. Inference uses the clean output only.
+    """
 
     def __init__(
         self,
@@ -49,13 +57,21 @@ class TaggerModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.99),
         pct_start: float = 0.3,
         seed: int = 0,
+        treatment: str = "drop",
+        lsoft_beta: float = 0.7,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.model = build(**model_spec)
-        self.in_channels = int(model_spec.get("in_channels", 1))
         self.augment = build_chain(AugmentConfig(**augment))
         self.seed = seed
+        self.treatment = treatment
+        self.lsoft_beta = float(lsoft_beta)
+        self.noisy_head = None
+        if treatment == "head":
+            last = self.model.head.classify[-1]
+            self.noisy_head = torch.nn.Linear(last.in_features, last.out_features)
+            self.reset_noisy_head()
         self._reset_train()
         self._reset_val()
         self.last_val: dict[str, float] = {}
@@ -69,11 +85,31 @@ class TaggerModule(L.LightningModule):
     def _reset_val(self) -> None:
         self._val = {"logits": [], "targets": [], "window": [], "row": []}
 
+    def reset_noisy_head(self) -> None:
+        """Start the noisy-label layer as a copy of the clean one (after a warm start, too)."""
+        if self.noisy_head is not None:
+            self.noisy_head.load_state_dict(self.model.head.classify[-1].state_dict())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, n_mels, T) → logits (B, K); a 3-channel model gets the channel repeated."""
-        if x.shape[1] != self.in_channels:
-            x = x.expand(-1, self.in_channels, -1, -1)
+        """(B, 1, n_mels, T) → logits (B, K)."""
         return self.model(x)
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch; ``targets`` (B, K + 1) = soft labels ‖ untrusted share."""
+        y, w = targets[:, :-1].float(), targets[:, -1:].float()
+        if self.noisy_head is not None:
+            embedding = self.model.embed(x)
+            clean = self.model.head.classify[-1](embedding).float()
+            noisy = self.noisy_head(embedding).float()
+            per_example = (1 - w) * F.binary_cross_entropy_with_logits(
+                clean, y, reduction="none"
+            ) + w * F.binary_cross_entropy_with_logits(noisy, y, reduction="none")
+            return per_example.mean()
+        logits = self(x).float()
+        if self.treatment == "lsoft":
+            beta = 1 - w * (1 - self.lsoft_beta)
+            y = beta * y + (1 - beta) * torch.sigmoid(logits).detach()
+        return F.binary_cross_entropy_with_logits(logits, y)
 
     # -- training ------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -85,7 +121,7 @@ class TaggerModule(L.LightningModule):
         torch.manual_seed(self.seed * 1_000_003 + self.global_step * 101 + self.global_rank)
         x, y = batch
         x, y = self.augment(x, y)
-        loss = F.binary_cross_entropy_with_logits(self(x).float(), y.float())
+        loss = self.loss(x, y)
         self._loss_sum += float(loss.detach()) * len(x)
         self._loss_count += len(x)
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
@@ -176,35 +212,34 @@ class EpochMetricsCSV(Callback):
         }
         rows = read_metrics(self.path)
         rows = [r for r in rows if int(r["epoch"]) < row["epoch"]] + [row]
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        write_csv(self.path, pd.DataFrame(rows, columns=METRIC_COLUMNS))
 
 
 def read_metrics(path: Path) -> list[dict]:
     if not Path(path).is_file():
         return []
-    with Path(path).open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    return pd.read_csv(path).to_dict("records")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file and renamed, so a kill never leaves half a file."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 def resolve_precision(precision: str) -> str:
     if precision != "auto":
         return precision
     return "16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def inference_device(cfg: RunConfig) -> str:
+    """Where a trained fold model predicts its out-of-fold and test clips: the training GPU if any."""
+    if cfg.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
 
 
 def _devices(devices: str):
@@ -290,6 +325,8 @@ def build_module(cfg: RunConfig, arch: str, n_classes: int, lr: float, seed: int
         betas=(t.beta1, t.beta2),
         pct_start=t.pct_start,
         seed=seed,
+        treatment=cfg.noisy.treatment,
+        lsoft_beta=cfg.noisy.lsoft_beta,
     )
 
 
@@ -322,6 +359,7 @@ def fit_fold(
     resume = ckpt if ckpt.is_file() else None
     if resume is None and init_state is not None:
         module.model.load_state_dict(init_state)
+        module.reset_noisy_head()
     trainer = make_trainer(cfg, epochs, fold_dir, progress, callbacks)
     if resume is not None:
         log.info("resuming %s from %s", fold_dir, resume)

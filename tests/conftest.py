@@ -53,7 +53,7 @@ def tiny_run(tiny_data, tiny_cache, tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
     cfg = tiny_config(**{"data.cache_dir": str(tiny_cache)})
-    run_pipeline(tiny_data, run_dir, cfg, progress=False, report=True)
+    run_pipeline(tiny_data, run_dir, cfg, progress=False)
     return run_dir
 
 

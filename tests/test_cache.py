@@ -17,7 +17,7 @@ import soundfile as sf
 
 from noisytag import cache as cache_mod
 from noisytag.audio import load
-from noisytag.cache import CacheError, FeatureCache, build_cache, extract_files, split_dir
+from noisytag.cache import CacheError, FeatureCache, build_cache, split_dir
 from noisytag.config import FrontendConfig
 from noisytag.features import log_mel
 
@@ -132,14 +132,6 @@ def test_parameter_change_builds_a_new_cache(data, tmp_path):
     (b / "test" / "manifest.json").write_text((a / "test" / "manifest.json").read_text())
     with pytest.raises(CacheError, match="other front-end parameters"):
         FeatureCache.open(tmp_path / "cache", other, "test")
-
-
-def test_extract_files_reports_errors_in_order(data):
-    paths = [data / "test" / "t0.wav", data / "train_curated" / "corrupt.wav", data / "test" / "t1.wav"]
-    results = list(extract_files(paths, CFG, workers=1))
-    assert [r[0] for r in results] == paths
-    assert results[0][1].shape == (128, 128) and results[0][2] is None
-    assert results[1][1] is None and results[1][2].startswith(f"{paths[1]}: cannot decode")
 
 
 _SLOW_BUILD = """

@@ -35,7 +35,8 @@ def test_random_windows_depend_only_on_seed_epoch_and_clip(curated):
     data = RandomWindowDataset(caches, clips, width=128, seed=1)
     n = len(clips)
     x0, y0 = data[0]
-    assert x0.shape == (1, 128, 128) and y0.shape == (3,)
+    assert x0.shape == (1, 128, 128) and y0.shape == (4,)  # 3 classes + the untrusted flag
+    assert y0[-1] == 0  # clips are trusted unless marked
     assert 0.0 <= float(x0.min()) and float(x0.max()) <= 1.0  # min-max normalised
     same = RandomWindowDataset(caches, clips, width=128, seed=1)
     assert np.array_equal(same[5 * n + 1][0].numpy(), data[5 * n + 1][0].numpy())

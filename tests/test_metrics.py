@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import warnings
-
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noisytag.metrics import LwlrapMetric, clip_lwlrap, lwlrap, per_class_lwlrap, positive_precisions
+from noisytag.metrics import clip_lwlrap, lwlrap, per_class_lwlrap, positive_precisions
 
 
 def reference_precisions(scores_row: np.ndarray, truth_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,73 +150,3 @@ def test_logits_and_probabilities_agree():
     truth, _ = random_case(rng, 100, 10, 0.1)
     logits = rng.normal(size=truth.shape) * 3
     assert lwlrap(truth, logits) == lwlrap(truth, 1 / (1 + np.exp(-logits)))
-
-
-def test_metric_accumulates_and_dedupes_by_index():
-    rng = np.random.default_rng(1)
-    truth, scores = random_case(rng, 50, 8, 0.2)
-    expected = lwlrap(truth, scores)
-    metric = LwlrapMetric()
-    idx = np.arange(50)
-    for a in range(0, 50, 16):
-        metric.update(
-            torch.tensor(scores[a : a + 16]), torch.tensor(truth[a : a + 16]), torch.tensor(idx[a : a + 16])
-        )
-    # a DistributedSampler-style pad: clips 0 and 1 seen again
-    metric.update(torch.tensor(scores[:2]), torch.tensor(truth[:2]), torch.tensor([0, 1]))
-    value = metric.compute()
-    assert value.dtype == torch.float64 and abs(float(value) - expected) < 1e-12
-
-    plain = LwlrapMetric()  # without indices the padded rows would count twice
-    plain.update(torch.tensor(scores), torch.tensor(truth))
-    assert abs(float(plain.compute()) - expected) < 1e-12
-    plain.update(torch.tensor(scores[:2]), torch.tensor(truth[:2]))
-    assert abs(float(plain.compute()) - lwlrap(np.r_[truth, truth[:2]], np.r_[scores, scores[:2]])) < 1e-12
-
-    metric.reset()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert torch.isnan(metric.compute())
-
-
-def test_metric_rejects_mixed_index_and_bad_shapes():
-    metric = LwlrapMetric()
-    metric.update(torch.rand(4, 3), torch.ones(4, 3), torch.arange(4))
-    metric.update(torch.rand(4, 3), torch.ones(4, 3))
-    with pytest.raises(ValueError, match="every update"):
-        metric.compute()
-    with pytest.raises(ValueError, match="must be equal"):
-        metric.update(torch.rand(4, 3), torch.ones(4, 2))
-    with pytest.raises(ValueError, match="entries"):
-        metric.update(torch.rand(4, 3), torch.ones(4, 3), torch.arange(3))
-
-
-def _ddp_worker(rank: int, world: int, port: int, truth, scores, shards, results) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        metric = LwlrapMetric()
-        idx = torch.tensor(shards[rank])
-        metric.update(torch.tensor(scores[idx]), torch.tensor(truth[idx]), idx)
-        results[rank] = float(metric.compute())
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_metric_under_ddp_gathers_and_dedupes():
-    """Two gloo processes, shards padded like DistributedSampler: both see the single-process value."""
-    import torch.multiprocessing as mp
-
-    rng = np.random.default_rng(5)
-    truth, scores = random_case(rng, 21, 6, 0.2)
-    shards = [list(range(0, 21, 2)), list(range(1, 21, 2)) + [0]]  # 11 + 11 rows, clip 0 twice
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.spawn(_ddp_worker, args=(2, port, truth, scores, shards, results), nprocs=2, join=True)
-    expected = lwlrap(truth, scores)
-    assert abs(results[0] - expected) < 1e-12 and abs(results[1] - expected) < 1e-12

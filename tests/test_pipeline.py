@@ -10,9 +10,8 @@ import pytest
 from conftest import tiny_config
 
 from noisytag.config import save_config
-from noisytag.context import RunConfigMismatch
 from noisytag.pipeline import run_pipeline
-from noisytag.rundir import RunDir
+from noisytag.rundir import RunConfigMismatch, RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +59,7 @@ def test_rerun_skips_finished_folds(tiny_run, tiny_data, tiny_cache):
     before = weights.stat().st_mtime_ns
     started = time.perf_counter()
     cfg = tiny_config(**{"data.cache_dir": str(tiny_cache)})
-    run_pipeline(tiny_data, tiny_run, cfg, progress=False, report=False)
+    run_pipeline(tiny_data, tiny_run, cfg, progress=False)
     assert weights.stat().st_mtime_ns == before
     assert time.perf_counter() - started < 60
 
@@ -68,7 +67,7 @@ def test_rerun_skips_finished_folds(tiny_run, tiny_data, tiny_cache):
 def test_changed_config_is_refused_without_force(tiny_run, tiny_data, tiny_cache):
     cfg = tiny_config(**{"data.cache_dir": str(tiny_cache), "train.lr": 0.01})
     with pytest.raises(RunConfigMismatch, match=r"train\.lr"):
-        run_pipeline(tiny_data, tiny_run, cfg, progress=False, report=False)
+        run_pipeline(tiny_data, tiny_run, cfg, progress=False)
 
 
 def _pipeline_cmd(data, run, config):

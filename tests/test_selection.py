@@ -1,4 +1,4 @@
-"""Selection rules of SPEC §6 on hand-made score tables."""
+"""Selection rules of SPEC §6 and the cleanlab detector of §6b on hand-made tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisytag.selection import selection_summary, stage3_selection, stage4_selection
+from noisytag.detectors import cleanlab_verdicts
+from noisytag.selection import (
+    cleanlab_selection,
+    detector_audit,
+    oof_lwlrap_flags,
+    select_noisy,
+    stage3_selection,
+    stage4_selection,
+)
 
 
 def table(rows):
@@ -75,8 +83,6 @@ def test_stage3_multi_label_clip_blocked_by_one_full_label():
     ]
     out = stage3_selection(table(rows), cap=2)
     assert list(out["fname"]) == ["a.wav", "b.wav", "d.wav", "e.wav", "g.wav"]
-    summary = selection_summary(out, ["x", "y", "z"])
-    assert summary.to_dict("list") == {"label": ["x", "y", "z"], "count": [3, 3, 0]}
 
 
 def test_stage3_multi_label_clip_uses_room_of_every_label():
@@ -118,4 +124,192 @@ def test_labels_as_csv_strings_and_errors():
         stage3_selection(t, cap=-1)
     empty = stage3_selection(t.iloc[:0])
     assert empty.empty and list(empty.columns) == ["fname", "fold", "labels", "score"]
-    assert math.isclose(selection_summary(out, ["x"])["count"].sum(), 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# cleanlab detector
+
+
+def corrupted_case():
+    """72 clips, 4 classes (some clips carry two), confident OOF probabilities that agree with the truth,
+    and 8 given label sets corrupted: labels swapped, a true label dropped, a wrong label added."""
+    rng = np.random.default_rng(1)
+    n, k = 72, 4
+    truth = np.zeros((n, k), dtype=bool)
+    truth[np.arange(n), np.arange(n) % k] = True
+    two = np.arange(0, n, 9)
+    truth[two, (two + 2) % k] = True
+    probs = np.where(truth, rng.uniform(0.85, 0.98, (n, k)), rng.uniform(0.01, 0.1, (n, k)))
+    given = truth.copy()
+    swapped, dropped, added = [5, 22, 47, 61], [9, 36], [14, 50]
+    for i in swapped:
+        given[i] = np.roll(truth[i], 1)
+    for i in dropped:
+        given[i, np.flatnonzero(truth[i])[1]] = False
+    for i in added:
+        given[i, (np.flatnonzero(truth[i])[0] + 1) % k] = True
+    return given, probs, sorted(swapped + dropped + added)
+
+
+def test_cleanlab_flags_exactly_the_corrupted_clips():
+    given, probs, corrupted = corrupted_case()
+    out = cleanlab_verdicts(given, probs)
+    assert list(out.columns) == ["label_quality", "label_issue"] and len(out) == len(given)
+    assert list(np.flatnonzero(out["label_issue"])) == corrupted
+    assert out.attrs["fallback"] is None
+    clean = np.delete(out["label_quality"].to_numpy(), corrupted)
+    assert out["label_quality"].to_numpy()[corrupted].max() < clean.min()
+    assert ((out["label_quality"] >= 0) & (out["label_quality"] <= 1)).all()
+
+
+def test_cleanlab_small_data_falls_back_with_a_reason(caplog):
+    # class 0 is given to every clip: cleanlab cannot judge it; predicted ≠ given judges it instead
+    given = np.array([[1, 1, 0], [1, 0, 1], [1, 0, 0], [1, 0, 0]])
+    probs = np.array([[0.9, 0.9, 0.1], [0.9, 0.1, 0.9], [0.2, 0.1, 0.1], [0.9, 0.1, 0.1]])
+    with caplog.at_level("WARNING", logger="noisytag.selection"):
+        out = cleanlab_verdicts(given, probs)
+    assert list(out["label_issue"]) == [False, False, True, False]
+    assert "every clip" in out.attrs["fallback"] and "every clip" in caplog.text
+    # one clip: cleanlab cannot run at all
+    one = cleanlab_verdicts(np.array([[1, 0]]), np.array([[0.3, 0.2]]))
+    assert list(one["label_issue"]) == [True] and "predicted" in one.attrs["fallback"]
+    assert 0 < one["label_quality"][0] < 1
+    # one class (cleanlab's quality refuses K = 1): both computed without it
+    given1 = np.arange(20)[:, None] % 2
+    probs1 = np.where(given1 == 1, 0.9, 0.1)
+    probs1[3] = 0.02  # given, but confidently predicted absent
+    k1 = cleanlab_verdicts(given1, probs1)
+    assert list(np.flatnonzero(k1["label_issue"])) == [3]
+    assert np.allclose(k1["label_quality"], np.where(np.arange(20) == 3, 0.02, 0.9))
+    assert "without cleanlab" in k1.attrs["fallback"]
+
+
+def test_cleanlab_fallback_quality_is_cleanlab_formula():
+    """The numpy fallback gives cleanlab's own default scores where cleanlab runs."""
+    from noisytag.detectors import _self_confidence_quality
+
+    given, probs, _ = corrupted_case()
+    assert np.allclose(
+        _self_confidence_quality(given, probs), cleanlab_verdicts(given, probs)["label_quality"]
+    )
+
+
+def test_cleanlab_rows_without_prediction_are_flagged_and_shapes_checked():
+    given, probs, corrupted = corrupted_case()
+    probs = probs.copy()
+    probs[0, 1] = np.nan
+    out = cleanlab_verdicts(given, probs)
+    assert out["label_issue"][0] and np.isnan(out["label_quality"][0])
+    assert list(np.flatnonzero(out["label_issue"][1:]) + 1) == corrupted
+    with pytest.raises(ValueError, match="shape"):
+        cleanlab_verdicts(given, probs[:, :3])
+
+
+def test_cleanlab_selection_uses_the_stage3_cap_rule():
+    rows = [
+        ("a.wav", 0, ("x",), 1.0),
+        ("b.wav", 0, ("x",), 0.9),
+        ("c.wav", 0, ("x", "y"), 0.8),
+        ("d.wav", 0, ("y",), 0.7),
+        ("e.wav", 0, ("y",), 0.6),
+        ("f.wav", 0, ("y",), 0.55),
+        ("g.wav", 1, ("x", "y"), 0.7),
+        ("h.wav", 1, ("x",), 0.7),
+    ]
+    t = pd.DataFrame(rows, columns=["fname", "fold", "labels", "q"])
+    quality, none = t["q"].to_numpy(), np.zeros(len(t), dtype=bool)
+    for cap in (None, 0, 1, 2, 5):
+        expected = stage3_selection(t.assign(s1=t["q"], s2=t["q"]), threshold=0.0, cap=cap)
+        pd.testing.assert_frame_equal(cleanlab_selection(t, quality, none, cap=cap), expected)
+    issue = t["fname"].isin(["a.wav", "d.wav"]).to_numpy()
+    out = cleanlab_selection(t, quality, issue, cap=2)
+    assert list(out["fname"]) == ["b.wav", "c.wav", "e.wav", "g.wav", "h.wav"]  # flagged never enter
+    assert list(out.columns) == ["fname", "fold", "labels", "score"]
+    with pytest.raises(ValueError, match="one value per row"):
+        cleanlab_selection(t, quality[:3], none, cap=2)
+
+
+def test_detector_audit_agreement_precision_recall():
+    # stage 3 rule: sqrt(s1 s2) < 0.5 flags; cleanlab flags label_issue
+    t = pd.DataFrame(
+        {
+            "fname": [f"{c}.wav" for c in "abcdefgh"],
+            "fold": 0,
+            "labels": [("x",)] * 8,
+            "s1": [1.0, 1.0, 0.2, 0.2, 1.0, 0.2, 1.0, float("nan")],
+            "s2": [1.0, 1.0, 0.2, 0.2, 1.0, 0.2, 1.0, 1.0],
+            "label_issue": [False, True, True, True, False, False, False, True],
+        }
+    )
+    correct = np.array([True, False, False, False, True, True, True, False])
+    assert list(oof_lwlrap_flags(t)) == [False, False, True, True, False, True, False, True]
+    out = detector_audit(t, correct)
+    assert out["n"] == 8 and out["flagged_lwlrap"] == 4 and out["flagged_cleanlab"] == 4
+    assert out["agreement"] == 6 / 8
+    assert math.isclose(out["kappa"], (6 / 8 - 0.5) / 0.5)
+    assert out["n_wrong"] == 4
+    assert out["lwlrap_precision"] == 3 / 4 and out["lwlrap_recall"] == 3 / 4
+    assert out["cleanlab_precision"] == 1.0 and out["cleanlab_recall"] == 1.0
+    # the table's own correct column is the default; without one, no precision / recall
+    assert detector_audit(t.assign(correct=correct))["cleanlab_recall"] == 1.0
+    assert "n_wrong" not in detector_audit(t)
+    # stage 4: s3 below 1 flags
+    s4 = detector_audit(t.assign(s3=[1.0] * 4 + [0.5] * 4), correct, stage=4)
+    assert s4["flagged_lwlrap"] == 4 and s4["lwlrap_recall"] == s4["lwlrap_precision"] == 1 / 4
+    with pytest.raises(ValueError, match="label_issue"):
+        detector_audit(t.drop(columns="label_issue"))
+    # the columns of select_noisy's audit are read as they are
+    flagged = t.assign(lwlrap_flag=True, cleanlab_flag=t["label_issue"]).drop(columns=["s1", "label_issue"])
+    both = detector_audit(flagged, correct)
+    assert both["flagged_lwlrap"] == 8 and both["lwlrap_recall"] == 1.0 and both["lwlrap_precision"] == 0.5
+    assert both["kappa"] == 0.0 and both["agreement"] == 0.5  # one rater constant: no better than chance
+
+
+def test_select_noisy_both_detectors_and_the_method_switch():
+    from noisytag.config import SelectionConfig
+    from noisytag.metrics import clip_lwlrap
+
+    given, probs, corrupted = corrupted_case()
+    classes = np.array(["a", "b", "c", "d"])
+    s = clip_lwlrap(given, probs)
+    table = pd.DataFrame(
+        {
+            "fname": [f"c{i:02d}.wav" for i in range(len(given))],
+            "fold": np.arange(len(given)) % 3,
+            "labels": [tuple(classes[row]) for row in given],
+            "s1": s,
+            "s2": s,
+            "s3": s,
+            "correct": ~np.isin(np.arange(len(given)), corrupted),
+        }
+    )
+    wide = SelectionConfig(method="cleanlab", stage3_cap=1000)
+    audit = select_noisy(table, given, probs, 3, wide)
+    assert list(audit.columns) == [
+        "fname", "fold", "labels", "score", "lwlrap_score", "label_quality",
+        "lwlrap_flag", "cleanlab_flag", "selected", "correct",
+    ]  # fmt: skip
+    assert sorted(audit.loc[~audit["selected"], "fname"]) == [f"c{i:02d}.wav" for i in corrupted]
+    assert np.allclose(audit["score"], audit["label_quality"])
+    summary = detector_audit(audit)
+    assert summary["cleanlab_precision"] == summary["cleanlab_recall"] == 1.0
+    # the cap of stage 3 holds for cleanlab too; stage 4 has none
+    capped = select_noisy(table, given, probs, 3, SelectionConfig(method="cleanlab", stage3_cap=2))
+    per_label = capped[capped["selected"]].explode("labels").groupby(["fold", "labels"]).size()
+    assert per_label.max() == 2
+    assert (
+        select_noisy(table, given, probs, 4, SelectionConfig(method="cleanlab", stage3_cap=2))[
+            "selected"
+        ].sum()
+        == 64
+    )
+    # oof_lwlrap: the same selection as stage3_selection, in the same order
+    rule = SelectionConfig(method="oof_lwlrap", stage3_cap=2)
+    audit = select_noisy(table, given, probs, 3, rule)
+    expected = stage3_selection(table, threshold=0.5, cap=2)
+    assert list(audit.loc[audit["selected"], "fname"]) == list(expected["fname"])
+    assert np.array_equal(
+        audit["lwlrap_flag"], oof_lwlrap_flags(audit.assign(s1=audit["score"], s2=audit["score"]))
+    )
+    with pytest.raises(ValueError, match="selection.method"):
+        select_noisy(table, given, probs, 3, SelectionConfig(method="vote"))

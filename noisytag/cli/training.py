@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from noisytag.cli import ConfigOpt, SetOpt, app, console, err_console, fail, load_cfg  # noqa: F401
+from noisytag.cli import ConfigOpt, SetOpt, app, console, fail, load_cfg
+from noisytag.config import with_overrides
+from noisytag.data import DataError
+from noisytag.rundir import RunConfigMismatch
+
+# Heavy (torch, lightning): imported inside the commands so `noisytag --help` stays instant.
+# noisytag.context, noisytag.pipeline, noisytag.report, noisytag.summary, noisytag.synth
 
 
 def run_config(config: Path | None, out: Path) -> Path | None:
@@ -27,7 +34,9 @@ def train(
     fold: Annotated[
         list[int] | None, typer.Option(help="Fold(s) to train (repeatable); default: all.")
     ] = None,
-    arch: Annotated[str | None, typer.Option(help="Architecture; default: model.name.")] = None,
+    arch: Annotated[
+        list[str] | None, typer.Option(help="Architecture(s) (repeatable); default: pipeline.architectures.")
+    ] = None,
     devices: Annotated[str | None, typer.Option(help="Devices per node (e.g. 2, or auto).")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Number of nodes (DDP).")] = None,
     config: ConfigOpt = None,
@@ -41,11 +50,6 @@ def train(
     select noisy clips from the earlier stages' out-of-fold scores. With --devices/--num-nodes the same
     command runs under Lightning's DDP (or launch it with torchrun / SLURM).
     """
-    from noisytag.config import with_overrides
-    from noisytag.context import RunConfigMismatch, prepare
-    from noisytag.data import DataError
-    from noisytag.pipeline import run_stage
-
     cfg = load_cfg(run_config(config, out), set_)
     extra = []
     if devices is not None:
@@ -54,13 +58,18 @@ def train(
         extra.append(f"train.num_nodes={num_nodes}")
     if extra:
         cfg = with_overrides(cfg, extra)
-    arch = arch or cfg.model.name
+    from noisytag.context import open_run
+    from noisytag.pipeline import check_config, run_stage
+
+    archs = arch or list(cfg.pipeline.architectures)
     try:
-        ctx = prepare(data_dir, out, cfg, force=force, progress=progress)
-        run_stage(ctx, arch, stage, fold)
+        check_config(cfg)
+        ctx = open_run(data_dir, out, cfg, force=force, progress=progress)
+        for name in archs:
+            run_stage(ctx, name, stage, fold)
     except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
         fail(str(err))
-    console.print(f"[green]stage {stage} of {arch} trained[/] -> {out}")
+    console.print(f"[green]stage {stage} of {', '.join(archs)} trained[/] -> {out}")
 
 
 @app.command(rich_help_panel="Training")
@@ -81,16 +90,17 @@ def pipeline(
     epoch; finished folds and stages are not redone. Without --config an existing run directory keeps
     the config it was made with. Prints the article's stage table at the end.
     """
-    from noisytag.context import RunConfigMismatch
-    from noisytag.data import DataError
     from noisytag.pipeline import run_pipeline
+    from noisytag.report import write_report
     from noisytag.summary import print_results
 
     cfg = load_cfg(run_config(config, out), set_)
     try:
-        results = run_pipeline(data_dir, out, cfg, force=force, progress=progress, report=report)
+        results = run_pipeline(data_dir, out, cfg, force=force, progress=progress)
     except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
         fail(str(err))
+    if report:
+        results["report"] = write_report(out, data_dir=data_dir)
     print_results(console, results, out)
 
 
@@ -106,10 +116,8 @@ def demo(
     force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
 ) -> None:
     """The main job end to end: make the synthetic demo data set, run the pipeline, score the test set."""
-    import time
-
-    from noisytag.context import RunConfigMismatch
     from noisytag.pipeline import run_pipeline
+    from noisytag.report import write_report
     from noisytag.summary import print_results
     from noisytag.synth import generate
 
@@ -123,7 +131,8 @@ def demo(
         )
     try:
         results = run_pipeline(data, out, cfg, force=force, progress=True)
-    except (RunConfigMismatch, ValueError, RuntimeError) as err:
+    except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
         fail(str(err))
+    results["report"] = write_report(out, data_dir=data)
     print_results(console, results, out)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
