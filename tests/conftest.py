@@ -57,6 +57,14 @@ def tiny_run(tiny_data, tiny_cache, tmp_path_factory):
     return run_dir
 
 
+@pytest.fixture()
+def run_copy(tiny_run, tmp_path):
+    """A private copy of the finished tiny run, free to change (``tiny_run`` itself is shared)."""
+    import shutil
+
+    return shutil.copytree(tiny_run, tmp_path / "run")
+
+
 def write_model_run(root, classes, members=((2, 0), (3, 0)), width=0.125, in_channels=1, bn_stats=False):
     """A run directory holding tiny untrained cnn1 fold models (enough to exercise inference/export).
 

@@ -73,10 +73,10 @@ def test_lsoft_pulls_untrusted_targets_towards_the_prediction():
 @pytest.mark.slow
 @pytest.mark.parametrize("treatment", ["head", "lsoft", "given"])
 def test_treated_stages_train_on_every_noisy_clip_of_the_other_folds(
-    treatment, tiny_run, tiny_data, tiny_cache
+    treatment, run_copy, tiny_data, tiny_cache
 ):
     cfg = {"data.cache_dir": str(tiny_cache), "noisy.treatment": treatment}
-    ctx = open_run(tiny_data, tiny_run, tiny_config(**cfg), force=True, progress=False)
+    ctx = open_run(tiny_data, run_copy, tiny_config(**cfg), force=True, progress=False)
     for stage in (3, 4):
         clips = pipeline.training_clips(ctx, "cnn1", stage, 0)
         noisy = clips.split == "noisy"
@@ -90,15 +90,15 @@ def test_treated_stages_train_on_every_noisy_clip_of_the_other_folds(
             assert weight == (0.0 if trusted else 1.0)
     # the seed's behaviour stays: without a treatment, unselected noisy clips are dropped
     seed = open_run(
-        tiny_data, tiny_run, tiny_config(**{"data.cache_dir": str(tiny_cache)}), force=True, progress=False
+        tiny_data, run_copy, tiny_config(**{"data.cache_dir": str(tiny_cache)}), force=True, progress=False
     )
     assert len(pipeline.training_clips(seed, "cnn1", 3, 0)) < len(pipeline.training_clips(ctx, "cnn1", 3, 0))
 
 
 @pytest.mark.slow
-def test_relabelled_targets_lie_between_given_labels_and_predictions(tiny_run, tiny_data, tiny_cache):
+def test_relabelled_targets_lie_between_given_labels_and_predictions(run_copy, tiny_data, tiny_cache):
     cfg = {"data.cache_dir": str(tiny_cache), "noisy.treatment": "relabel", "noisy.relabel_alpha": 0.5}
-    ctx = open_run(tiny_data, tiny_run, tiny_config(**cfg), force=True, progress=False)
+    ctx = open_run(tiny_data, run_copy, tiny_config(**cfg), force=True, progress=False)
     clips = pipeline.training_clips(ctx, "cnn1", 3, 0)
     oof = np.mean([stage_oof(ctx, "cnn1", s, "noisy") for s in (1, 2)], axis=0)
     given = ctx.noisy.clips.targets

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,12 +19,6 @@ from noisytag.rundir import RunDir
 from noisytag.weights import load_model
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture()
-def run_copy(tiny_run, tmp_path):
-    """A private copy of the finished tiny run, free to change."""
-    return shutil.copytree(tiny_run, tmp_path / "run")
 
 
 def _context(data, run_dir, cache, **overrides):
