@@ -147,8 +147,9 @@ def stage_key(cfg: RunConfig, arch: str, stage: int) -> str:
     return key[:16]
 
 
-def _relabelled(ctx: RunContext, arch: str, stage: int, noisy: ClipSet) -> ClipSet:
+def _relabelled(ctx: RunContext, arch: str, stage: int) -> ClipSet:
     """Soft targets α·given + (1 − α)·(mean OOF of the earlier stages) for the noisy clips."""
+    noisy = ctx.noisy.clips
     earlier = [
         o for s in run_stages(ctx.cfg) if s < stage and (o := stage_oof(ctx, arch, s, "noisy")) is not None
     ]
@@ -171,17 +172,17 @@ def training_clips(ctx: RunContext, arch: str, stage: int, fold: int) -> ClipSet
     if stage >= 3:
         chosen = set(select_for(ctx, arch, stage).query("fold != @fold")["fname"])
         trusted = np.array([f in chosen for f in ctx.noisy.fnames], dtype=bool)
-    parts = [] if stage == 1 and not treated(cfg, 1) else [curated]
     if stage == 1 and not treated(cfg, 1):
-        parts.append(ctx.noisy.rows(other_folds))  # the seed's stage 1: noisy clips, given labels
+        parts = [ctx.noisy.rows(other_folds)]  # the seed's stage 1: noisy clips, given labels
+    else:
+        parts = [curated]
     if trusted.any():
         parts.append(ctx.noisy.rows(other_folds & trusted))
     if treated(cfg, stage):
-        rest = ctx.noisy.clips.with_labels(untrusted=1.0)
         if cfg.noisy.treatment == "relabel":
-            rest = _relabelled(ctx, arch, stage, ctx.noisy.clips)
-        elif cfg.noisy.treatment == "given":
-            rest = rest.with_labels(untrusted=0.0)
+            rest = _relabelled(ctx, arch, stage)
+        else:
+            rest = ctx.noisy.clips.with_labels(untrusted=0.0 if cfg.noisy.treatment == "given" else 1.0)
         parts.append(rest.subset(other_folds & ~trusted))
     return ClipSet.concat(parts)
 
@@ -261,6 +262,15 @@ def run_fold(ctx: RunContext, arch: str, stage: int, fold: int) -> None:
 # selections (stages 3 and 4)
 
 
+def write_clip_table(path: Path, frame: pd.DataFrame) -> None:
+    """A per-clip table as CSV, label tuples written as "a,b" like the data set's own CSVs."""
+    out = frame.copy()
+    for col in ("labels", "true_labels"):
+        if col in out:
+            out[col] = out[col].map(format_labels)
+    write_csv(path, out)
+
+
 def select_for(ctx: RunContext, arch: str, stage: int) -> pd.DataFrame:
     """The noisy clips trusted in stage 3 or 4, computed once per (arch, stage) and run, and saved.
 
@@ -280,11 +290,7 @@ def select_for(ctx: RunContext, arch: str, stage: int) -> pd.DataFrame:
     selected = audit[audit["selected"]].drop(columns=["selected"]).reset_index(drop=True)
     if is_global_zero():
         for frame, path in ((selected, ctx.run.selection(arch, stage)), (audit, ctx.run.audit(arch, stage))):
-            out = frame.copy()
-            for col in ("labels", "true_labels"):
-                if col in out:
-                    out[col] = out[col].map(format_labels)
-            write_csv(path, out)
+            write_clip_table(path, frame)
     ctx.selections[(arch, stage)] = selected
     return selected
 
@@ -302,11 +308,7 @@ def run_stage(ctx: RunContext, arch: str, stage: int, folds: Sequence[int] | Non
     for fold in folds if folds is not None else range(ctx.cfg.train.folds):
         run_fold(ctx, arch, stage, fold)
     if is_global_zero():
-        out = noisy_scores(ctx, arch)
-        for col in ("labels", "true_labels"):
-            if col in out:
-                out[col] = out[col].map(format_labels)
-        write_csv(ctx.run.scores(arch), out)
+        write_clip_table(ctx.run.scores(arch), noisy_scores(ctx, arch))
 
 
 def selection_table(ctx: RunContext) -> pd.DataFrame:
