@@ -47,6 +47,7 @@ from noisytag.config import FrontendConfig
 from noisytag.data import SPLITS
 from noisytag.features import LogMel, log_mel_frames, mel_filters
 from noisytag.fileio import write_text
+from noisytag.manifest import is_manifest, load_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ _DTYPE = np.dtype("<f2")
 # Reading a page of a mapping also maps its cached neighbours (the kernel's fault-around, 64 KB),
 # so each read range is counted as up to this much more towards the resident budget.
 _FAULT_AROUND = 128 * 1024
+POOL = "files"  # the cache folder of manifest clips, keyed by resolved path and shared by manifests
 _SYNC_SECONDS = 10.0  # fsync data + log at most this often (kill -9 needs only the write order)
 
 
@@ -72,16 +74,18 @@ class CacheError(RuntimeError):
 
 
 def default_cache_dir(data_dir: str | Path) -> Path:
-    """Where features are cached unless configured: ``DATA_DIR/.noisytag-cache``."""
-    return Path(data_dir) / ".noisytag-cache"
+    """Where features are cached unless configured: ``DATA_DIR/.noisytag-cache`` (beside a manifest)."""
+    data_dir = Path(data_dir)
+    return (data_dir.parent if is_manifest(data_dir) else data_dir) / ".noisytag-cache"
 
 
 def split_folder(split: str) -> str:
-    """Split key ("curated", "noisy", "test") or folder name → folder name ("train_curated", …)."""
+    """Split key ("curated", "noisy", "test") or folder name ("train_curated", …, or the manifest
+    pool "files") → folder name."""
 
     if split in SPLITS:
         return SPLITS[split]
-    if split in SPLITS.values():
+    if split in (*SPLITS.values(), POOL):
         return split
     raise CacheError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)})")
 
@@ -233,12 +237,18 @@ def _recover(out: Path, n_mels: int) -> tuple[list[dict], int]:
     return entries, rows
 
 
-def _build_split(folder: Path, out: Path, cfg: FrontendConfig, workers: int, bar) -> None:
-    """Extract one split folder into ``out`` (resumable); ``bar(total)`` → advance callable."""
+def _build_group(
+    clips: Sequence[tuple[str, Path]], out: Path, cfg: FrontendConfig, workers: int, bar, keep_others: bool
+) -> None:
+    """Extract clips (key, audio path) into ``out`` (resumable); ``bar(total)`` → advance callable.
+
+    The index lists the given clips; with ``keep_others`` also every clip indexed before (a shared
+    pool of several manifests: building for one never drops the other's clips).
+    """
     import pandas as pd
 
-    stats = [(p, p.stat()) for p in audio_files(folder)]
-    files = [(p.name, st.st_size, st.st_mtime_ns) for p, st in stats]
+    stats = [(key, p, p.stat()) for key, p in clips]
+    files = [(key, st.st_size, st.st_mtime_ns) for key, _, st in stats]
     signature = _signature(files, cfg)
     out.mkdir(parents=True, exist_ok=True)
     done = out / DONE
@@ -252,13 +262,13 @@ def _build_split(folder: Path, out: Path, cfg: FrontendConfig, workers: int, bar
         entries, rows = _recover(out, cfg.n_mels)
         current = {name: (size, mtime) for name, size, mtime in files}
         latest = {e["fname"]: e for e in entries if current.get(e["fname"]) == (e["size"], e["mtime"])}
-        todo = [(p, st) for p, st in stats if p.name not in latest]
+        todo = [(key, p, st) for key, p, st in stats if key not in latest]
         advance = bar(len(todo))
         with open(out / FRAMES, "ab") as data, open(out / PROGRESS, "a") as log:
             synced = time.monotonic()
-            results = _ordered_results([str(p) for p, _ in todo], cfg, workers)
-            for (path, st), res in zip(todo, results, strict=True):
-                entry = {"fname": path.name, "size": st.st_size, "mtime": st.st_mtime_ns}
+            results = _ordered_results([str(p) for _, p, _ in todo], cfg, workers)
+            for (key, path, st), res in zip(todo, results, strict=True):
+                entry = {"fname": key, "size": st.st_size, "mtime": st.st_mtime_ns}
                 if res[0] == "ok":
                     db, lo, hi, seconds = res[1:]
                     data.write(db.tobytes())
@@ -270,7 +280,7 @@ def _build_split(folder: Path, out: Path, cfg: FrontendConfig, workers: int, bar
                     logger.warning("%s: %s", path, res[1])
                 log.write(json.dumps(entry) + "\n")
                 log.flush()
-                latest[path.name] = entry
+                latest[key] = entry
                 advance()
                 if time.monotonic() - synced > _SYNC_SECONDS:
                     os.fsync(data.fileno())
@@ -281,24 +291,50 @@ def _build_split(folder: Path, out: Path, cfg: FrontendConfig, workers: int, bar
         kept = [latest[name] for name, _, _ in files]
         ok = [e for e in kept if "error" not in e]
         index = pd.DataFrame([{k: e[k] for k in INDEX_COLUMNS} for e in ok], columns=INDEX_COLUMNS)
+        if keep_others and (out / INDEX).exists():
+            before = pd.read_csv(out / INDEX, dtype={"fname": str}, keep_default_na=False)
+            index = pd.concat([before[~before["fname"].isin(current)], index], ignore_index=True)
+        index = index.sort_values("fname", kind="stable").reset_index(drop=True)
         write_text(out / INDEX, index.to_csv(index=False))
         failed = [[e["fname"], e["error"]] for e in kept if "error" in e]
         manifest = {
             "format_version": FORMAT_VERSION,
             "key": cfg.key(),
-            "split": folder.name,
+            "split": out.name,
             "frontend": dataclasses.asdict(cfg),
             "dtype": "float16",
             "layout": "frames.f16 is row-major (total_frames, n_mels); clip = rows [offset, offset + n_frames)",
             "lo_hi": "min/max of the stored float16 dB values of each clip",
             "n_mels": cfg.n_mels,
             "total_frames": rows,
-            "n_clips": len(ok),
-            "seconds": float(sum(e["duration"] for e in ok)),
+            "n_clips": len(index),
+            "seconds": float(index["duration"].astype(float).sum()),
             "failed": failed,
         }
         write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         write_text(done, signature)
+
+
+def _groups(data_dir: Path, splits: Sequence[str]) -> list[tuple[str, list[tuple[str, Path]]]]:
+    """(cache folder, clips (key, path)) to extract: one folder per split folder of the competition
+    layout (every audio file in it, keyed by file name), or the pool of a manifest's clips."""
+    if is_manifest(data_dir):
+        data = load_manifest(data_dir, skip_invalid=True, splits=tuple(splits))
+        keys = {k for s in splits for k in data.split(s)["key"]}  # a manifest's key is the resolved path
+        return [(POOL, [(k, Path(k)) for k in sorted(keys)])]
+    groups = []
+    for split in splits:
+        folder = data_dir / split_folder(split)
+        if not folder.is_dir():
+            logger.warning("%s: split folder missing, skipped", folder)
+            continue
+        groups.append((folder.name, [(p.name, p) for p in audio_files(folder)]))
+    return groups
+
+
+def cache_folder(data_dir: str | Path, split: str) -> str:
+    """The cache folder holding a split's clips: its split folder, or the pool for a manifest."""
+    return POOL if is_manifest(data_dir) else split_folder(split)
 
 
 def build_cache(
@@ -309,14 +345,16 @@ def build_cache(
     workers: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Extract every audio file of each split folder into ``cache_dir/<cfg.key()>/`` → that directory.
+    """Extract the clips of a data set into ``cache_dir/<cfg.key()>/`` → that directory.
 
-    Resumable after any interruption; an up-to-date split returns at once. A missing split folder is
-    skipped with a warning; unreadable files are logged, listed in the manifest and skipped.
-    ``workers``: extraction processes (0 = all cores, 1 = this process).
+    ``data_dir``: a folder in the competition layout (every audio file of each split folder goes to a
+    cache folder of the same name) or a manifest CSV (its clips go to the shared ``files`` pool, keyed by
+    resolved path). Resumable after any interruption; an up-to-date split returns at once. A missing
+    split folder is skipped with a warning; unreadable files are logged, listed in the manifest and
+    skipped. ``workers``: extraction processes (0 = all cores, 1 = this process).
     """
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    if not data_dir.exists():
         raise CacheError(f"{data_dir}: data directory does not exist")
     root = Path(cache_dir) / cfg.key()
     with contextlib.ExitStack() as stack:
@@ -331,19 +369,15 @@ def build_cache(
                     TimeRemainingColumn(),
                 )
             )
-        for split in splits:
-            folder = data_dir / split_folder(split)
-            if not folder.is_dir():
-                logger.warning("%s: split folder missing, skipped", folder)
-                continue
+        for folder, clips in _groups(data_dir, splits):
 
-            def bar(total: int, name: str = folder.name):
+            def bar(total: int, name: str = folder):
                 if not progress or total == 0:
                     return lambda: None
                 task = bars.add_task(f"features {name}", total=total)
                 return lambda: bars.advance(task)
 
-            _build_split(folder, root / folder.name, cfg, workers, bar)
+            _build_group(clips, root / folder, cfg, workers, bar, keep_others=folder == POOL)
     return root
 
 
@@ -358,10 +392,17 @@ class FeatureCache:
     process has touched count towards its resident memory, so after ``resident_mb`` megabytes of reads
     the mapping is released with ``madvise(MADV_DONTNEED)`` (the data stays in the OS page cache and
     is faulted back cheaply): random reads over a 6 GB cache stay within a fixed footprint.
-    Picklable (re-opens the files), e.g. for DataLoader worker processes.
+    Picklable, e.g. for DataLoader worker processes: a copy re-maps the files but keeps this index, so
+    its positions stay valid while another process adds clips to the same cache.
     """
 
-    def __init__(self, directory: str | Path, resident_mb: float = 32.0, split: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        resident_mb: float = 32.0,
+        split: str | None = None,
+        index=None,
+    ) -> None:
         import pandas as pd
 
         self.directory = Path(directory)
@@ -372,17 +413,19 @@ class FeatureCache:
             )
         self.manifest = json.loads((self.directory / MANIFEST).read_text())
         self.n_mels = int(self.manifest["n_mels"])
-        self.index = pd.read_csv(
-            self.directory / INDEX,
-            dtype={
-                "fname": str,
-                "offset": np.int64,
-                "n_frames": np.int64,
-                "lo": np.float32,
-                "hi": np.float32,
-            },
-            keep_default_na=False,
-        )
+        if index is None:
+            index = pd.read_csv(
+                self.directory / INDEX,
+                dtype={
+                    "fname": str,
+                    "offset": np.int64,
+                    "n_frames": np.int64,
+                    "lo": np.float32,
+                    "hi": np.float32,
+                },
+                keep_default_na=False,
+            )
+        self.index = index
         self.failed: list[tuple[str, str]] = [(f, r) for f, r in self.manifest["failed"]]
         self._offset = self.index["offset"].to_numpy(np.int64)
         self._n_frames = self.index["n_frames"].to_numpy(np.int64)
@@ -391,7 +434,8 @@ class FeatureCache:
         self._resident_limit = int(resident_mb * 2**20)
         self._touched = 0
         self._mmap: mmap.mmap | None = None
-        total = int(self.manifest["total_frames"])
+        # Rows the index points at (frames.f16 only grows, and rows are on disk before their index line).
+        total = int((self._offset + self._n_frames).max()) if len(self.index) else 0
         size = total * self.n_mels * _DTYPE.itemsize
         if size == 0:
             self.frames = np.zeros((0, self.n_mels), dtype=_DTYPE)
@@ -413,7 +457,7 @@ class FeatureCache:
         return cache
 
     def __reduce__(self):
-        return (type(self), (self.directory, self._resident_limit / 2**20, self.split))
+        return (type(self), (self.directory, self._resident_limit / 2**20, self.split, self.index))
 
     def __len__(self) -> int:
         return len(self.index)

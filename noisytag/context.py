@@ -16,11 +16,12 @@ import pandas as pd
 import torch.distributed as dist
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from noisytag.cache import FeatureCache, build_cache, default_cache_dir
+from noisytag.cache import FeatureCache, build_cache, cache_folder, default_cache_dir
 from noisytag.config import RunConfig
-from noisytag.data import Dataset, load_dataset, multi_hot, read_truth
+from noisytag.data import Dataset, multi_hot
 from noisytag.folds import load_or_make_folds
 from noisytag.loader import ClipSet
+from noisytag.manifest import load_data
 from noisytag.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class Split:
     fnames: list[str]
     labels: list[tuple[str, ...]]
     fold: np.ndarray | None  # (N,) fold of each clip; None for the test split
-    truth: list[tuple[str, ...]] | None = None  # true label sets (data_dir/truth/<split>.csv)
+    truth: list[tuple[str, ...]] | None = None  # true label sets (truth/<split>.csv or a manifest's)
+    usage: list[str] | None = None  # test: the leaderboard part of each clip (Public / Private)
 
     def rows(self, mask: np.ndarray) -> ClipSet:
         return self.clips.subset(mask)
@@ -93,31 +95,30 @@ class RunContext:
 
 
 def open_caches(data_dir: Path, cfg: RunConfig, progress: bool) -> dict[str, FeatureCache]:
-    """Build (or reuse) the feature cache of each split and open it."""
+    """Build (or reuse) the feature cache of each split and open it (a manifest's splits share one)."""
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir)
     splits = (*LABELLED, "test")
     build_cache(data_dir, cache_dir, cfg.frontend, splits=splits, workers=cfg.data.workers, progress=progress)
-    caches = {s: FeatureCache.open(cache_dir, cfg.frontend, s) for s in splits}
-    for split, cache in caches.items():
-        for fname, reason in cache.failed:
-            log.warning("%s/%s left out: %s", split, fname, reason)
-    return caches
+    opened: dict[str, FeatureCache] = {}
+    for split in splits:
+        folder = cache_folder(data_dir, split)
+        if folder not in opened:
+            opened[folder] = FeatureCache.open(cache_dir, cfg.frontend, folder)
+            for fname, reason in opened[folder].failed:
+                log.warning("%s/%s left out: %s", folder, fname, reason)
+    return {s: opened[cache_folder(data_dir, s)] for s in splits}
 
 
 def _with_features(split: str, frame: pd.DataFrame, cache: FeatureCache) -> pd.DataFrame:
     """The rows of a split table whose clip the cache holds (files that failed extraction drop out)."""
-    held = frame["fname"].isin(set(cache.index["fname"]))
+    held = frame["key"].isin(set(cache.index["fname"]))
     if not held.all():
         log.warning("%s: %d clip(s) without features are left out", split, int((~held).sum()))
     return frame[held].reset_index(drop=True)
 
 
-def _truth(data_dir: Path, split: str, fnames: list[str]) -> list[tuple[str, ...]] | None:
-    path = data_dir / "truth" / f"{split}.csv"
-    if not path.is_file():
-        return None
-    table = read_truth(path).set_index("fname")["labels"]
-    return [tuple(table.get(f, ())) for f in fnames]
+def _column(frame: pd.DataFrame, name: str) -> list | None:
+    return list(frame[name]) if name in frame.columns else None
 
 
 def open_run(
@@ -125,25 +126,26 @@ def open_run(
 ) -> RunContext:
     """Validate data, adopt the config, build caches and folds: the shared start of every stage."""
     data_dir, run = Path(data_dir), RunDir(run_dir)
-    data = load_dataset(data_dir, skip_invalid=cfg.data.skip_invalid)
+    data = load_data(data_dir, skip_invalid=cfg.data.skip_invalid)
     for problem in data.problems:
         log.warning("skipped: %s", problem)
     run.adopt_config(cfg, force)
     caches = open_caches(data_dir, cfg, progress)
     frames = {s: _with_features(s, data.split(s), caches[s]) for s in (*LABELLED, "test")}
-    kept = Dataset(data.root, data.classes, frames["curated"], frames["noisy"], frames["test"], data.problems)
+    kept = Dataset(data.root, data.classes, frames["curated"], frames["noisy"], frames["test"])
     folds = load_or_make_folds(run.folds, kept, cfg.train.folds, cfg.train.seed)
     splits = {}
     for split, frame in frames.items():
         fnames = list(frame["fname"])
         labels = [tuple(x) for x in frame["labels"]]
-        positions = np.array([caches[split].position(f) for f in fnames], dtype=np.int64)
+        positions = np.array([caches[split].position(k) for k in frame["key"]], dtype=np.int64)
         fold = None
         if split in LABELLED:
             table = folds[folds["split"] == split].set_index("fname")["fold"]
             fold = table.loc[fnames].to_numpy(dtype=np.int64)
         clips = ClipSet(np.full(len(fnames), split, dtype=object), positions, multi_hot(labels, data.classes))
-        splits[split] = Split(clips, fnames, labels, fold, _truth(data_dir, split, fnames))
+        truth = _column(frame, "truth")
+        splits[split] = Split(clips, fnames, labels, fold, truth, _column(frame, "usage"))
     if is_global_zero():
         run.mark_started(data_dir)
     return RunContext(cfg, run, data_dir, list(data.classes), caches, splits, progress=progress)

@@ -43,9 +43,13 @@ class DataError(ValueError):
 class Dataset:
     """One data set in the competition layout.
 
-    Each split table has columns ``fname`` (str), ``path`` (str, the audio file) and ``labels`` (tuple of
-    class names in class-list order; ``()`` for test clips); with ``probe_audio`` also ``duration`` (seconds).
-    ``problems`` lists the rows skipped by ``skip_invalid`` (one line each).
+    Each split table has columns ``fname`` (str, the clip's name in submissions and run files), ``path``
+    (str, the audio file), ``key`` (str, the clip's key in the feature cache: the file name in the
+    competition layout, the resolved path in a manifest) and ``labels`` (tuple of class names in
+    class-list order; ``()`` for test clips); with ``probe_audio`` also ``duration`` (seconds). Optional:
+    ``truth`` (true label sets, when the data set has them), ``usage`` (test: Public/Private) and
+    ``fold`` (user-fixed folds of a manifest; -1 = not fixed). ``problems`` lists the rows skipped by
+    ``skip_invalid`` (one line each). ``manifest`` is the manifest CSV a data set came from (else None).
     """
 
     root: Path
@@ -54,6 +58,7 @@ class Dataset:
     noisy: pd.DataFrame
     test: pd.DataFrame
     problems: list[str] = field(default_factory=list)
+    manifest: Path | None = None
 
     def split(self, name: str) -> pd.DataFrame:
         """The table of split ``name`` ("curated", "noisy" or "test")."""
@@ -102,7 +107,7 @@ def multi_hot(label_sets: Iterable[Sequence[str] | str], classes: Sequence[str])
 # ---------------------------------------------------------------- CSV reading
 
 
-def _read_csv(path: Path) -> tuple[pd.DataFrame | None, list[int], list[str]]:
+def read_csv_rows(path: Path) -> tuple[pd.DataFrame | None, list[int], list[str]]:
     """Read a CSV as strings. Returns (frame or None when unreadable, line numbers of rows, problems).
 
     Lines with too many fields (an unquoted multi-label field) are skipped and reported with their line
@@ -173,7 +178,7 @@ def read_classes(root: str | Path) -> list[str]:
     for split in LABELLED:
         csv = root / f"{SPLITS[split]}.csv"
         if csv.exists():
-            frame, _, _ = _read_csv(csv)
+            frame, _, _ = read_csv_rows(csv)
             if frame is not None and "labels" in frame.columns:
                 for value in frame["labels"]:
                     labels.update(parse_labels(value))
@@ -186,14 +191,30 @@ def read_classes(root: str | Path) -> list[str]:
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
-    """A truth file (``fname,labels``, e.g. truth/test.csv) → DataFrame(fname, labels tuple; () when empty)."""
+    """A truth file (``fname,labels[,usage]``, e.g. truth/test.csv) → DataFrame(fname, labels tuple; ()
+    when empty[, usage]). ``usage`` (``Public``/``Private``) marks the leaderboard part of a test clip."""
     path = Path(path)
-    frame, _, problems = _read_csv(path)
+    frame, _, problems = read_csv_rows(path)
     if frame is None or problems:
         raise DataError(problems)
     if not {"fname", "labels"} <= set(frame.columns):
         raise DataError(f"{path.name}: header must be 'fname,labels' (got {','.join(frame.columns)!r})")
-    return pd.DataFrame({"fname": frame["fname"].astype(str), "labels": frame["labels"].map(parse_labels)})
+    out = pd.DataFrame({"fname": frame["fname"].astype(str), "labels": frame["labels"].map(parse_labels)})
+    if "usage" in frame.columns:
+        out["usage"] = frame["usage"].astype(str).str.strip()
+    return out
+
+
+def with_truth(table: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFrame:
+    """Add ``truth`` (true label set; () for a clip the truth file does not list) and, when the truth
+    has it, ``usage`` to a split table; ``truth=None`` leaves the table as it is."""
+    if truth is None:
+        return table
+    known = truth.drop_duplicates("fname").set_index("fname")
+    out = table.assign(truth=[tuple(known["labels"].get(f, ())) for f in table["fname"]])
+    if "usage" in known.columns:
+        out["usage"] = [str(known["usage"].get(f, "")) for f in table["fname"]]
+    return out
 
 
 # ---------------------------------------------------------------- validation and loading
@@ -209,7 +230,7 @@ def _load_labelled(
     )
     if not csv.exists():
         return empty, [f"{csv.name}: file missing"]
-    frame, lines, problems = _read_csv(csv)
+    frame, lines, problems = read_csv_rows(csv)
     if frame is None:
         return empty, problems
     if not {"fname", "labels"} <= set(frame.columns):
@@ -278,18 +299,21 @@ def _load_test(root: Path, submission_names: list[str] | None) -> tuple[pd.DataF
     return table, []
 
 
-def _probe(table: pd.DataFrame, folder: str) -> tuple[pd.DataFrame, list[str]]:
-    """Add ``duration`` (seconds, from the file header); unreadable files become problems."""
+def probe(table: pd.DataFrame, where: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Add ``duration`` (seconds, from the file header); unreadable files become problems.
+
+    ``where``: how each row is named in its problem line (e.g. ``train_noisy/ab12.wav``).
+    """
     import soundfile as sf
 
     durations, problems = [], []
-    for fname, path in zip(table["fname"], table["path"], strict=True):
+    for name, path in zip(where, table["path"], strict=True):
         try:
             info = sf.info(path)
             durations.append(info.frames / info.samplerate)
         except (RuntimeError, OSError, ValueError) as err:
             durations.append(np.nan)
-            problems.append(f"{folder}/{fname}: unreadable audio ({str(err).strip().splitlines()[-1]})")
+            problems.append(f"{name}: unreadable audio ({str(err).strip().splitlines()[-1]})")
     table = table.assign(duration=np.asarray(durations, dtype=np.float64))
     return table, problems
 
@@ -333,9 +357,12 @@ def load_dataset(
         else:
             table, found = _load_labelled(root, split, classes, class_source)
         if probe_audio and len(table):
-            table, unreadable = _probe(table, SPLITS[split])
+            table, unreadable = probe(table, [f"{SPLITS[split]}/{f}" for f in table["fname"]])
             found += unreadable
             table = table[table["duration"].notna()].reset_index(drop=True)
+        truth_csv = root / "truth" / f"{split}.csv"
+        table.insert(2, "key", table["fname"])  # the cache knows a split folder's clips by file name
+        table = with_truth(table, read_truth(truth_csv) if truth_csv.is_file() else None)
         tables[split] = table.reset_index(drop=True)
         problems += found
     if problems and not skip_invalid:

@@ -80,7 +80,8 @@ def assign_folds(dataset, n_folds: int, seed: int) -> pd.DataFrame:
 
     Args:
         dataset: a :class:`noisytag.data.Dataset` (frames ``curated`` / ``noisy`` with columns fname and
-            labels, and ``classes``). An empty split is left out.
+            labels, and ``classes``). An empty split is left out. A ``fold`` column (a manifest's fixed
+            folds; -1 = not fixed) overrides the generated fold of its clips.
         n_folds, seed: as for :func:`make_folds` (the same seed is used for both sets).
 
     Returns:
@@ -101,6 +102,15 @@ def assign_folds(dataset, n_folds: int, seed: int) -> pd.DataFrame:
             folds = make_folds(labels, n_folds, seed)
         except FoldsError as err:
             raise FoldsError(f"{split}: {err}") from None
+        if "fold" in frame.columns:  # user-fixed folds (a manifest's fold column) win; -1 = not fixed
+            fixed = frame["fold"].to_numpy(np.int64)
+            if (fixed >= n_folds).any():
+                bad = int(np.flatnonzero(fixed >= n_folds)[0])
+                raise FoldsError(
+                    f"{split}: {fnames.iat[bad]} has fold {fixed[bad]}, but there are {n_folds} folds "
+                    f"(0..{n_folds - 1}; set train.folds or change the manifest)"
+                )
+            folds = np.where(fixed >= 0, fixed, folds)
         parts.append(pd.DataFrame({"fname": fnames.to_numpy(), "split": split, "fold": folds}))
     if not parts:
         return pd.DataFrame(

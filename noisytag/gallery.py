@@ -22,8 +22,9 @@ from matplotlib.figure import Figure
 from noisytag.audio import AudioError, load
 from noisytag.augment import gallery
 from noisytag.config import AugmentConfig, FrontendConfig, RunConfig
-from noisytag.data import load_dataset, multi_hot, read_truth
+from noisytag.data import multi_hot
 from noisytag.features import log_mel, normalize
+from noisytag.manifest import load_data
 from noisytag.windows import random_offsets
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def load_windows(
     """
     cfg = cfg or RunConfig()
     width = cfg.train.window
-    dataset = load_dataset(data_dir, skip_invalid=True, splits=("curated", "noisy"))
+    dataset = load_data(data_dir, skip_invalid=True, splits=("curated", "noisy"))
     table = dataset.curated if len(dataset.curated) else dataset.noisy
     if not len(table):
         raise ValueError(f"{data_dir}: no labelled clips in train_curated.csv or train_noisy.csv")
@@ -209,16 +210,15 @@ def example_clips(
     submission: pd.DataFrame, data_dir: str | Path, frontend: FrontendConfig, n: int = 6
 ) -> tuple[list[dict], list[str]]:
     """Log-mels of ``n`` test clips spread over ``submission`` (fname + one column per class), each with
-    the ensemble's top 3 labels and, when ``data_dir/truth/test.csv`` exists, the true ones.
+    the ensemble's top 3 labels and, when the data set knows them (truth/test.csv), the true ones.
 
     Returns (items, skipped): items are dicts ``db`` (n_mels, T) dB, ``title`` (file name) and
     ``caption``; skipped lists the clips that could not be read, with the reason. Raises ValueError
     when none could be read.
     """
-    data_dir = Path(data_dir)
+    test = load_data(data_dir, skip_invalid=True, splits=("test",)).test.set_index("fname")
     classes = list(submission.columns[1:])
-    truth_csv = data_dir / "truth" / "test.csv"
-    known = dict(read_truth(truth_csv).itertuples(index=False)) if truth_csv.is_file() else {}
+    known = test["truth"].to_dict() if "truth" in test.columns else {}
     picks = np.unique(np.linspace(0, len(submission) - 1, min(n, len(submission))).round().astype(int))
     probs = submission[classes].to_numpy(dtype=np.float64)[picks]
     top = np.argsort(-probs, axis=1, kind="stable")[:, :3]
@@ -229,7 +229,9 @@ def example_clips(
         if fname in known:
             caption += f"\ntrue: {', '.join(known[fname]) or '—'}"
         try:
-            db = log_mel(load(data_dir / "test" / fname, frontend), frontend)
+            if fname not in test.index:
+                raise OSError("not in the data set's test clips")
+            db = log_mel(load(test.at[fname, "path"], frontend), frontend)
         except (AudioError, OSError) as err:
             skipped.append(f"{fname} ({err})")
             continue

@@ -26,7 +26,6 @@ from noisytag.context import RunContext, barrier, is_global_zero, open_run
 from noisytag.data import format_labels
 from noisytag.fileio import write_csv, write_npy, write_text
 from noisytag.loader import ClipSet
-from noisytag.metrics import lwlrap
 from noisytag.predict import predict_cache
 from noisytag.rundir import VOLATILE_KEYS
 from noisytag.scoring import (
@@ -38,6 +37,7 @@ from noisytag.scoring import (
     run_stages,
     stage_oof,
     stage_table,
+    test_scores,
 )
 from noisytag.selection import detector_audit, select_noisy
 from noisytag.submission import write_submission
@@ -350,11 +350,9 @@ def finish(ctx: RunContext) -> dict:
             run.submission, ctx.test.fnames, ensemble, ctx.classes, sample if sample.is_file() else None
         )
         if ctx.truth_test is not None:
-            ens = {"model": "ensemble " + "+".join(members), "arch": "all"}
-            ens["test_lwlrap"] = lwlrap(ctx.truth_test > 0.5, ensemble)
-            test_rows = pd.concat(
-                [table[["model", "arch", "test_lwlrap"]], pd.DataFrame([ens])], ignore_index=True
-            )
+            ens = {"model": "ensemble " + "+".join(members), "arch": "all"} | test_scores(ctx, ensemble)
+            columns = ["model", "arch", *[c for c in table.columns if c.startswith("test_lwlrap")]]
+            test_rows = pd.concat([table[columns], pd.DataFrame([ens])], ignore_index=True)
     selection = selection_table(ctx)
     if is_global_zero():
         write_csv(run.stage_table, table)

@@ -19,7 +19,7 @@ from noisytag.rundir import RunDir
 STAGES = (1, 2, 3, 4)
 SELECTION_STAGES = (3, 4)
 STAGE_COLUMNS = ["arch", "model", "lwlrap_noisy", "lwlrap_curated", "lwlrap_noisy_truth", "test_lwlrap",
-                 "n_train", "seconds"]  # fmt: skip
+                 "test_lwlrap_public", "test_lwlrap_private", "n_train", "seconds"]  # fmt: skip
 DETECTOR_COLUMNS = ["agreement", "lwlrap_precision", "lwlrap_recall", "cleanlab_precision", "cleanlab_recall"]
 
 

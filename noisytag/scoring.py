@@ -73,6 +73,22 @@ def correct_labels(given: list[tuple], truth: list[tuple]) -> np.ndarray:
     return np.array([set(a) == set(b) for a, b in zip(given, truth, strict=True)], dtype=bool)
 
 
+def test_scores(ctx: RunContext, probs: np.ndarray | None) -> dict[str, float]:
+    """Test lwlrap against the data set's truth (NaN without one); when the truth marks each clip's
+    leaderboard part (``usage``: Public / Private), also ``test_lwlrap_public`` / ``_private``, scored
+    on those clips alone as the competition's two leaderboards were."""
+    truth = ctx.truth_test
+    if truth is None or probs is None:
+        return {"test_lwlrap": np.nan}
+    scores = {"test_lwlrap": lwlrap(truth > 0.5, probs)}
+    usage = np.array([str(u).strip().lower() for u in ctx.test.usage or []])
+    for part in ("public", "private"):
+        mask = usage == part
+        if mask.any() and truth[mask].any():
+            scores[f"test_lwlrap_{part}"] = lwlrap(truth[mask] > 0.5, probs[mask])
+    return scores
+
+
 def stage_table(
     ctx: RunContext, n_train: dict[tuple[str, int], int], seconds: dict[str, float]
 ) -> pd.DataFrame:
@@ -80,7 +96,6 @@ def stage_table(
 
     ``n_train``: (arch, stage) → training clips per fold; ``seconds``: run.json's fold timings.
     """
-    truth_test = ctx.truth_test
     rows = []
     for arch in ctx.cfg.pipeline.architectures:
         for stage in run_stages(ctx.cfg):
@@ -102,11 +117,7 @@ def stage_table(
                         if noisy_truth is not None
                         else np.nan
                     ),
-                    "test_lwlrap": (
-                        lwlrap(truth_test > 0.5, test)
-                        if truth_test is not None and test is not None
-                        else np.nan
-                    ),
+                    **test_scores(ctx, test),
                     "n_train": n_train.get((arch, stage), 0),
                     "seconds": round(
                         sum(v for k, v in seconds.items() if k.startswith(f"{arch}/stage{stage}/")), 1

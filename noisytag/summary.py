@@ -36,6 +36,8 @@ HEADERS = {
     "lwlrap_curated": "CV curated",
     "lwlrap_noisy_truth": "CV noisy (true labels)",
     "test_lwlrap": "test",
+    "test_lwlrap_public": "test public",
+    "test_lwlrap_private": "test private",
     "n_train": "train clips",
     "base_rate": "base rate",
     "lwlrap_precision": "OOF lwlrap P",
@@ -88,8 +90,9 @@ def print_results(console: Console, results: dict, run_dir: str | Path) -> None:
     if test is not None and len(test):
         ensemble = test[test["model"].astype(str).str.startswith("ensemble")]
         shown = ensemble if len(ensemble) else test
+        parts = [c for c in ("test_lwlrap_public", "test_lwlrap_private") if c in shown.columns]
         console.print(
-            frame_table(shown, "Test lwlrap (against the data set's truth)", ["model", "test_lwlrap"])
+            frame_table(shown, "Test lwlrap (against the data set's truth)", ["model", "test_lwlrap", *parts])
         )
     console.print(f"run directory: [bold]{run_dir}[/]")
     if results.get("report"):

@@ -8,6 +8,11 @@
     OUT/truth/test.csv        OUT/truth/noisy.csv     true labels (fname,labels)
     OUT/truth/synth.json      generation parameters (also marks OUT as a synth data set)
 
+or, with ``layout="manifest"``, the same clips in nested folders mixing the subsets, listed by a manifest
+(:mod:`noisytag.manifest`) that carries the truth in its ``true_labels`` column::
+
+    OUT/audio/<2 characters>/<name>.wav   OUT/manifest.csv   OUT/classes.txt   OUT/truth/synth.json
+
 Everything is pure numpy, seeded: the same arguments give byte-identical WAV/FLAC files. Each clip draws its own
 generator from ``(seed, split, index)``, so a clip does not depend on the others. The twelve sound classes and
 the two recording domains live in :mod:`noisytag.sounds`; this module plans the label sets (25 % multi-label),
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from noisytag.manifest import CLASSES_FILE, write_manifest
 from noisytag.sounds import SOUNDS, render_clip
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,8 @@ SCALES: dict[str, Scale] = {
 }
 _SPLIT_CODE = {"curated": 1, "noisy": 2, "test": 3}
 _FOLDER = {"curated": "train_curated", "noisy": "train_noisy", "test": "test"}
+LAYOUTS = ("competition", "manifest")
+MANIFEST, AUDIO = "manifest.csv", "audio"  # the manifest layout's files
 
 
 # ---------------------------------------------------------------- label plans and label noise
@@ -161,12 +169,11 @@ def _prepare(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         if not marker.exists():
             raise FileExistsError(f"{out}: not empty and not a noisytag synth data set; choose a new folder")
-        for folder in [*_FOLDER.values(), "truth"]:
+        for folder in [*_FOLDER.values(), AUDIO, "truth"]:
             shutil.rmtree(out / folder, ignore_errors=True)
-        for name in ("train_curated.csv", "train_noisy.csv", "sample_submission.csv"):
+        for name in ("train_curated.csv", "train_noisy.csv", "sample_submission.csv", MANIFEST, CLASSES_FILE):
             (out / name).unlink(missing_ok=True)
-    for folder in [*_FOLDER.values(), "truth"]:
-        (out / folder).mkdir(parents=True, exist_ok=True)
+    (out / "truth").mkdir(parents=True, exist_ok=True)
 
 
 def _render_chunk(clips: list[tuple], sample_rate: int, fmt: str) -> int:
@@ -277,6 +284,7 @@ def generate(
     fmt: str = "wav",
     progress: bool = False,
     workers: int | None = None,
+    layout: str = "competition",
 ) -> dict:
     """Write the synthetic data set to ``out_dir`` (layout in the module docstring) and return a summary.
 
@@ -284,17 +292,29 @@ def generate(
     the multi-label share per split and the actual noisy-label rate (share of noisy clips whose given label
     set differs from the truth) with counts per corruption kind. Deterministic: same arguments →
     byte-identical WAV/FLAC files (Ogg Vorbis streams carry a random serial number), whatever the number of
-    ``workers`` (processes; default: 1 below 200 clips, else up to 4 by the CPU count).
+    ``workers`` (processes; default: 1 below 200 clips, else up to 4 by the CPU count). ``layout``:
+    ``competition`` or ``manifest`` (same clips and bytes, see the module docstring).
     """
     import pandas as pd
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     started = time.perf_counter()
     p = plan(scale, seed, sample_rate, fmt)
     out = Path(out_dir)
     _prepare(out)
+    paths = {
+        split: [
+            out / AUDIO / name[:2] / name if layout == "manifest" else out / _FOLDER[split] / name
+            for name in p.fnames[split]
+        ]
+        for split in _SPLIT_CODE
+    }
+    for folder in {path.parent for split in paths.values() for path in split}:
+        folder.mkdir(parents=True, exist_ok=True)
     clips = [
         (
-            str(out / _FOLDER[split] / p.fnames[split][i]),
+            str(paths[split][i]),
             (seed, _SPLIT_CODE[split], i),
             p.truth[split][i],
             int(round(p.durations[split][i] * sample_rate)),
@@ -305,6 +325,33 @@ def generate(
     ]
     _render_all(clips, sample_rate, fmt, workers, progress, f"synthesising {scale} data set")
 
+    summary = p.summary()
+    if layout == "manifest":
+        rows = pd.DataFrame(
+            [
+                {
+                    "path": paths[split][i],
+                    "labels": () if split == "test" else p.given[split][i],
+                    "subset": split,
+                    "true_labels": p.truth[split][i] if split != "curated" else (),
+                }
+                for split in _SPLIT_CODE
+                for i in range(len(p.fnames[split]))
+            ]
+        )
+        write_manifest(out / MANIFEST, rows, CLASSES)
+    else:
+        _write_competition_csvs(out, p)
+    (out / "truth" / "synth.json").write_text(json.dumps(summary | {"layout": layout}, indent=2) + "\n")
+    summary["out_dir"] = str(out)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    log.debug("synth %s: %s", scale, summary)
+    return summary
+
+
+def _write_competition_csvs(out: Path, p: Plan) -> None:
+    import pandas as pd
+
     csv = {"index": False, "lineterminator": "\n"}
     _labels_frame(p.fnames["curated"], p.given["curated"]).to_csv(out / "train_curated.csv", **csv)
     _labels_frame(p.fnames["noisy"], p.given["noisy"]).to_csv(out / "train_noisy.csv", **csv)
@@ -313,10 +360,3 @@ def generate(
     submission = pd.DataFrame(0, index=range(len(p.fnames["test"])), columns=CLASSES)
     submission.insert(0, "fname", p.fnames["test"])
     submission.to_csv(out / "sample_submission.csv", **csv)
-
-    summary = p.summary()
-    (out / "truth" / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
-    summary["out_dir"] = str(out)
-    summary["seconds"] = round(time.perf_counter() - started, 2)
-    log.debug("synth %s: %s", scale, summary)
-    return summary

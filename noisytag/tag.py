@@ -24,6 +24,7 @@ from noisytag.audio import audio_files
 from noisytag.config import InferConfig
 from noisytag.ensemble import Ensemble, load_ensemble, run_infer_config, select_model_dirs
 from noisytag.export import refresh_onnx
+from noisytag.manifest import is_manifest, load_manifest
 from noisytag.predict import FileResult, iter_files, predict_files
 from noisytag.submission import write_submission
 
@@ -152,23 +153,30 @@ def predict_run(
     device: str = "cpu",
     progress: bool = False,
 ):
-    """Predict every audio file of ``test_dir`` with the run's ensemble and write the submission.
+    """Predict every audio file of ``test_dir`` (or every test clip of a manifest) with the run's
+    ensemble and write the submission.
 
     Returns ``(frame, failures)``. Column order: ``test_dir/../sample_submission.csv`` when present,
     else the models' class order. Unreadable files are reported (logging) and get all-zero rows so the
-    submission still lists every file.
+    submission still lists every file. A manifest's clips are named by their ``path`` as written.
     """
     cfg = cfg or run_infer_config(run_dir)
     ens = open_ensemble(run_dir, stages or cfg.stages, archs, device, cfg.backend)
     test_dir = Path(test_dir)
-    paths = audio_files(test_dir, recursive=True)
+    sample = test_dir.parent / "sample_submission.csv"
+    if is_manifest(test_dir) and test_dir.suffix.lower() == ".csv":
+        table = load_manifest(test_dir, skip_invalid=True, splits=("test",)).test
+        paths, fnames, sample = [Path(p) for p in table["path"]], list(table["fname"]), None
+    else:
+        paths = audio_files(test_dir, recursive=True)
+        fnames = [str(p.relative_to(test_dir)) if test_dir.is_dir() else p.name for p in paths]
     if not paths:
         raise FileNotFoundError(f"{test_dir}: no audio files")
     result = predict_files(ens.members, paths, cfg, ens.frontend, ens.normalize, device, progress)
     probs = np.nan_to_num(result.probs, nan=0.0)
-    sample = test_dir.parent / "sample_submission.csv"
-    fnames = [str(p.relative_to(test_dir)) if test_dir.is_dir() else p.name for p in paths]
-    frame = write_submission(out_csv, fnames, probs, ens.classes, sample if sample.is_file() else None)
+    frame = write_submission(
+        out_csv, fnames, probs, ens.classes, sample if sample and sample.is_file() else None
+    )
     return frame, result.failures
 
 

@@ -61,7 +61,7 @@ def _problems(root: Path) -> list[str]:
 def test_valid_layout(tmp_path):
     ds = load_dataset(make_layout(tmp_path))
     assert ds.classes == CLASSES and ds.problems == []
-    assert list(ds.curated.columns) == ["fname", "path", "labels"]
+    assert list(ds.curated.columns) == ["fname", "path", "key", "labels"]
     assert ds.curated["labels"].tolist() == [("Dog",), ("Dog", "Cat"), ("Hi-hat",)]  # class order
     assert ds.noisy["labels"].tolist()[1] == ("Cat", "Bird_song", "Hi-hat")
     assert ds.test["fname"].tolist() == ["a.wav", "b.wav", "c.wav", "d.wav"]  # audio files only, sorted

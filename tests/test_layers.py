@@ -37,7 +37,20 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("tensors", {"loader", "augment", "models", "members", "metrics", "weights", "plots", "onnx_frontend"}),
     (
         "files",
-        {"cache", "features", "audio", "windows", "data", "rundir", "config", "fileio", "synth", "sounds"},
+        {
+            "cache",
+            "features",
+            "audio",
+            "windows",
+            "data",
+            "manifest",
+            "fetch",
+            "rundir",
+            "config",
+            "fileio",
+            "synth",
+            "sounds",
+        },
     ),
 ]
 LAZY_ALLOWED = {"cli"}  # may import the package's modules inside functions (heavy, optional at --help)

@@ -17,19 +17,28 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives byte-identical files.")] = 0,
     sample_rate: Annotated[int, typer.Option("--sample-rate", help="Sample rate of the files (Hz).")] = 44100,
     fmt: Annotated[str, typer.Option("--format", help="Audio format: wav (16-bit), flac or ogg.")] = "wav",
+    layout: Annotated[
+        str,
+        typer.Option(help="competition (split folders + CSVs) or manifest (nested folders + manifest.csv)."),
+    ] = "competition",
 ) -> None:
-    """Generate the synthetic demo data set in the competition layout, with its truth kept apart.
+    """Generate the synthetic demo data set, with its truth kept apart.
 
-    Writes OUT/{train_curated,train_noisy,test}/, train_curated.csv, train_noisy.csv, sample_submission.csv
-    and OUT/truth/{test,noisy}.csv (true labels; ~35 % of the noisy clips carry a wrong label set in
-    train_noisy.csv). Prints clip counts, hours, multi-label share and the actual noisy-label rate.
+    Competition layout: OUT/{train_curated,train_noisy,test}/, train_curated.csv, train_noisy.csv,
+    sample_submission.csv and OUT/truth/{test,noisy}.csv (true labels; ~35 % of the noisy clips carry a
+    wrong label set in train_noisy.csv). Manifest layout: the same clips under OUT/audio/<xx>/, listed in
+    OUT/manifest.csv (path, labels, subset, true_labels) with OUT/classes.txt; pass OUT/manifest.csv
+    wherever a data set is asked for. Prints clip counts, hours, multi-label share and the actual
+    noisy-label rate.
     """
     from rich.table import Table
 
     from noisytag.synth import generate
 
     try:
-        s = generate(out, scale=scale, seed=seed, sample_rate=sample_rate, fmt=fmt, progress=True)
+        s = generate(
+            out, scale=scale, seed=seed, sample_rate=sample_rate, fmt=fmt, progress=True, layout=layout
+        )
     except (ValueError, FileExistsError, OSError) as err:
         fail(str(err))
     table = Table(title=f"synthetic data set -> {out}  ({s['scale']}, seed {s['seed']})")
@@ -48,7 +57,9 @@ def synth(
 
 @app.command(rich_help_panel="Data")
 def check(
-    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")
+    ],
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Report bad rows and count the rest instead of failing.")
     ] = False,
@@ -57,12 +68,14 @@ def check(
     """Validate a data set (CSVs, class list, audio files and their headers) and print its counts.
 
     Every problem is one line naming the file and CSV line: missing audio file, unknown label, duplicate
-    file name, empty label field, malformed CSV, unreadable audio. Exit code 1 when the data set is
+    file name, empty label field, malformed CSV, unreadable audio; for a manifest also the same file
+    listed twice, a clip in two subsets, an unknown subset or fold. Exit code 1 when the data set is
     invalid (unless --skip-invalid).
     """
     from rich.table import Table
 
-    from noisytag.data import DataError, describe, load_dataset
+    from noisytag.data import DataError, describe
+    from noisytag.manifest import load_data
 
     def show(problems: list[str]) -> None:
         for line in problems[:max_lines]:
@@ -71,7 +84,7 @@ def check(
             err_console.print(f"... and {len(problems) - max_lines} more")
 
     try:
-        dataset = load_dataset(data_dir, skip_invalid=skip_invalid, probe_audio=True)
+        dataset = load_data(data_dir, skip_invalid=skip_invalid, probe_audio=True)
     except DataError as err:
         show(err.problems)
         fail(f"{data_dir}: {len(err.problems)} problem(s); fix them or use --skip-invalid", code=1)
@@ -101,7 +114,9 @@ def check(
 
 @app.command(rich_help_panel="Data")
 def features(
-    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")
+    ],
     cache_dir: Annotated[
         Path | None, typer.Option(help="Cache root; default: data.cache_dir or DATA_DIR/.noisytag-cache.")
     ] = None,
@@ -118,13 +133,23 @@ def features(
 ) -> None:
     """Extract the log-mel features of every clip into the feature cache, once.
 
-    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + manifest).
+    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + manifest); the
+    clips of a manifest go to CACHE/<front-end key>/files/, keyed by resolved path (manifests over the same
+    files share it).
 
     Safe to interrupt (even kill -9): run it again and it continues where it stopped. An up-to-date cache returns at once; changing any front-end parameter builds a new cache; unreadable files are listed and skipped.
     """
     from rich.table import Table
 
-    from noisytag.cache import CacheError, FeatureCache, build_cache, default_cache_dir, split_folder
+    from noisytag.cache import (
+        CacheError,
+        FeatureCache,
+        build_cache,
+        cache_folder,
+        default_cache_dir,
+        split_folder,
+    )
+    from noisytag.data import DataError
 
     cfg = load_cfg(config, set_)
     splits = tuple(split or ("curated", "noisy", "test"))
@@ -134,11 +159,11 @@ def features(
         root = cache_dir or (Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir))
         n_workers = cfg.data.workers if workers is None else workers
         out = build_cache(data_dir, root, cfg.frontend, splits=splits, workers=n_workers, progress=progress)
-    except CacheError as err:
+    except (CacheError, DataError) as err:
         fail(str(err))
     table = Table("split", "clips", "failed", "audio", "frames", "MB", title=f"feature cache {out}")
     failures = []
-    for s in splits:
+    for s in dict.fromkeys(cache_folder(data_dir, s) for s in splits):  # a manifest's splits share one
         try:
             cache = FeatureCache.open(root, cfg.frontend, s)
         except CacheError:
@@ -157,7 +182,9 @@ def features(
 
 @app.command("augment-gallery", rich_help_panel="Data")
 def augment_gallery(
-    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("gallery.png"),
     n_clips: Annotated[int, typer.Option("--n-clips", min=1, max=16, help="Clips (rows) to show.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the clip choice, windows and augmentations.")] = 0,

@@ -48,7 +48,12 @@ BackendOpt = Annotated[
 @app.command(rich_help_panel="Inference")
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with finished fold models.")],
-    test_dir: Annotated[Path, typer.Argument(help="Folder of audio clips to predict (e.g. DATA/test).")],
+    test_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of audio clips to predict (e.g. DATA/test), or a manifest CSV (its test clips)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Submission CSV to write.")] = Path(
         "submission.csv"
     ),
@@ -73,8 +78,8 @@ def predict(
 
     if not run_dir.is_dir():
         fail(f"run directory '{run_dir}' does not exist")
-    if not test_dir.is_dir():
-        fail(f"test folder '{test_dir}' does not exist")
+    if not test_dir.exists():
+        fail(f"test folder or manifest '{test_dir}' does not exist")
     cfg = run_infer_config(run_dir)
     changes = {k: v for k, v in {"mode": mode, "backend": backend, "batch_size": batch_size}.items() if v}
     if changes.get("mode", "exact") not in ("exact", "fast"):

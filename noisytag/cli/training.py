@@ -26,7 +26,7 @@ def run_config(config: Path | None, out: Path) -> Path | None:
 
 @app.command(rich_help_panel="Training")
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    data_dir: Annotated[Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")] = Path(
         "runs/run"
     ),
@@ -74,7 +74,7 @@ def train(
 
 @app.command(rich_help_panel="Training")
 def pipeline(
-    data_dir: Annotated[Path, typer.Argument(help="Data set in the competition layout.")],
+    data_dir: Annotated[Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")] = Path(
         "runs/run"
     ),
