@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "data",
             "manifest",
             "fetch",
+            "splitzip",
             "rundir",
             "config",
             "fileio",
