@@ -239,7 +239,7 @@ def section_gallery(ins: ReportInputs) -> str:
 
 
 def _augment_gallery(ins: ReportInputs) -> str:
-    if ins.data_dir is None or not ins.data_dir.is_dir():
+    if ins.data_dir is None or not ins.data_dir.exists():
         raise Unavailable("data set not found (pass data_dir or record it in run.json)")
     cfg = ins.cfg or RunConfig()
     try:
@@ -254,7 +254,7 @@ def _augment_gallery(ins: ReportInputs) -> str:
 
 def _examples(ins: ReportInputs) -> str:
     submission = rs.read_csv(ins.run.submission, "test predictions")
-    if ins.data_dir is None or not (ins.data_dir / "test").is_dir():
+    if ins.data_dir is None or not ((ins.data_dir / "test").is_dir() or ins.data_dir.is_file()):
         raise Unavailable("test audio not found (pass data_dir or record it in run.json)")
     frontend = (ins.cfg or RunConfig()).frontend
     try:

@@ -221,4 +221,9 @@ def test_pipeline_on_a_manifest_matches_the_competition_layout(manifest_data, ti
     )
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(by_name(pd.read_csv(out)).to_numpy(), submission.to_numpy(), atol=1e-5)
-    assert json.loads((run_dir / "run.json").read_text())  # the run records where its data came from
+    assert json.loads((run_dir / "run.json").read_text())["data_dir"] == str(manifest_data)
+
+    from noisytag.report import write_report
+
+    page = write_report(run_dir).read_text()  # finds the clips through the manifest recorded in run.json
+    assert 'alt="augmentation gallery"' in page and 'alt="example log-mels"' in page
