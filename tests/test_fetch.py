@@ -540,3 +540,6 @@ def test_fetched_data_runs_the_pipeline(fetched, tmp_path):
     run_pipeline(root, tmp_path / "run", cfg, progress=False)
     scores = pd.read_csv(tmp_path / "run" / "test_scores.csv")
     assert np.isfinite(scores["test_lwlrap"]).all() and len(scores)
+    # truth/test.csv carries the leaderboard part: each part is scored on its own clips, as Kaggle did
+    parts = scores[["test_lwlrap_public", "test_lwlrap_private"]].to_numpy()
+    assert np.isfinite(parts).all()
