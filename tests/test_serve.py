@@ -1,0 +1,351 @@
+"""noisytag serve: a real uvicorn server on loopback, a real HTTP client, and headless Chromium on the page."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import write_model_run
+
+from noisytag.serve import WEB_DIR, ServeSettings, TagService, create_app, open_service, running
+from noisytag.synth import CLASSES
+
+
+def tone(seconds: float, sr: int = 44100, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    """A warbling tone with a little noise: loud from end to end, so trimming keeps it all."""
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.3 * np.sin(2 * np.pi * freq * t + 3 * np.sin(2 * np.pi * 0.5 * t))
+    y += 0.02 * np.random.default_rng(seed).standard_normal(t.size)
+    return y.astype(np.float32)
+
+
+def encoded(y: np.ndarray, sr: int, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, y, sr, format=fmt)
+    return buf.getvalue()
+
+
+def post_file(client, name: str, data: bytes, ctype: str = "audio/wav", **params):
+    return client.post("/api/tag", files={"file": (name, data, ctype)}, params=params)
+
+
+def one_sentence(response) -> str:
+    """The refusal's reason: a JSON string of one line, no traceback."""
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail and "\n" not in detail and "Traceback" not in detail
+    return detail
+
+
+@pytest.fixture(scope="module")
+def model_run(tmp_path_factory):
+    return write_model_run(tmp_path_factory.mktemp("serve_run"), CLASSES, bn_stats=True)
+
+
+@pytest.fixture(scope="module")
+def service(model_run):
+    return open_service(model_run)  # the CLI's defaults: 600 s, 100 MB, 4 in flight
+
+
+@pytest.fixture(scope="module")
+def server(service):
+    with running(create_app(service)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def wav_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("audio") / "warble.wav"
+    sf.write(path, tone(5.0), 44100)
+    return path
+
+
+def test_tag_wav_answers_labels_timeline_logmel_and_model(client, service, wav_file):
+    r = post_file(client, "warble.wav", wav_file.read_bytes())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["file"] == "warble.wav" and body["duration"] == pytest.approx(5.0, abs=1e-3)
+    probs = [lab["prob"] for lab in body["labels"]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+    # the same labels as `noisytag tag` on the file
+    record = service.tagger.tag([wav_file], top_k=5)[0]
+    assert [(lab["label"], lab["prob"]) for lab in body["labels"]] == record.labels
+    tl = body["timeline"]
+    assert tl["classes"] == [lab["label"] for lab in body["labels"]]
+    assert np.asarray(tl["probs"]).shape == (len(tl["windows"]), 5) and len(tl["windows"]) >= 3
+    assert 0 <= tl["windows"][0]["start_s"] < tl["windows"][-1]["end_s"] <= 5.0
+    # per-window probabilities average to the clip's probabilities (the engine's per-clip mean)
+    np.testing.assert_allclose(np.mean(tl["probs"], axis=0), probs, atol=1e-3)
+    lm = body["logmel"]
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(lm["png"])))
+    assert image.mode == "L" and image.size == (lm["width"], lm["height"]) and lm["height"] == 128
+    assert lm["width"] * lm["seconds_per_column"] == pytest.approx(5.0, abs=0.1)
+    assert np.asarray(image).std() > 5  # not a blank image
+    model = body["model"]
+    assert model["backend"] == "torch" and model["mode"] == "exact" and model["n_classes"] == len(CLASSES)
+    assert model["stages"] == [2, 3] and model["architectures"] == ["cnn1"] and model["members"] == 2
+    # the raw body form of the same upload; a client's path is only echoed, as a bare name
+    params = {"top_k": 2, "filename": "../../etc/warble.wav"}
+    raw = client.post(
+        "/api/tag", content=wav_file.read_bytes(), headers={"content-type": "audio/wav"}, params=params
+    )
+    assert raw.status_code == 200 and raw.json()["labels"] == body["labels"][:2]
+    assert raw.json()["file"] == "warble.wav"
+
+
+def test_tag_mp3(client):
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile cannot write MP3 (needs libsndfile >= 1.1)")
+    r = post_file(client, "clip.mp3", encoded(tone(3.0), 44100, "MP3"), "audio/mpeg")
+    assert r.status_code == 200, r.text
+    assert r.json()["duration"] == pytest.approx(3.0, abs=0.1)
+
+
+def test_tag_ten_minute_flac(client):
+    sr = 8000  # low rate: cheap to make and to send; the server resamples to 44.1 kHz
+    data = encoded(tone(600.0, sr, 700.0), sr, "FLAC")
+    started = time.perf_counter()
+    r = post_file(client, "long.flac", data, "audio/flac")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["duration"] == pytest.approx(600.0, abs=0.01)
+    assert body["timeline"]["windows"][-1]["end_s"] == pytest.approx(600.0, abs=0.1)
+    assert len(body["timeline"]["windows"]) > 700 and body["logmel"]["width"] <= 600
+    assert time.perf_counter() - started < 60
+
+
+@pytest.mark.parametrize(
+    "kind, status, words",
+    [
+        ("text file", 415, "not an audio file"),
+        ("text as octet-stream", 422, "cannot be decoded"),
+        ("corrupt wav", 422, "cannot be decoded"),
+        ("empty file", 400, "empty"),
+        ("empty body", 400, "no body"),
+        ("form without file", 400, "no file field"),
+        ("json body", 415, "not accepted"),
+        ("bad top_k", 422, "top_k"),
+    ],
+)
+def test_bad_input_is_a_4xx_with_one_sentence(client, kind, status, words):
+    text = b"these are notes, not sound\n" * 20
+    r = {
+        "text file": lambda: post_file(client, "notes.txt", text, "text/plain"),
+        "text as octet-stream": lambda: post_file(client, "notes.wav", text, "application/octet-stream"),
+        "corrupt wav": lambda: post_file(client, "broken.wav", b"RIFF....WAVEfmt garbage" * 10),
+        "empty file": lambda: post_file(client, "empty.wav", b""),
+        "empty body": lambda: client.post("/api/tag", content=b""),
+        "form without file": lambda: client.post("/api/tag", files={"other": ("a.wav", b"RIFF")}),
+        "json body": lambda: client.post("/api/tag", json={"file": "a.wav"}),
+        "bad top_k": lambda: post_file(client, "a.wav", encoded(tone(1.0), 44100, "WAV"), top_k=0),
+    }[kind]()
+    assert r.status_code == status, r.text
+    assert words in one_sentence(r)
+
+
+def test_too_large_and_too_long_uploads(service):
+    strict = TagService(service.tagger, service.info, ServeSettings(max_mb=0.25, max_seconds=2.0))
+    big = encoded(tone(6.0), 44100, "WAV")  # 0.5 MB
+    with running(create_app(strict)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for r in (
+            post_file(client, "big.wav", big),
+            client.post("/api/tag", content=big, headers={"content-type": "audio/wav"}),
+            # no Content-Length: the body is cut off while it streams in
+            client.post("/api/tag", content=iter([big[i : i + 65536] for i in range(0, len(big), 65536)])),
+        ):
+            assert r.status_code == 413, r.text
+            assert "0.2 MB" in one_sentence(r)
+        r = post_file(client, "long.flac", encoded(tone(3.0, 8000), 8000, "FLAC"), "audio/flac")
+        assert r.status_code == 413 and "lasts 3.0 s" in one_sentence(r)
+        assert client.get("/api/health").json()["status"] == "ok"  # still serving
+
+
+@pytest.mark.parametrize("backend, mode", [("onnx", "exact"), ("torch", "fast")])
+def test_onnx_backend_and_fast_mode_agree_with_torch(model_run, client, wav_file, backend, mode):
+    reference = post_file(client, "warble.wav", wav_file.read_bytes()).json()
+    other = open_service(model_run, backend=backend, mode=mode)
+    with running(create_app(other)) as url, httpx.Client(base_url=url, timeout=60) as c:
+        body = post_file(c, "warble.wav", wav_file.read_bytes()).json()
+    assert body["model"]["backend"] == backend and body["model"]["mode"] == mode
+    assert body["labels"][0]["label"] == reference["labels"][0]["label"]
+    tol = 1e-4 if mode == "exact" else 0.05  # fast mode: windows see their neighbours at the edges
+    ref = {lab["label"]: lab["prob"] for lab in reference["labels"]}
+    for lab in body["labels"][:3]:
+        assert lab["prob"] == pytest.approx(ref.get(lab["label"], lab["prob"]), abs=tol)
+
+
+def test_concurrency_eight_clients_none_fails(service):
+    queued = TagService(service.tagger, service.info, ServeSettings(max_in_flight=2, wait_seconds=60))
+    data = encoded(tone(4.0, 22050), 22050, "WAV")
+    results: list = []
+    with running(create_app(queued)) as url:
+
+        def one_client(i: int) -> None:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                for _ in range(2):
+                    r = post_file(c, f"c{i}.wav", data)
+                    results.append(
+                        (r.status_code, r.json()["labels"][0]["label"] if r.is_success else r.text)
+                    )
+
+        threads = [threading.Thread(target=one_client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert httpx.get(f"{url}/api/health").json()["in_flight"] == 0
+    assert len(results) == 16 and {s for s, _ in results} == {200}
+    assert len({label for _, label in results}) == 1
+
+
+class SlowService(TagService):
+    def tag_bytes(self, data, name, top_k=None):
+        time.sleep(1.0)
+        return super().tag_bytes(data, name, top_k)
+
+
+def test_busy_server_answers_503(service):
+    slow = SlowService(service.tagger, service.info, ServeSettings(max_in_flight=1, wait_seconds=0.1))
+    data = encoded(tone(1.0), 44100, "WAV")
+    statuses: list = []
+    with running(create_app(slow)) as url:
+
+        def one() -> None:
+            r = httpx.post(f"{url}/api/tag", files={"file": ("a.wav", data, "audio/wav")}, timeout=30)
+            statuses.append((r.status_code, r.headers.get("retry-after"), r.json()))
+
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+        for t in threads:
+            t.join()
+    assert sorted(s for s, _, _ in statuses) == [200, 503]
+    busy = next(x for x in statuses if x[0] == 503)
+    assert busy[1] == "1" and "busy" in busy[2]["detail"]
+
+
+def test_labels_health_docs_and_openapi(client):
+    assert client.get("/api/labels").json() == {"classes": CLASSES, "count": len(CLASSES)}
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["max_in_flight"] == 4 and health["model"]["members"] == 2
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/api/tag"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "audio/*"} <= set(body)
+    assert "PNG" in spec["components"]["schemas"]["LogMel"]["properties"]["png"]["description"]
+    assert {"413", "415", "503"} <= set(spec["paths"]["/api/tag"]["post"]["responses"])
+
+
+def test_page_loads_nothing_from_elsewhere(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+    for name in ("index.html", "app.js", "style.css"):
+        text = (WEB_DIR / name).read_text()
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text), name
+        assert not re.search(r"(url\(|import |fetch\()\s*[\"']?(https?:)?//", text), name
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_cli_help_and_refusals(tmp_path):
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["serve", "--help"], terminal_width=200).output
+    for option in ("--host", "--port", "--backend", "--mode", "--top-k", "--max-seconds", "--max-mb"):
+        assert option in out
+    r = runner.invoke(app, ["serve", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = runner.invoke(app, ["serve", str(tmp_path), "--backend", "tf"])
+    assert r.exit_code == 2 and "--backend" in r.output
+    r = runner.invoke(app, ["serve", str(tmp_path)])  # a directory without models
+    assert r.exit_code == 2 and "no finished models" in r.output
+
+
+def test_cli_serves_a_run(model_run, tmp_path):
+    cmd = [sys.executable, "-m", "noisytag", "serve", str(model_run), "--port", "0", "--mode", "fast"]
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            found = re.search(r"running on (http://[\d.]+:\d+)", log.read_text(), re.I)
+            url = found and found.group(1)
+        assert url, f"the server did not report its address: {log.read_text()[-500:]}"
+        health = httpx.get(f"{url}/api/health", timeout=10).json()
+        assert health["model"]["mode"] == "fast" and health["model"]["run"] == model_run.name
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_page_in_headless_chromium(server, client, wav_file, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    exe = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    if exe is None:
+        pytest.skip("no Chromium on PATH (apt-get install chromium)")
+    api_top = post_file(client, "warble.wav", wav_file.read_bytes()).json()["labels"][0]["label"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not audio\n")
+    requests, errors = [], []
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        except Exception as err:  # a Chromium that cannot start here (sandbox, missing libraries)
+            pytest.skip(f"Chromium did not launch: {str(err).splitlines()[0]}")
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 760})
+            page.on("request", lambda req: requests.append(req.url))
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(f"{server}/")
+            page.locator("#model-info", has_text="classes").wait_for()  # the page's CSP forbids eval
+            page.set_input_files("#file-input", str(wav_file))
+            page.wait_for_selector(".card[data-state=done]", timeout=30_000)
+            assert page.text_content(".card[data-state=done] .top-label") == api_top
+            assert page.locator(".card[data-state=done] .bars rect").count() == 10  # 5 tracks + 5 bars
+            drawn = page.evaluate(
+                """() => Object.fromEntries(['timeline', 'logmel'].map((cls) => {
+                    const c = document.querySelector('.card[data-state=done] canvas.' + cls);
+                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                    let ink = 0; const colours = new Set();
+                    for (let i = 0; i < d.length; i += 4) {
+                      if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) ink++;
+                      colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+                    }
+                    return [cls, {ink: ink / (d.length / 4), colours: colours.size}];
+                }))"""
+            )
+            for cls, stats in drawn.items():
+                assert stats["ink"] > 0.3 and stats["colours"] > 20, (cls, stats)
+            page.set_input_files("#file-input", str(notes))
+            page.wait_for_selector(".card[data-state=error]", timeout=30_000)
+            assert "not an audio file" in page.text_content(".card[data-state=error] .status")
+            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "serve.png").stat().st_size > 10_000
+    assert not errors, errors
+    outside = [u for u in requests if not u.startswith((server, "data:", "blob:"))]
+    assert not outside, outside
