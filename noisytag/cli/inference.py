@@ -28,6 +28,16 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [n for v in values for n in v.split(",") if n] if values else None
 
 
+def check_model_options(run_dir: Path, mode: str | None, backend: str | None) -> None:
+    """The one-line refusals predict, tag and serve share (None: the run's own setting)."""
+    if mode is not None and mode not in ("exact", "fast"):
+        fail(f"--mode: expected exact or fast, got '{mode}'")
+    if backend is not None and backend not in ("torch", "onnx"):
+        fail(f"--backend: expected torch or onnx, got '{backend}'")
+    if not run_dir.is_dir():
+        fail(f"run directory '{run_dir}' does not exist")
+
+
 StagesOpt = Annotated[
     str | None,
     typer.Option("--stages", help="Stages of the ensemble, e.g. 2,3,4 (default: config infer.stages)."),
@@ -76,16 +86,11 @@ def predict(
     from noisytag.ensemble import run_infer_config  # heavy (torch): imported when the command runs
     from noisytag.tag import predict_run
 
-    if not run_dir.is_dir():
-        fail(f"run directory '{run_dir}' does not exist")
+    check_model_options(run_dir, mode or None, backend or None)
     if not test_dir.exists():
         fail(f"test folder or manifest '{test_dir}' does not exist")
     cfg = run_infer_config(run_dir)
     changes = {k: v for k, v in {"mode": mode, "backend": backend, "batch_size": batch_size}.items() if v}
-    if changes.get("mode", "exact") not in ("exact", "fast"):
-        fail(f"--mode: expected exact or fast, got '{mode}'")
-    if changes.get("backend", "torch") not in ("torch", "onnx"):
-        fail(f"--backend: expected torch or onnx, got '{backend}'")
     cfg = dataclasses.replace(cfg, **changes)
     try:
         frame, failures = predict_run(
@@ -167,12 +172,7 @@ def tag(
 
     if json_ and csv_:
         fail("choose one of --json and --csv")
-    if mode not in ("exact", "fast"):
-        fail(f"--mode: expected exact or fast, got '{mode}'")
-    if backend not in ("torch", "onnx"):
-        fail(f"--backend: expected torch or onnx, got '{backend}'")
-    if not run_dir.is_dir():
-        fail(f"run directory '{run_dir}' does not exist")
+    check_model_options(run_dir, mode, backend)
     try:
         tagger = Tagger(
             run_dir, _stage_list(stages), backend=backend, mode=mode, archs=_names(arch), device=device

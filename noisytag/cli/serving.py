@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from noisytag.cli import app, console, err_console, fail  # noqa: F401
-from noisytag.cli.inference import ArchOpt, StagesOpt, _names, _stage_list
+from noisytag.cli.inference import ArchOpt, StagesOpt, _names, _stage_list, check_model_options
 
 
 @app.command(rich_help_panel="Inference")
@@ -47,12 +47,7 @@ def serve(
 
     from noisytag.serve import ServeSettings, create_app, open_service
 
-    if mode not in ("exact", "fast"):
-        fail(f"--mode: expected exact or fast, got '{mode}'")
-    if backend not in ("torch", "onnx"):
-        fail(f"--backend: expected torch or onnx, got '{backend}'")
-    if not run_dir.is_dir():
-        fail(f"run directory '{run_dir}' does not exist")
+    check_model_options(run_dir, mode, backend)
     settings = ServeSettings(top_k, max_seconds, max_mb, max_in_flight, wait_seconds)
     try:
         service = open_service(
