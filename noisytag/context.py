@@ -122,14 +122,27 @@ def _column(frame: pd.DataFrame, name: str) -> list | None:
 
 
 def open_run(
-    data_dir: str | Path, run_dir: str | Path, cfg: RunConfig, force: bool = False, progress: bool = True
+    data_dir: str | Path,
+    run_dir: str | Path,
+    cfg: RunConfig,
+    force: bool = False,
+    progress: bool = True,
+    writer: bool | None = None,
 ) -> RunContext:
-    """Validate data, adopt the config, build caches and folds: the shared start of every stage."""
+    """Validate data, adopt the config, build caches and folds: the shared start of every stage.
+
+    ``writer``: whether this process records the run (saves config.yaml, marks run.json started);
+    default: global rank zero. Other DDP ranks and Ray tasks only check the config against the saved one.
+    """
     data_dir, run = Path(data_dir), RunDir(run_dir)
+    writer = is_global_zero() if writer is None else writer
     data = load_data(data_dir, skip_invalid=cfg.data.skip_invalid)
     for problem in data.problems:
         log.warning("skipped: %s", problem)
-    run.adopt_config(cfg, force)
+    if writer:
+        run.adopt_config(cfg, force)
+    else:
+        run.check_config(cfg, force)
     caches = open_caches(data_dir, cfg, progress)
     frames = {s: _with_features(s, data.split(s), caches[s]) for s in (*LABELLED, "test")}
     kept = Dataset(data.root, data.classes, frames["curated"], frames["noisy"], frames["test"])
@@ -146,6 +159,6 @@ def open_run(
         clips = ClipSet(np.full(len(fnames), split, dtype=object), positions, multi_hot(labels, data.classes))
         truth = _column(frame, "truth")
         splits[split] = Split(clips, fnames, labels, fold, truth, _column(frame, "usage"))
-    if is_global_zero():
+    if writer:
         run.mark_started(data_dir)
     return RunContext(cfg, run, data_dir, list(data.classes), caches, splits, progress=progress)

@@ -3,7 +3,11 @@
 Each fold model is finished when its ``done`` marker exists (written after weights and out-of-fold
 predictions), so a re-run skips it; a fold that was interrupted resumes from its last epoch checkpoint.
 Stage-level outputs (scores, selections, tables, submission) are pure functions of the fold outputs
-(:mod:`noisytag.scoring`), written by global rank zero.
+(:mod:`noisytag.scoring`), written by global rank zero; under DDP every rank waits at a barrier after
+each fold and each stage, so no rank reads a file before rank zero has written it.
+
+Where the folds of a stage run is the executor's choice (:class:`FoldExecutor`): by default one after
+another in this process; ``noisytag.executors.RayExecutor`` runs them at once as Ray tasks.
 
 Beyond the seed (``noisy.treatment`` ≠ drop): in the stages of ``noisy.stages`` every noisy clip of the
 other folds trains; the selected ones as trusted, the rest through the treatment. ``pipeline.mode:
@@ -15,7 +19,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -299,16 +305,55 @@ def select_for(ctx: RunContext, arch: str, stage: int) -> pd.DataFrame:
 # stages, tables, ensemble
 
 
-def run_stage(ctx: RunContext, arch: str, stage: int, folds: Sequence[int] | None = None) -> None:
-    """Every (or the chosen) fold of one stage; then the stage's per-clip scores."""
+def prepare_stage(ctx: RunContext, arch: str, stage: int) -> None:
+    """Check that ``stage`` can run; stages 3–4 compute their selection here, once, before any fold."""
     if stage not in run_stages(ctx.cfg):
         raise ValueError(f"stage {stage} is not trained in this run (stages: {run_stages(ctx.cfg)})")
     if stage in (3, 4) and ctx.cfg.pipeline.mode == "warmup":
         select_for(ctx, arch, stage)  # fails early, with the reason, if earlier stages are missing
-    for fold in folds if folds is not None else range(ctx.cfg.train.folds):
-        run_fold(ctx, arch, stage, fold)
+
+
+def close_stage(ctx: RunContext, arch: str) -> None:
+    """The per-clip scores once a stage's folds are done; every rank waits until they are written."""
     if is_global_zero():
         write_clip_table(ctx.run.scores(arch), noisy_scores(ctx, arch))
+    barrier()
+
+
+def run_stage(ctx: RunContext, arch: str, stage: int, folds: Sequence[int] | None = None) -> None:
+    """Every (or the chosen) fold of one stage; then the stage's per-clip scores."""
+    prepare_stage(ctx, arch, stage)
+    for fold in folds if folds is not None else range(ctx.cfg.train.folds):
+        run_fold(ctx, arch, stage, fold)
+    close_stage(ctx, arch)
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """One fold model to train: what :func:`run_fold` takes besides the run context."""
+
+    arch: str
+    stage: int
+    fold: int
+
+
+class FoldExecutor(Protocol):
+    """Runs the independent folds of one stage; the pipeline waits for all of them before the next."""
+
+    def run_folds(self, ctx: RunContext, jobs: Sequence[FoldJob]) -> None:
+        """Train every job (writing exactly what ``run_fold`` writes); return once all are done."""
+
+
+def run_stage_with(executor: FoldExecutor, ctx: RunContext, stage: int) -> None:
+    """Every (architecture, fold) of one stage through ``executor``, as one batch of independent jobs."""
+    archs = ctx.cfg.pipeline.architectures
+    for arch in archs:
+        prepare_stage(ctx, arch, stage)
+    executor.run_folds(
+        ctx, [FoldJob(arch, stage, fold) for arch in archs for fold in range(ctx.cfg.train.folds)]
+    )
+    for arch in archs:
+        close_stage(ctx, arch)
 
 
 def selection_table(ctx: RunContext) -> pd.DataFrame:
@@ -346,9 +391,10 @@ def finish(ctx: RunContext) -> dict:
     test_rows = pd.DataFrame()
     if ensemble is not None:
         sample = ctx.data_dir / "sample_submission.csv"
-        write_submission(
-            run.submission, ctx.test.fnames, ensemble, ctx.classes, sample if sample.is_file() else None
-        )
+        if is_global_zero():
+            write_submission(
+                run.submission, ctx.test.fnames, ensemble, ctx.classes, sample if sample.is_file() else None
+            )
         if ctx.truth_test is not None:
             ens = {"model": "ensemble " + "+".join(members), "arch": "all"} | test_scores(ctx, ensemble)
             columns = ["model", "arch", *[c for c in table.columns if c.startswith("test_lwlrap")]]
@@ -366,12 +412,25 @@ def finish(ctx: RunContext) -> dict:
 
 
 def run_pipeline(
-    data_dir: str | Path, run_dir: str | Path, cfg: RunConfig, force: bool = False, progress: bool = True
+    data_dir: str | Path,
+    run_dir: str | Path,
+    cfg: RunConfig,
+    force: bool = False,
+    progress: bool = True,
+    executor: FoldExecutor | None = None,
 ) -> dict:
-    """Stages × folds × architectures; resumable; returns the tables of :func:`finish`."""
+    """Stages × folds × architectures; resumable; returns the tables of :func:`finish`.
+
+    Without ``executor`` the folds train one after another in this process (or in this DDP job);
+    with one, each stage's folds of every architecture go to it together.
+    """
     check_config(cfg)
     ctx = open_run(data_dir, run_dir, cfg, force=force, progress=progress)
-    for arch in cfg.pipeline.architectures:
+    if executor is None:
+        for arch in cfg.pipeline.architectures:
+            for stage in run_stages(cfg):
+                run_stage(ctx, arch, stage)
+    else:
         for stage in run_stages(cfg):
-            run_stage(ctx, arch, stage)
+            run_stage_with(executor, ctx, stage)
     return finish(ctx)

@@ -24,6 +24,7 @@ A run directory is what users keep and share; everything needed to tag new audio
     {arch}/stage{k}/fold{f}/last.ckpt        Lightning checkpoint while training (removed when done)
     {arch}/stage{k}/fold{f}/done             written last: the fold is complete
     onnx/                            ``noisytag export`` output (models + manifest.json)
+    .executor-token                  while Ray tasks run: proves to each task that it sees this directory
 
 Only global rank zero writes run-level files; callers decide that (``noisytag.train.is_global_zero``).
 """
@@ -84,6 +85,7 @@ class RunDir:
     report = _file("report.html")
     least_trusted = _file("least_trusted.csv")
     onnx_dir = _file("onnx")
+    executor_token = _file(".executor-token")
     del _file
 
     # architecture and stage level ----------------------------------------------------------------
@@ -145,6 +147,13 @@ class RunDir:
 
     def adopt_config(self, cfg: RunConfig, force: bool = False) -> None:
         """Save ``cfg`` as the run's config; refuse one that changes results unless ``force``."""
+        self.check_config(cfg, force)
+        self.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.config)
+
+    def check_config(self, cfg: RunConfig, force: bool = False) -> None:
+        """Raise :class:`RunConfigMismatch` when ``cfg`` would change the results of the saved config
+        (the check without the save: for processes that must not write, e.g. DDP ranks, Ray tasks)."""
         saved = self.saved_config()
         if saved is not None and not force:
             a, b = comparable(saved), comparable(cfg)
@@ -159,8 +168,6 @@ class RunDir:
                     f"{self.root} was made with another config ({'; '.join(diffs)}); "
                     "use --force to continue it anyway, or another output directory"
                 )
-        self.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.config)
 
     def info(self) -> dict:
         return json.loads(self.run_info.read_text()) if self.run_info.is_file() else {}

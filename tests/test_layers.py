@@ -18,7 +18,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "noisytag"
 # Top to bottom. Submodules of a package (models.*, cli.*) belong to its layer.
 LAYERS: list[tuple[str, set[str]]] = [
     ("cli", {"cli", "__main__"}),
-    ("commands", {"pipeline", "ablate", "serve", "tag", "export", "report", "summary", "gallery"}),
+    (
+        "commands",
+        {"pipeline", "executors", "ablate", "serve", "tag", "export", "report", "summary", "gallery"},
+    ),
     (
         "jobs",
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -13,8 +14,10 @@ from noisytag.config import with_overrides
 from noisytag.data import DataError
 from noisytag.rundir import RunConfigMismatch
 
-# Heavy (torch, lightning): imported inside the commands so `noisytag --help` stays instant.
-# noisytag.context, noisytag.pipeline, noisytag.report, noisytag.summary, noisytag.synth
+# Heavy (torch, lightning, ray): imported inside the commands so `noisytag --help` stays instant.
+# noisytag.context, noisytag.executors, noisytag.pipeline, noisytag.report, noisytag.summary, noisytag.synth
+
+EXECUTORS = ("local", "ray")
 
 
 def run_config(config: Path | None, out: Path) -> Path | None:
@@ -26,7 +29,9 @@ def run_config(config: Path | None, out: Path) -> Path | None:
 
 @app.command(rich_help_panel="Training")
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")] = Path(
         "runs/run"
     ),
@@ -74,7 +79,9 @@ def train(
 
 @app.command(rich_help_panel="Training")
 def pipeline(
-    data_dir: Annotated[Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (created or resumed).")] = Path(
         "runs/run"
     ),
@@ -83,22 +90,75 @@ def pipeline(
     force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
     report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local: folds one after another in this process (or DDP job); ray: the folds of a stage "
+            "at once, each a Ray task (pip install 'noisytag\\[ray]').",
+            rich_help_panel="Scale-out (--executor ray)",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join: auto (the one `ray start` made here) or HOST:PORT; default: a "
+            "local Ray instance for this run. The run directory must be on storage every node sees.",
+            rich_help_panel="Scale-out (--executor ray)",
+        ),
+    ] = None,
+    gpus_per_task: Annotated[
+        float | None,
+        typer.Option(
+            help="GPUs per fold task, at most 1 (0.5: two folds per GPU); default 1 when Ray sees GPUs, else 0.",
+            rich_help_panel="Scale-out (--executor ray)",
+        ),
+    ] = None,
+    cpus_per_task: Annotated[
+        int | None,
+        typer.Option(
+            help="CPUs (and torch threads) per fold task; default: CPUs per GPU, or the CPUs shared "
+            "out over the tasks that run at once.",
+            rich_help_panel="Scale-out (--executor ray)",
+        ),
+    ] = None,
+    max_tasks: Annotated[
+        int | None,
+        typer.Option(
+            help="Fold tasks running at once; default: as many as the resources allow.",
+            rich_help_panel="Scale-out (--executor ray)",
+        ),
+    ] = None,
 ) -> None:
     """Run the four-stage warm-up pipeline (stages 1-4 x folds x architectures).
 
     Resumable: run the same command again after an interruption and it continues from the last finished
     epoch; finished folds and stages are not redone. Without --config an existing run directory keeps
     the config it was made with. Prints the article's stage table at the end.
+
+    With --executor ray the folds of each stage (of every architecture) train at once as Ray tasks, on
+    this machine's GPUs or on a cluster; a task whose worker dies is retried from its fold checkpoint.
     """
+    if executor not in EXECUTORS:
+        fail(f"--executor: expected {' or '.join(EXECUTORS)}, got '{executor}'")
+    from rich.markup import escape
+
+    from noisytag.context import is_global_zero
+    from noisytag.executors import ExecutorError, RayExecutor
     from noisytag.pipeline import run_pipeline
     from noisytag.report import write_report
     from noisytag.summary import print_results
 
     cfg = load_cfg(run_config(config, out), set_)
+    runner = None
+    if executor == "ray":
+        runner = RayExecutor(ray_address, gpus_per_task, cpus_per_task, max_tasks)
     try:
-        results = run_pipeline(data_dir, out, cfg, force=force, progress=progress)
-    except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
-        fail(str(err))
+        with runner if runner is not None else contextlib.nullcontext():
+            results = run_pipeline(data_dir, out, cfg, force=force, progress=progress, executor=runner)
+    except (DataError, RunConfigMismatch, ExecutorError, ValueError, RuntimeError) as err:
+        fail(escape(str(err)))  # messages quote paths and extras ("noisytag[ray]") that are not markup
+    if not is_global_zero():
+        return  # under DDP the other ranks leave the report and the printout to rank zero
     if report:
         results["report"] = write_report(out, data_dir=data_dir)
     print_results(console, results, out)
