@@ -85,9 +85,22 @@ def main() -> None:
     print(f"  ratio in-process / ray                    {local_s / ray_s:8.2f}x")
     print(f"  in-process, 1 torch thread                {single_s:8.1f} s")
     print(f"  largest submission difference, ray vs in-process: 1 thread {exact:.1e}, all cores {diff:.1e}")
+    record = json.loads((ray / "executor.json").read_text())  # written by the Ray run's driver
+    tasks = pd.DataFrame(record["tasks"])
+    overhead = tasks["wall_s"] - tasks["train_s"]
+    print(f"  Ray start-up (local instance)             {record['ray_start_s']:8.1f} s")
+    print(
+        f"  overhead per task, median of {len(tasks)} tasks      {overhead.median():8.1f} s of {tasks['wall_s'].median():.1f} s"
+    )
+    print(f"    start-up in the task (open_run: data, caches, folds) {tasks['startup_s'].median():6.2f} s")
+    print(
+        f"    scheduling + worker start (wall - task)    {(tasks['wall_s'] - tasks['task_s']).median():6.2f} s"
+    )
     if args.json:
         figures = {"local_s": local_s, "ray_s": ray_s, "ratio": local_s / ray_s, "local_1thread_s": single_s}
         figures |= {"max_diff_all_cores": diff, "max_diff_1thread": exact, "load": load}
+        figures |= {"ray_start_s": record["ray_start_s"], "task_overhead_s": float(overhead.median())}
+        figures |= {"task_startup_s": float(tasks["startup_s"].median())}
         args.json.write_text(
             json.dumps({"sets": sets, "config": str(args.config), **figures}, indent=2) + "\n"
         )

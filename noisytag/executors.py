@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,12 +118,14 @@ def _arm_kill(spec: TaskSpec, job: FoldJob) -> threading.Event | None:
     return stop
 
 
-def fold_task(spec: TaskSpec, job: FoldJob, selected: pd.DataFrame | None) -> float:
-    """Train one fold in a Ray worker, as the in-process loop would; returns its seconds (done-marker).
+def fold_task(spec: TaskSpec, job: FoldJob, selected: pd.DataFrame | None) -> dict[str, float]:
+    """Train one fold in a Ray worker, as the in-process loop would.
 
     ``selected``: the driver's selection for (arch, stage) in stages 3–4, so no task recomputes or
-    rewrites it.
+    rewrites it. Returns ``train_s`` (the fold's seconds, as its done-marker says), ``startup_s``
+    (checks and :func:`open_run`: data set, config, feature caches, folds) and ``task_s`` (the whole task).
     """
+    started = time.perf_counter()
     torch.set_num_threads(spec.threads)
     check_shared(spec.data_dir, spec.run_dir, spec.token)
     if os.path.isdir(spec.cwd):
@@ -134,11 +137,16 @@ def fold_task(spec: TaskSpec, job: FoldJob, selected: pd.DataFrame | None) -> fl
         )
         if selected is not None:
             ctx.selections[(job.arch, job.stage)] = selected
+        opened = time.perf_counter()
         run_fold(ctx, job.arch, job.stage, job.fold)
     finally:
         if stop is not None:
             stop.set()
-    return float(ctx.run.fold_done(job.arch, job.stage, job.fold).read_text())
+    return {
+        "train_s": float(ctx.run.fold_done(job.arch, job.stage, job.fold).read_text()),
+        "startup_s": opened - started,
+        "task_s": time.perf_counter() - started,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,6 +173,8 @@ class RayExecutor:
     on_done: Callable[[FoldJob, float], None] | None = None
     _ray: Any = field(default=None, init=False, repr=False)
     _started: bool = field(default=False, init=False, repr=False)
+    ray_start_s: float = field(default=0.0, init=False)  # starting the local Ray instance (0: joined one)
+    task_stats: list[dict] = field(default_factory=list, init=False)  # per finished task: job and seconds
 
     def __enter__(self) -> RayExecutor:
         if self.gpus_per_task is not None and not 0 <= self.gpus_per_task <= 1:
@@ -188,8 +198,10 @@ class RayExecutor:
         ray = self._ray or require_ray()
         self._ray = ray
         if not ray.is_initialized():
+            started = time.perf_counter()
             ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
             self._started = True
+            self.ray_start_s = time.perf_counter() - started
         return ray
 
     def resources(self, n_jobs: int) -> tuple[int, float]:
@@ -244,21 +256,29 @@ class RayExecutor:
         task = ray.remote(fold_task)
         options = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": self.max_retries}
         log.info("%d fold task(s), %d CPU(s) and %g GPU(s) each", len(todo), cpus, gpus)
-        pending, running = list(todo), {}
+        pending, running, submitted = list(todo), {}, {}
         try:
             while pending or running:
                 while pending and (self.max_tasks is None or len(running) < self.max_tasks):
                     job = pending.pop(0)
                     selected = ctx.selections.get((job.arch, job.stage))
                     ref = task.options(name=job_name(job), **options).remote(spec, job, selected)
-                    running[ref] = job
+                    running[ref], submitted[ref] = job, time.perf_counter()
                 ready, _ = ray.wait(list(running), num_returns=1)
                 for ref in ready:
                     job = running.pop(ref)
-                    seconds = self._result(ref, job)
-                    log.info("%s done in %.1f s", job_name(job), seconds)
+                    stats = self._result(ref, job)
+                    stats["wall_s"] = time.perf_counter() - submitted[ref]
+                    log.info(
+                        "%s done in %.1f s (training %.1f s, start-up %.1f s)",
+                        job_name(job),
+                        stats["wall_s"],
+                        stats["train_s"],
+                        stats["startup_s"],
+                    )
+                    self.task_stats.append({"job": job_name(job), **stats})
                     if self.on_done is not None:
-                        self.on_done(job, seconds)
+                        self.on_done(job, stats["train_s"])
         except BaseException:
             for ref in running:
                 ray.cancel(ref, force=True)
@@ -267,8 +287,8 @@ class RayExecutor:
             run.executor_token.unlink(missing_ok=True)
             self._record(run, jobs)
 
-    def _result(self, ref: Any, job: FoldJob) -> float:
-        """The task's seconds, or :class:`ExecutorError` with the task's own one-line reason."""
+    def _result(self, ref: Any, job: FoldJob) -> dict[str, float]:
+        """The task's figures (:func:`fold_task`), or :class:`ExecutorError` with its one-line reason."""
         ray = self._ray
         try:
             return ray.get(ref)
@@ -280,10 +300,10 @@ class RayExecutor:
                 f"{job_name(job)}: {type(err).__name__} after {self.max_retries} retries: {_first_line(err)}"
             ) from None
 
-    @staticmethod
-    def _record(run: RunDir, jobs: Sequence[FoldJob]) -> None:
+    def _record(self, run: RunDir, jobs: Sequence[FoldJob]) -> None:
         """Tasks finishing together may have lost each other's timing in run.json: take each finished
-        fold's seconds from its done-marker."""
+        fold's seconds from its done-marker. executor.json gets the tasks' figures (overhead per task)."""
+        write_json(run.executor_log, {"ray_start_s": self.ray_start_s, "tasks": self.task_stats})
         info = run.info()
         timings = info.setdefault("timings", {})
         for job in jobs:

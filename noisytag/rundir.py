@@ -25,6 +25,8 @@ A run directory is what users keep and share; everything needed to tag new audio
     {arch}/stage{k}/fold{f}/done             written last: the fold is complete
     onnx/                            ``noisytag export`` output (models + manifest.json)
     .executor-token                  while Ray tasks run: proves to each task that it sees this directory
+    executor.json                    with --executor ray: Ray's start-up and each task's wall, start-up and
+                                     training seconds (the overhead per task)
 
 Only global rank zero writes run-level files; callers decide that (``noisytag.train.is_global_zero``).
 """
@@ -86,6 +88,7 @@ class RunDir:
     least_trusted = _file("least_trusted.csv")
     onnx_dir = _file("onnx")
     executor_token = _file(".executor-token")
+    executor_log = _file("executor.json")
     del _file
 
     # architecture and stage level ----------------------------------------------------------------

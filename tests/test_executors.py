@@ -38,8 +38,14 @@ def assert_same_run(a: Path, b: Path, atol: float = 1e-6) -> None:
     """Same files; predictions within ``atol``; selections, scores and submission equal (floats within
     ``atol``: the in-process run may use more torch threads than a 1-CPU task); the rest byte-equal
     except timings and the weights' hash (the models match through their predictions)."""
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+
+    def listed(root: Path) -> list[Path]:  # executor.json: the Ray run's own record of its tasks
+        return sorted(
+            p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name != "executor.json"
+        )
+
+    files = listed(a)
+    assert files == listed(b)
     for rel in files:
         pa, pb = a / rel, b / rel
         if rel.suffix == ".npy":
@@ -73,6 +79,9 @@ def test_ray_run_writes_what_the_local_run_writes(ray_cluster, tiny_run, tiny_da
     info = RunDir(tmp_path / "run").info()
     assert "resumed" not in info and len(info["timings"]) == 8  # the tasks' open_run is no resume
     assert not RunDir(tmp_path / "run").executor_token.exists()
+    record = json.loads(RunDir(tmp_path / "run").executor_log.read_text())
+    assert len(record["tasks"]) == 8  # each task's wall, start-up and training seconds: the overhead
+    assert all(t["wall_s"] >= t["task_s"] >= t["train_s"] > 0 for t in record["tasks"])
 
 
 @pytest.mark.slow
