@@ -25,7 +25,9 @@ VariantOpt = Annotated[
 
 @app.command(rich_help_panel="Experiments")
 def ablate(
-    data_dir: Annotated[Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="Data set: a folder in the competition layout, or a manifest CSV.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Ablation directory (created or continued).")],
     variant: VariantOpt = None,
     seeds: Annotated[
