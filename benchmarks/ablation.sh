@@ -41,4 +41,8 @@ $NOISYTAG ablate "$DATA" -c configs/demo_seed.yaml -o "$OUT" --seeds "$SEEDS" --
   --variant "epochs2x=pipeline.stage_epochs=[24,30,20,20]" \
   --variant "joint_mixup_only=pipeline.mode=joint,$NO_AUG" \
   --variant "head_all_mixup_only=noisy.treatment=head,$ALL,$NO_AUG" \
-  --variant "lsoft_all_mixup_only=noisy.treatment=lsoft,$ALL,$NO_AUG"
+  --variant "lsoft_all_mixup_only=noisy.treatment=lsoft,$ALL,$NO_AUG" \
+  --variant "lsoft_mixup_only=noisy.treatment=lsoft,pipeline.stage_epochs=[12,15,5,5],$NO_AUG" \
+  --variant "cleanlab_mixup_only=selection.method=cleanlab,$NO_AUG" \
+  --variant "cleanlab_mixup_only_epochs2x=selection.method=cleanlab,$NO_AUG,pipeline.stage_epochs=[24,30,20,20]" \
+  --variant "no_aug=augment.mixup_p=0,$NO_AUG"
