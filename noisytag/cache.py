@@ -44,7 +44,7 @@ import numpy as np
 
 from noisytag.audio import AudioError, audio_files, decode, prepare
 from noisytag.config import FrontendConfig
-from noisytag.data import SPLITS
+from noisytag.data import SPLITS, Dataset
 from noisytag.features import LogMel, log_mel_frames, mel_filters
 from noisytag.fileio import write_text
 from noisytag.manifest import is_manifest, load_manifest
@@ -315,11 +315,15 @@ def _build_group(
         write_text(done, signature)
 
 
-def _groups(data_dir: Path, splits: Sequence[str]) -> list[tuple[str, list[tuple[str, Path]]]]:
+def _groups(
+    data_dir: Path, splits: Sequence[str], data: Dataset | None
+) -> list[tuple[str, list[tuple[str, Path]]]]:
     """(cache folder, clips (key, path)) to extract: one folder per split folder of the competition
-    layout (every audio file in it, keyed by file name), or the pool of a manifest's clips."""
+    layout (every audio file in it, keyed by file name), or the pool of a manifest's clips (read from
+    ``data`` when the caller has loaded it already)."""
     if is_manifest(data_dir):
-        data = load_manifest(data_dir, skip_invalid=True, splits=tuple(splits))
+        if data is None:
+            data = load_manifest(data_dir, skip_invalid=True, splits=tuple(splits))
         keys = {k for s in splits for k in data.split(s)["key"]}  # a manifest's key is the resolved path
         return [(POOL, [(k, Path(k)) for k in sorted(keys)])]
     groups = []
@@ -344,6 +348,7 @@ def build_cache(
     splits: Sequence[str] = ("curated", "noisy", "test"),
     workers: int = 0,
     progress: bool = True,
+    data: Dataset | None = None,
 ) -> Path:
     """Extract the clips of a data set into ``cache_dir/<cfg.key()>/`` → that directory.
 
@@ -351,7 +356,8 @@ def build_cache(
     cache folder of the same name) or a manifest CSV (its clips go to the shared ``files`` pool, keyed by
     resolved path). Resumable after any interruption; an up-to-date split returns at once. A missing
     split folder is skipped with a warning; unreadable files are logged, listed in the manifest and
-    skipped. ``workers``: extraction processes (0 = all cores, 1 = this process).
+    skipped. ``workers``: extraction processes (0 = all cores, 1 = this process). ``data``: the
+    manifest's data set when already loaded (it is not read again).
     """
     data_dir = Path(data_dir)
     if not data_dir.exists():
@@ -369,7 +375,7 @@ def build_cache(
                     TimeRemainingColumn(),
                 )
             )
-        for folder, clips in _groups(data_dir, splits):
+        for folder, clips in _groups(data_dir, splits, data):
 
             def bar(total: int, name: str = folder):
                 if not progress or total == 0:

@@ -94,11 +94,22 @@ class RunContext:
         return None if truth is None else multi_hot(truth, self.classes)
 
 
-def open_caches(data_dir: Path, cfg: RunConfig, progress: bool) -> dict[str, FeatureCache]:
-    """Build (or reuse) the feature cache of each split and open it (a manifest's splits share one)."""
+def open_caches(
+    data_dir: Path, cfg: RunConfig, progress: bool, data: Dataset | None = None
+) -> dict[str, FeatureCache]:
+    """Build (or reuse) the feature cache of each split and open it (a manifest's splits share one;
+    ``data``: the data set already loaded, so a manifest is not read twice)."""
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir)
     splits = (*LABELLED, "test")
-    build_cache(data_dir, cache_dir, cfg.frontend, splits=splits, workers=cfg.data.workers, progress=progress)
+    build_cache(
+        data_dir,
+        cache_dir,
+        cfg.frontend,
+        splits=splits,
+        workers=cfg.data.workers,
+        progress=progress,
+        data=data,
+    )
     opened: dict[str, FeatureCache] = {}
     for split in splits:
         folder = cache_folder(data_dir, split)
@@ -143,7 +154,7 @@ def open_run(
         run.adopt_config(cfg, force)
     else:
         run.check_config(cfg, force)
-    caches = open_caches(data_dir, cfg, progress)
+    caches = open_caches(data_dir, cfg, progress, data)
     frames = {s: _with_features(s, data.split(s), caches[s]) for s in (*LABELLED, "test")}
     kept = Dataset(data.root, data.classes, frames["curated"], frames["noisy"], frames["test"])
     folds = load_or_make_folds(run.folds, kept, cfg.train.folds, cfg.train.seed)
