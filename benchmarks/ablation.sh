@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The learning-quality ablation of issue 11 (README "What the ablation shows"): the seed pipeline, the joint
 # baseline, each noisy-clip treatment and detector alone, each augmentation off in turn, the recipe, and
-# combinations; 2 seeds each, on the synthetic demo data set, one table (CSV + Markdown + HTML).
+# combinations; 2 seeds each, on the version-1 synthetic demo data set (every test clip in the curated
+# recording domain: synth --test-domain clean), one table (CSV + Markdown + HTML). The treatments of the
+# noisy clips are compared on the version-2 set (mixed test domain) by benchmarks/ablation_mixed.sh.
 #
 #   benchmarks/ablation.sh [OUT] [JOBS] [SEEDS]
 #
@@ -14,8 +16,8 @@ OUT=${1:-runs/ablation}
 JOBS=${2:-1}
 SEEDS=${3:-2}
 NOISYTAG=${NOISYTAG:-.venv/bin/noisytag}
-DATA=${DATA:-data/demo}
-[ -f "$DATA/sample_submission.csv" ] || $NOISYTAG synth "$DATA" --scale demo --seed 0
+DATA=${DATA:-data/demo_v1}
+[ -f "$DATA/sample_submission.csv" ] || $NOISYTAG synth "$DATA" --scale demo --seed 0 --test-domain clean
 $NOISYTAG features "$DATA"  # once, before the parallel runs (an up-to-date cache returns at once)
 NO_AUG="augment.specmix_p=0,augment.zoom_p=0,augment.brightness_p=0,augment.contrast_p=0"
 # Treated stages train on every noisy clip, so their epochs are cut to keep about the seed's compute

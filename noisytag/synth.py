@@ -4,7 +4,7 @@
 
     OUT/train_curated/*.wav   OUT/train_curated.csv   clean domain, correct labels
     OUT/train_noisy/*.wav     OUT/train_noisy.csv     shifted domain, ≈35 % of clips with wrong label sets
-    OUT/test/*.wav            OUT/sample_submission.csv
+    OUT/test/*.wav            OUT/sample_submission.csv   half clean, half shifted domain ("mixed")
     OUT/truth/test.csv        OUT/truth/noisy.csv     true labels (fname,labels)
     OUT/truth/synth.json      generation parameters (also marks OUT as a synth data set)
 
@@ -18,6 +18,12 @@ generator from ``(seed, split, index)``, so a clip does not depend on the others
 the two recording domains live in :mod:`noisytag.sounds`; this module plans the label sets (25 % multi-label),
 corrupts the noisy split's labels (swaps between confusable classes such as whistle/siren, drum/knock,
 hi-hat/rain; spurious extra labels; missing labels) and writes the files.
+
+The test clips come from both recording domains by default (``test_domain="mixed"``: exactly half of them in
+the noisy split's shifted domain), as real test sets come from sources other than the curated one: a model
+that learns only from the curated clips meets conditions there that only the noisy clips show, so the demo
+measures what a noisy clip's variety is worth besides what its label costs. ``test_domain="clean"`` gives
+the first demo set (version 1, every test clip in the curated domain), on which README's recipe ablation ran.
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ _SPLIT_CODE = {"curated": 1, "noisy": 2, "test": 3}
 _FOLDER = {"curated": "train_curated", "noisy": "train_noisy", "test": "test"}
 LAYOUTS = ("competition", "manifest")
 MANIFEST, AUDIO = "manifest.csv", "audio"  # the manifest layout's files
+TEST_DOMAINS = ("mixed", "clean")  # recording domains of the test clips (module docstring)
 
 
 # ---------------------------------------------------------------- label plans and label noise
@@ -218,7 +225,8 @@ def _render_all(
 @dataclass(frozen=True)
 class Plan:
     """Everything about a synthetic data set except its audio: per split the file names, true label sets,
-    given label sets (= true except for the noisy split), corruption kinds ("" = correct) and durations."""
+    given label sets (= true except for the noisy split), corruption kinds ("" = correct), durations and
+    recording domains ("clean" or "noisy")."""
 
     scale: str
     seed: int
@@ -229,6 +237,8 @@ class Plan:
     given: dict[str, list[tuple[str, ...]]]
     kinds: list[str]
     durations: dict[str, np.ndarray]
+    domains: dict[str, list[str]]
+    test_domain: str = "mixed"
 
     def summary(self) -> dict:
         """Parameters, counts, hours, multi-label share per split and the actual noisy-label rate."""
@@ -246,22 +256,34 @@ class Plan:
             "multi_label_share": {**multi, "all": float(np.mean([len(x) > 1 for x in all_true]))},
             "noisy_label_rate": float(np.mean(wrong)),
             "corruptions": {k: self.kinds.count(k) for k in CORRUPTION_KINDS},
+            "test_domain": self.test_domain,
+            "domains": {
+                split: {d: self.domains[split].count(d) for d in ("clean", "noisy")} for split in _SPLIT_CODE
+            },
         }
 
 
-def plan(scale: str = "demo", seed: int = 0, sample_rate: int = 44100, fmt: str = "wav") -> Plan:
-    """The label sets, corruptions, durations and names of a data set, without rendering audio (cheap)."""
+def plan(
+    scale: str = "demo", seed: int = 0, sample_rate: int = 44100, fmt: str = "wav", test_domain: str = "mixed"
+) -> Plan:
+    """The label sets, corruptions, durations, domains and names of a data set, without rendering audio."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     if sample_rate < 8000:
         raise ValueError(f"sample rate {sample_rate} Hz is too low (at least 8000)")
+    if test_domain not in TEST_DOMAINS:
+        raise ValueError(f"unknown test domain {test_domain!r}; choose from {', '.join(TEST_DOMAINS)}")
     sc = SCALES[scale]
     scale_code = list(SCALES).index(scale)
     plan_rng = np.random.default_rng([seed, 1000 + scale_code])
     # Names depend on every parameter, so a cache keyed by file name never mixes two variants.
-    name_rng = np.random.default_rng([seed, 2000 + scale_code, sample_rate, list(FORMATS).index(fmt)])
+    # (A clean test domain keeps version 1's names and files.)
+    name_key = [seed, 2000 + scale_code, sample_rate, list(FORMATS).index(fmt)]
+    name_rng = np.random.default_rng(
+        name_key + ([] if test_domain == "clean" else [TEST_DOMAINS.index(test_domain)])
+    )
     truth = {split: _plan_labels(plan_rng, getattr(sc, split)) for split in _SPLIT_CODE}
     given_noisy, kinds = corrupt_labels(plan_rng, truth["noisy"])
     durations = {
@@ -273,7 +295,13 @@ def plan(scale: str = "demo", seed: int = 0, sample_rate: int = 44100, fmt: str 
     names = iter(_names(name_rng, sum(len(v) for v in truth.values()), fmt))
     fnames = {split: [next(names) for _ in truth[split]] for split in _SPLIT_CODE}
     given = {**truth, "noisy": given_noisy}
-    return Plan(scale, seed, sample_rate, fmt, fnames, truth, given, kinds, durations)
+    domains = {"curated": ["clean"] * len(truth["curated"]), "noisy": ["noisy"] * len(truth["noisy"])}
+    n_test = len(truth["test"])
+    shifted = np.zeros(n_test, bool)
+    if test_domain == "mixed":  # exactly half, drawn apart from the plan's other draws (they stay as in v1)
+        shifted[np.random.default_rng([seed, 3000 + scale_code]).permutation(n_test)[: n_test // 2]] = True
+    domains["test"] = ["noisy" if s else "clean" for s in shifted]
+    return Plan(scale, seed, sample_rate, fmt, fnames, truth, given, kinds, durations, domains, test_domain)
 
 
 def generate(
@@ -285,6 +313,7 @@ def generate(
     progress: bool = False,
     workers: int | None = None,
     layout: str = "competition",
+    test_domain: str = "mixed",
 ) -> dict:
     """Write the synthetic data set to ``out_dir`` (layout in the module docstring) and return a summary.
 
@@ -293,14 +322,15 @@ def generate(
     set differs from the truth) with counts per corruption kind. Deterministic: same arguments →
     byte-identical WAV/FLAC files (Ogg Vorbis streams carry a random serial number), whatever the number of
     ``workers`` (processes; default: 1 below 200 clips, else up to 4 by the CPU count). ``layout``:
-    ``competition`` or ``manifest`` (same clips and bytes, see the module docstring).
+    ``competition`` or ``manifest`` (same clips and bytes, see the module docstring); ``test_domain``:
+    ``mixed`` (half the test clips in the noisy split's recording domain) or ``clean`` (version 1).
     """
     import pandas as pd
 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     started = time.perf_counter()
-    p = plan(scale, seed, sample_rate, fmt)
+    p = plan(scale, seed, sample_rate, fmt, test_domain)
     out = Path(out_dir)
     _prepare(out)
     paths = {
@@ -318,7 +348,7 @@ def generate(
             (seed, _SPLIT_CODE[split], i),
             p.truth[split][i],
             int(round(p.durations[split][i] * sample_rate)),
-            "noisy" if split == "noisy" else "clean",
+            p.domains[split][i],
         )
         for split in _SPLIT_CODE
         for i in range(len(p.truth[split]))
@@ -347,6 +377,16 @@ def generate(
     summary["seconds"] = round(time.perf_counter() - started, 2)
     log.debug("synth %s: %s", scale, summary)
     return summary
+
+
+def synth_mismatch(out_dir: str | Path, **wanted) -> str:
+    """Why the synth data set in ``out_dir`` differs from the wanted parameters ("" = it does not, or
+    ``out_dir`` holds no synth data set); a data set without ``test_domain`` is version 1 ("clean")."""
+    marker = Path(out_dir) / "truth" / "synth.json"
+    if not marker.is_file():
+        return ""
+    made = {"test_domain": "clean", **json.loads(marker.read_text())}
+    return ", ".join(f"{k} {made.get(k)} -> {v}" for k, v in wanted.items() if made.get(k) != v)
 
 
 def _write_competition_csvs(out: Path, p: Plan) -> None:

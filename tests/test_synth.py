@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from noisytag.sounds import SOUNDS, render_clip
-from noisytag.synth import CLASSES, CONFUSABLE, SCALES, corrupt_labels, generate, plan
+from noisytag.synth import CLASSES, CONFUSABLE, SCALES, corrupt_labels, generate, plan, synth_mismatch
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -156,6 +156,30 @@ def test_regenerate_in_place_and_refuse_foreign_folder(tmp_path):
         generate(tmp_path / "x", scale="tiny", fmt="mp4")
 
 
+def test_mixed_test_domain_shifts_exactly_half_the_test_clips(tmp_path):
+    mixed, clean = plan("demo", test_domain="mixed"), plan("demo", test_domain="clean")
+    assert mixed.domains["test"].count("noisy") == len(mixed.truth["test"]) // 2 == 48
+    assert set(clean.domains["test"]) == set(mixed.domains["curated"]) == {"clean"}
+    assert set(mixed.domains["noisy"]) == {"noisy"}
+    assert mixed.truth == clean.truth and mixed.given == clean.given  # only the recording domain differs
+    assert set(mixed.fnames["test"]).isdisjoint(clean.fnames["test"])  # so no cache mixes the two versions
+    assert mixed.summary()["domains"]["test"] == {"clean": 48, "noisy": 48}
+    with pytest.raises(ValueError, match="unknown test domain"):
+        plan("tiny", test_domain="studio")
+
+    # Same clip generator per index: the clean-domain test clips keep their audio, the shifted ones change.
+    for domain in ("mixed", "clean"):
+        generate(tmp_path / domain, scale="tiny", test_domain=domain)
+    p_mixed, p_clean = plan("tiny", test_domain="mixed"), plan("tiny", test_domain="clean")
+    for i, shifted in enumerate(d == "noisy" for d in p_mixed.domains["test"]):
+        a, _ = sf.read(tmp_path / "mixed/test" / p_mixed.fnames["test"][i])
+        b, _ = sf.read(tmp_path / "clean/test" / p_clean.fnames["test"][i])
+        assert (a.shape != b.shape or not np.array_equal(a, b)) == shifted
+    assert synth_mismatch(tmp_path / "mixed", test_domain="mixed", scale="tiny") == ""
+    assert synth_mismatch(tmp_path / "clean", test_domain="mixed") == "test_domain clean -> mixed"
+    assert synth_mismatch(tmp_path / "nothing", test_domain="mixed") == ""
+
+
 def test_sounds_are_finite_and_bounded():
     for sr in (8000, 44100):
         for i, name in enumerate(SOUNDS):
@@ -187,3 +211,25 @@ def test_classes_differ_in_spectrum():
     dist = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)  # (C, C)
     assert np.mean(dist.argmin(axis=1) == np.arange(len(names))) >= 0.3
     assert np.abs(a - b).max() > 3.0
+
+
+@pytest.mark.slow  # ~20 s: the whole demo command on a tiny data set with a one-epoch slim model
+def test_demo_command_regenerates_a_version_1_data_set(tmp_path):
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+
+    data = tmp_path / "demo"
+    generate(data, scale="tiny", test_domain="clean")
+    sets = [
+        "model.width=0.125",
+        "train.folds=2",
+        "pipeline.stage_epochs=[1,1,1,1]",
+        "train.val_batch_size=64",
+    ]
+    args = ["demo", "--data", str(data), "-o", str(tmp_path / "run"), "--scale", "tiny"]
+    result = CliRunner().invoke(app, args + [a for s in sets for a in ("--set", s)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "(test_domain clean -> mixed)" in said and "ensemble" in said
+    assert synth_mismatch(data, test_domain="mixed") == ""

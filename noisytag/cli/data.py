@@ -21,6 +21,14 @@ def synth(
         str,
         typer.Option(help="competition (split folders + CSVs) or manifest (nested folders + manifest.csv)."),
     ] = "competition",
+    test_domain: Annotated[
+        str,
+        typer.Option(
+            "--test-domain",
+            help="mixed (half the test clips in the noisy clips' recording domain, the default) "
+            "or clean (all in the curated domain: the version-1 demo set).",
+        ),
+    ] = "mixed",
 ) -> None:
     """Generate the synthetic demo data set, with its truth kept apart.
 
@@ -37,11 +45,20 @@ def synth(
 
     try:
         s = generate(
-            out, scale=scale, seed=seed, sample_rate=sample_rate, fmt=fmt, progress=True, layout=layout
+            out,
+            scale=scale,
+            seed=seed,
+            sample_rate=sample_rate,
+            fmt=fmt,
+            progress=True,
+            layout=layout,
+            test_domain=test_domain,
         )
     except (ValueError, FileExistsError, OSError) as err:
         fail(str(err))
-    table = Table(title=f"synthetic data set -> {out}  ({s['scale']}, seed {s['seed']})")
+    table = Table(
+        title=f"synthetic data set -> {out}  ({s['scale']}, seed {s['seed']}, test domain {s['test_domain']})"
+    )
     for column in ("split", "clips", "hours", "multi-label share"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split, n in s["clips"].items():

@@ -174,18 +174,25 @@ def demo(
     set_: SetOpt = None,
     scale: Annotated[str, typer.Option(help="Demo data-set scale (demo, small, medium).")] = "demo",
     force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
+    test_domain: Annotated[
+        str, typer.Option("--test-domain", help="Recording domain of the test clips: mixed or clean.")
+    ] = "mixed",
 ) -> None:
-    """The main job end to end: make the synthetic demo data set, run the pipeline, score the test set."""
+    """The main job end to end: make the synthetic demo data set, run the pipeline, score the test set.
+
+    The data set is (re)generated when it is missing or is a synth data set of another scale or test domain.
+    """
     from noisytag.pipeline import run_pipeline
     from noisytag.report import write_report
     from noisytag.summary import print_results
-    from noisytag.synth import generate
+    from noisytag.synth import generate, synth_mismatch
 
     started = time.perf_counter()
     cfg = load_cfg(config, set_)
-    if not (data / "sample_submission.csv").is_file():
-        console.print(f"generating the demo data set in {data} ...")
-        summary = generate(data, scale=scale, seed=0)
+    stale = synth_mismatch(data, scale=scale, test_domain=test_domain)
+    if stale or not (data / "sample_submission.csv").is_file():
+        console.print(f"generating the demo data set in {data}{f' ({stale})' if stale else ''} ...")
+        summary = generate(data, scale=scale, seed=0, test_domain=test_domain)
         console.print(
             f"noisy-label rate of the noisy set: {summary.get('noisy_label_rate', float('nan')):.1%}"
         )
