@@ -285,7 +285,7 @@ class RayExecutor:
             raise
         finally:
             run.executor_token.unlink(missing_ok=True)
-            self._record(run, jobs)
+            self._record(run)
 
     def _result(self, ref: Any, job: FoldJob) -> dict[str, float]:
         """The task's figures (:func:`fold_task`), or :class:`ExecutorError` with its one-line reason."""
@@ -300,17 +300,9 @@ class RayExecutor:
                 f"{job_name(job)}: {type(err).__name__} after {self.max_retries} retries: {_first_line(err)}"
             ) from None
 
-    def _record(self, run: RunDir, jobs: Sequence[FoldJob]) -> None:
-        """Tasks finishing together may have lost each other's timing in run.json: take each finished
-        fold's seconds from its done-marker. executor.json gets the tasks' figures (overhead per task)."""
+    def _record(self, run: RunDir) -> None:
+        """executor.json: the tasks' figures (overhead per task); run.json's timings are close_stage's."""
         write_json(run.executor_log, {"ray_start_s": self.ray_start_s, "tasks": self.task_stats})
-        info = run.info()
-        timings = info.setdefault("timings", {})
-        for job in jobs:
-            done = run.fold_done(job.arch, job.stage, job.fold)
-            if done.is_file():
-                timings[f"{job.arch}/stage{job.stage}/fold{job.fold}"] = float(done.read_text())
-        write_json(run.run_info, info)
 
 
 def _first_line(err: BaseException) -> str:

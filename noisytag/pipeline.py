@@ -257,8 +257,7 @@ def run_fold(ctx: RunContext, arch: str, stage: int, fold: int) -> None:
             "n_train": len(train),
         }
         save_model(run.fold_dir(arch, stage, fold), model, meta)
-        seconds = round(time.perf_counter() - started, 2)
-        run.update_info(timings={f"{arch}/stage{stage}/fold{fold}": seconds})
+        seconds = round(time.perf_counter() - started, 2)  # run.json gets it from here at close_stage
         run.fold_checkpoint(arch, stage, fold).unlink(missing_ok=True)
         write_text(run.fold_done(arch, stage, fold), f"{seconds}\n")
     barrier()  # other ranks go on only once rank zero has written the fold's outputs
@@ -313,10 +312,17 @@ def prepare_stage(ctx: RunContext, arch: str, stage: int) -> None:
         select_for(ctx, arch, stage)  # fails early, with the reason, if earlier stages are missing
 
 
-def close_stage(ctx: RunContext, arch: str) -> None:
-    """The per-clip scores once a stage's folds are done; every rank waits until they are written."""
+def close_stage(ctx: RunContext, arch: str, stage: int) -> None:
+    """The per-clip scores and the folds' timings once a stage's folds are done; every rank waits until
+    they are written. Only this one process writes run.json's timings (from the folds' done-markers),
+    so folds that finish together in threads, ranks or Ray tasks never overwrite each other's."""
     if is_global_zero():
         write_clip_table(ctx.run.scores(arch), noisy_scores(ctx, arch))
+        markers = {
+            f"{arch}/stage{stage}/fold{f}": ctx.run.fold_done(arch, stage, f)
+            for f in range(ctx.cfg.train.folds)
+        }
+        ctx.run.update_info(timings={k: float(p.read_text()) for k, p in markers.items() if p.is_file()})
     barrier()
 
 
@@ -325,7 +331,7 @@ def run_stage(ctx: RunContext, arch: str, stage: int, folds: Sequence[int] | Non
     prepare_stage(ctx, arch, stage)
     for fold in folds if folds is not None else range(ctx.cfg.train.folds):
         run_fold(ctx, arch, stage, fold)
-    close_stage(ctx, arch)
+    close_stage(ctx, arch, stage)
 
 
 @dataclass(frozen=True)
@@ -353,7 +359,7 @@ def run_stage_with(executor: FoldExecutor, ctx: RunContext, stage: int) -> None:
         ctx, [FoldJob(arch, stage, fold) for arch in archs for fold in range(ctx.cfg.train.folds)]
     )
     for arch in archs:
-        close_stage(ctx, arch)
+        close_stage(ctx, arch, stage)
 
 
 def selection_table(ctx: RunContext) -> pd.DataFrame:
