@@ -70,3 +70,4 @@ def test_shipped_configs_load():
     full = load_config(root / "fat2019.yaml")
     assert demo.train.folds == 3 and demo.model.width < 1
     assert full.train.folds == 10 and full.pipeline.architectures == ("cnn1", "vgg16")
+    assert demo.selection.method == full.selection.method == "cleanlab"
