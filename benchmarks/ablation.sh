@@ -47,4 +47,5 @@ $NOISYTAG ablate "$DATA" -c configs/demo_seed.yaml -o "$OUT" --seeds "$SEEDS" --
   --variant "lsoft_mixup_only=noisy.treatment=lsoft,pipeline.stage_epochs=[12,15,5,5],$NO_AUG" \
   --variant "cleanlab_mixup_only=selection.method=cleanlab,$NO_AUG" \
   --variant "cleanlab_mixup_only_epochs2x=selection.method=cleanlab,$NO_AUG,pipeline.stage_epochs=[24,30,20,20]" \
-  --variant "no_aug=augment.mixup_p=0,$NO_AUG"
+  --variant "no_aug=augment.mixup_p=0,$NO_AUG" \
+  --variant "cleanlab_mixup_only_epochs2x_ens34=selection.method=cleanlab,$NO_AUG,pipeline.stage_epochs=[24,30,20,20],infer.stages=[3,4]"

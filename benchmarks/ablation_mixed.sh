@@ -10,6 +10,7 @@
 # OUT (default runs/ablation_mixed) is resumable: run the same command again and finished runs are skipped.
 # Treated stages train on every noisy clip (2.5x the examples of a dropping stage here), so their epochs are
 # cut from 20 to 8 to keep the same compute; stages 1-2 are the default's and are reused, not retrained.
+# ens34 and ens1234 ensemble other stages of the default's models (inference only: every stage is reused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/ablation_mixed}
@@ -33,4 +34,6 @@ $NOISYTAG ablate "$DATA" -c configs/demo.yaml -o "$OUT" --seeds "$SEEDS" --jobs 
   --variant "given=noisy.treatment=given,$LATE" \
   --variant "head=noisy.treatment=head,$LATE" \
   --variant "seed=$SEED_RECIPE" \
-  --variant "relabel=noisy.treatment=relabel,$LATE"
+  --variant "relabel=noisy.treatment=relabel,$LATE" \
+  --variant "ens34=infer.stages=[3,4]" \
+  --variant "ens1234=infer.stages=[1,2,3,4]"
