@@ -11,7 +11,7 @@
 # OUT (default runs/ablation_mixed) is resumable: run the same command again and finished runs are skipped.
 # Treated stages train on every noisy clip (2.5x the examples of a dropping stage here), so their epochs are
 # cut from 20 to 8 to keep the same compute; stages 1-2 are the default's and are reused, not retrained.
-# lsoft_all: Lsoft on every noisy clip in every stage (stage 1 adds the curated clips, stage 2 every noisy
+# lsoft_all / head_all: Lsoft / the noisy-label head on every noisy clip in every stage (stage 1 adds the curated clips, stage 2 every noisy
 # clip), epochs cut to the default's examples per fold (19/6/8/8).
 # ens34 and ens1234 ensemble other stages of the default's models (inference only: every stage is reused).
 set -euo pipefail
@@ -44,4 +44,5 @@ $NOISYTAG ablate "$DATA" -c "$OUT/base.yaml" -o "$OUT" --seeds "$SEEDS" --jobs "
   --variant "relabel=noisy.treatment=relabel,$LATE" \
   --variant "ens34=infer.stages=[3,4]" \
   --variant "ens1234=infer.stages=[1,2,3,4]" \
-  --variant "lsoft_all=noisy.treatment=lsoft,noisy.stages=[1,2,3,4],pipeline.stage_epochs=[19,6,8,8]"
+  --variant "lsoft_all=noisy.treatment=lsoft,noisy.stages=[1,2,3,4],pipeline.stage_epochs=[19,6,8,8]" \
+  --variant "head_all=noisy.treatment=head,noisy.stages=[1,2,3,4],pipeline.stage_epochs=[19,6,8,8]"
