@@ -11,7 +11,6 @@ data/demo_mixed.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from noisytag.config import load_config
 from noisytag.context import open_run
 from noisytag.metrics import lwlrap
 from noisytag.scoring import ensemble_test, run_stages, stage_test
-from noisytag.synth import plan
+from noisytag.synth import plan, synth_info
 
 
 def split_scores(data_dir: Path, run_dir: Path, domains: dict[str, str]) -> dict[str, float]:
@@ -42,7 +41,7 @@ def split_scores(data_dir: Path, run_dir: Path, domains: dict[str, str]) -> dict
 
 
 def main(ablation_dir: Path, data_dir: Path) -> pd.DataFrame:
-    made = json.loads((data_dir / "truth" / "synth.json").read_text())
+    made = synth_info(data_dir) or {}
     if made.get("test_domain") != "mixed":
         raise SystemExit(f"{data_dir}: not a mixed-test-domain synth data set")
     p = plan(made["scale"], made["seed"], made["sample_rate"], made["format"], "mixed")

@@ -170,11 +170,21 @@ def _labels_frame(fnames: list[str], labels: list[tuple[str, ...]]):
     return pd.DataFrame({"fname": fnames, "labels": [",".join(x) for x in labels]})
 
 
+def _marker(out_dir: str | Path) -> Path:
+    """The generation parameters of a synth data set; the file also marks the folder as one."""
+    return Path(out_dir) / "truth" / "synth.json"
+
+
+def synth_info(out_dir: str | Path) -> dict | None:
+    """The parameters ``out_dir``'s synth data set was generated with (None: not a synth data set)."""
+    marker = _marker(out_dir)
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
 def _prepare(out: Path) -> None:
     """Make out empty of a previous synth data set; refuse a folder holding anything else."""
-    marker = out / "truth" / "synth.json"
     if out.exists() and any(out.iterdir()):
-        if not marker.exists():
+        if not _marker(out).exists():
             raise FileExistsError(f"{out}: not empty and not a noisytag synth data set; choose a new folder")
         for folder in [*_FOLDER.values(), AUDIO, "truth"]:
             shutil.rmtree(out / folder, ignore_errors=True)
@@ -372,7 +382,7 @@ def generate(
         write_manifest(out / MANIFEST, rows, CLASSES)
     else:
         _write_competition_csvs(out, p)
-    (out / "truth" / "synth.json").write_text(json.dumps(summary | {"layout": layout}, indent=2) + "\n")
+    _marker(out).write_text(json.dumps(summary | {"layout": layout}, indent=2) + "\n")
     summary["out_dir"] = str(out)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     log.debug("synth %s: %s", scale, summary)
@@ -382,10 +392,10 @@ def generate(
 def synth_mismatch(out_dir: str | Path, **wanted) -> str:
     """Why the synth data set in ``out_dir`` differs from the wanted parameters ("" = it does not, or
     ``out_dir`` holds no synth data set); a data set without ``test_domain`` is version 1 ("clean")."""
-    marker = Path(out_dir) / "truth" / "synth.json"
-    if not marker.is_file():
+    info = synth_info(out_dir)
+    if info is None:
         return ""
-    made = {"test_domain": "clean", **json.loads(marker.read_text())}
+    made = {"test_domain": "clean", **info}
     return ", ".join(f"{k} {made.get(k)} -> {v}" for k, v in wanted.items() if made.get(k) != v)
 
 
