@@ -140,7 +140,7 @@ def loop_apply(
 
 
 def bench_augment(quick: bool) -> None:
-    from noisytag.augment import build_chain
+    from noisytag.learn.augment import build_chain
 
     cfg = AugmentConfig()
     torch.manual_seed(0)

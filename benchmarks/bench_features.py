@@ -6,7 +6,7 @@
    coloured noise and bursts, with quiet margins so that trimming matters.
 2. Speed: the same files through (a) the librosa reference path — soundfile decode, mono, librosa
    trim, centred zero padding, ``librosa.feature.melspectrogram`` + ``power_to_db`` — and (b)
-   ``noisytag.cache._work`` (what ``build_cache`` runs per file: decode, trim, pad, log-mel, float16).
+   ``noisytag.audio.cache._work`` (what ``build_cache`` runs per file: decode, trim, pad, log-mel, float16).
    Both run in the same kind of process pool with one thread per process; passes are interleaved
    and repeated; the ratio uses the best pass of each.
 3. Accuracy: max |dB difference| of ``log_mel(load(path))`` (float32) vs the reference on every file,
@@ -117,7 +117,7 @@ def reference(path: str) -> np.ndarray:
 
 
 def ours(path: str):
-    from noisytag import cache
+    from noisytag.audio import cache
 
     return cache._work(path)
 
@@ -140,9 +140,9 @@ def _init_reference() -> None:
 
 
 def _init_ours() -> None:
-    from noisytag import cache
+    from noisytag.audio import cache
+    from noisytag.audio.features import mel_filters
     from noisytag.config import FrontendConfig
-    from noisytag.features import mel_filters
 
     cfg = FrontendConfig()
     cache._init_worker({k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, mel_filters(cfg))
@@ -174,8 +174,8 @@ def timed_passes(paths: list[str], workers: int, repeats: int) -> tuple[dict, di
 
 def accuracy(paths: list[str]) -> tuple[float, float]:
     """(max |dB diff| float32 front end vs librosa, max |dB diff| of the float16 stored values)."""
-    from noisytag.audio import load
-    from noisytag.features import log_mel
+    from noisytag.audio.decode import load
+    from noisytag.audio.features import log_mel
 
     worst = worst16 = 0.0
     for p in paths:
@@ -219,7 +219,7 @@ def _children(pid: int) -> list[int]:
 def _rss_build(data: str, cache_dir: str, workers: int) -> None:
     import threading
 
-    from noisytag.cache import build_cache
+    from noisytag.audio.cache import build_cache
 
     peaks: dict[int, float] = {}
     stop = threading.Event()
@@ -247,7 +247,7 @@ def _rss_build(data: str, cache_dir: str, workers: int) -> None:
 def _rss_read(cache_dir: str, batches: int) -> None:
     import torch  # noqa: F401  (loaded by the first read anyway; part of the baseline)
 
-    from noisytag.cache import FeatureCache
+    from noisytag.audio.cache import FeatureCache
     from noisytag.config import FrontendConfig
 
     cache = FeatureCache.open(cache_dir, FrontendConfig(), "curated")

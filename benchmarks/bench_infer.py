@@ -87,13 +87,13 @@ def row(name: str, ts, audio: float, ref: float | None = None) -> str:
 
 
 def precompute(paths, frontend):
-    from noisytag.predict import file_clip
+    from noisytag.infer.predict import file_clip
 
     return [file_clip(p, frontend, i)[0] for i, p in enumerate(paths)]
 
 
 def run_models(members, clips, cfg):
-    from noisytag.predict import iter_window_probs
+    from noisytag.infer.predict import iter_window_probs
 
     for _ in iter_window_probs(members, clips, cfg):
         pass
@@ -105,8 +105,8 @@ def onnx_members_of(models, out_dir: Path, width: int = 128):
 
     import onnx
 
-    from noisytag.export import trace_templates, with_weights
-    from noisytag.members import OnnxMember
+    from noisytag.infer.export import trace_templates, with_weights
+    from noisytag.infer.members import OnnxMember
 
     templates = {}
     members = []
@@ -134,11 +134,11 @@ def main() -> None:
 
     import torch
 
+    from noisytag.audio.windows import n_windows
     from noisytag.config import FrontendConfig, InferConfig
-    from noisytag.members import TorchMember
+    from noisytag.infer.members import TorchMember
+    from noisytag.infer.predict import iter_files
     from noisytag.models import build
-    from noisytag.predict import iter_files
-    from noisytag.windows import n_windows
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -170,7 +170,7 @@ def main() -> None:
     print(f"{len(paths)} clips, {audio:.1f} s of audio (mean {audio / len(paths):.1f} s)")
 
     # (a) front end alone
-    from noisytag.predict import file_clip
+    from noisytag.infer.predict import file_clip
 
     file_clip(paths[0], fe)  # warm-up: imports, mel filter bank
     fe_times = interleaved({"fe": lambda: [file_clip(p, fe) for p in paths]}, repeats)["fe"]
@@ -274,11 +274,11 @@ def accuracy(run_dir: Path, data_dir: Path, stages: str | None = None) -> None:
 
     import soundfile as sf
 
-    from noisytag.audio import audio_files
-    from noisytag.data import read_truth
-    from noisytag.ensemble import load_ensemble, run_infer_config
+    from noisytag.audio.decode import audio_files
+    from noisytag.data.dataset import read_truth
+    from noisytag.infer.ensemble import load_ensemble, run_infer_config
+    from noisytag.infer.predict import predict_files
     from noisytag.metrics import lwlrap
-    from noisytag.predict import predict_files
 
     truth_csv = data_dir / "truth" / "test.csv"
     if not run_dir.is_dir() or not truth_csv.is_file():

@@ -8,7 +8,7 @@ Prints requests/s and the median and 95th-percentile latency; no assertions.
 
 The run: ``--run``, else ``runs/demo``, else ``runs/demo_seed``, else tiny untrained models (the output
 says which). It is copied to a temporary folder first, so the onnx backend's export does not write into
-it. The clip is synthetic (``noisytag.sounds``): 4 s of siren, 3 s of drum, 3 s of bell, over light rain.
+it. The clip is synthetic (``noisytag.data.sounds``): 4 s of siren, 3 s of drum, 3 s of bell, over light rain.
 ``--screenshot PATH`` also tags the clip in headless Chromium (system ``chromium``) and saves the page.
 """
 
@@ -52,9 +52,9 @@ def tiny_run(root: Path) -> Path:
     import dataclasses
 
     from noisytag.config import FrontendConfig
+    from noisytag.data.synth import CLASSES
     from noisytag.models import build
-    from noisytag.synth import CLASSES
-    from noisytag.weights import save_model
+    from noisytag.models.weights import save_model
 
     for stage in (2, 3):
         model = build("cnn1", len(CLASSES), 1, width=0.125).eval()
@@ -68,7 +68,7 @@ def tiny_run(root: Path) -> Path:
 
 def demo_clip() -> bytes:
     """10 s WAV: siren, then drum, then bell, over light rain (the demo data set's sound classes)."""
-    from noisytag.sounds import SOUNDS
+    from noisytag.data.sounds import SOUNDS
 
     rng = np.random.default_rng(3)
     y = np.zeros(10 * SR)

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from noisytag.config import load_config
-from noisytag.context import open_run
+from noisytag.data.synth import plan, synth_info
 from noisytag.metrics import lwlrap
-from noisytag.scoring import ensemble_test, run_stages, stage_test
-from noisytag.synth import plan, synth_info
+from noisytag.runs.context import open_run
+from noisytag.runs.scoring import ensemble_test, run_stages, stage_test
 
 
 def split_scores(data_dir: Path, run_dir: Path, domains: dict[str, str]) -> dict[str, float]:

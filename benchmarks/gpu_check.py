@@ -2,11 +2,11 @@
 
     python3 benchmarks/gpu_check.py [--json OUT.json] [--cpu-only]
 
-Run by ``benchmarks/gpu_check.sh``. Training: examples/s of :class:`noisytag.train.TaggerModule`'s own
+Run by ``benchmarks/gpu_check.sh``. Training: examples/s of :class:`noisytag.learn.train.TaggerModule`'s own
 step (the augmentation chain on the device, BCE on soft targets, AdamW) on random 128×128 batches, for
 full-width cnn1 and VGG-16-BN; 16-bit mixed precision on the GPU (autocast + GradScaler, as Lightning's
 ``16-mixed``), 32-bit on the CPU. Inference: × real time of one model through the window engine
-(:func:`noisytag.predict.iter_window_probs`, exact mode: 128-frame windows, stride ≤ 48, batches of
+(:func:`noisytag.infer.predict.iter_window_probs`, exact mode: 128-frame windows, stride ≤ 48, batches of
 256, float32 as ``noisytag predict`` runs) over random log-mels of the test set's mean clip length
 (7 s), features precomputed. The CPU figures come from the same run with fewer steps (all cores);
 without CUDA only they are measured, in seconds.
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from noisytag.config import InferConfig, load_config
-from noisytag.members import TorchMember
+from noisytag.infer.members import TorchMember
+from noisytag.infer.predict import Clip, iter_window_probs
+from noisytag.learn.train import build_module
 from noisytag.models import build
-from noisytag.predict import Clip, iter_window_probs
-from noisytag.train import build_module
 
 N_CLASSES = 80  # FSDKaggle2019
 ARCHS = ("cnn1", "vgg16")

@@ -13,8 +13,8 @@ _LAZY = {
     "RunConfig": "noisytag.config:RunConfig",
     "build_model": "noisytag.models:build",
     "lwlrap": "noisytag.metrics:lwlrap",
-    "Tagger": "noisytag.tag:Tagger",
-    "run_pipeline": "noisytag.pipeline:run_pipeline",
+    "Tagger": "noisytag.infer.tag:Tagger",
+    "run_pipeline": "noisytag.runs.pipeline:run_pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -16,7 +16,7 @@ A run directory is what users keep and share; everything needed to tag new audio
     {arch}/scores.csv                noisy clips: fname, fold, labels, s1..s4 (+ true_labels, correct)
     {arch}/selections/stage{k}.csv   the selected clips: fname, fold, labels, score, verdicts (+ correct)
     {arch}/selections/stage{k}_audit.csv   every noisy clip: both detectors' scores and verdicts
-    {arch}/stage{k}/fold{f}/weights.safetensors, model.json   the fold model (noisytag.weights)
+    {arch}/stage{k}/fold{f}/weights.safetensors, model.json   the fold model (noisytag.models.weights)
     {arch}/stage{k}/fold{f}/metrics.csv      epoch, train_loss, val_loss, val_lwlrap, lr, seconds
     {arch}/stage{k}/fold{f}/oof_curated.npy  probabilities of the curated clips of fold f (folds.csv order)
     {arch}/stage{k}/fold{f}/oof_noisy.npy    probabilities of the noisy clips of fold f (folds.csv order)
@@ -28,7 +28,7 @@ A run directory is what users keep and share; everything needed to tag new audio
     executor.json                    with --executor ray: Ray's start-up and each task's wall, start-up and
                                      training seconds (the overhead per task)
 
-Only global rank zero writes run-level files; callers decide that (``noisytag.train.is_global_zero``).
+Only global rank zero writes run-level files; callers decide that (``noisytag.learn.train.is_global_zero``).
 """
 
 from __future__ import annotations

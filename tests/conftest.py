@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A tiny demo-like data set (competition layout + truth/), generated once per session."""
-    from noisytag.synth import generate
+    from noisytag.data.synth import generate
 
     root = tmp_path_factory.mktemp("tiny_data")
     generate(root, scale="tiny", seed=0)
@@ -22,7 +22,7 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_data, tmp_path_factory):
     """Feature cache of ``tiny_data`` (all splits), built once per session."""
-    from noisytag.cache import build_cache
+    from noisytag.audio.cache import build_cache
     from noisytag.config import FrontendConfig
 
     cache_dir = tmp_path_factory.mktemp("tiny_cache")
@@ -49,7 +49,7 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="session")
 def tiny_run(tiny_data, tiny_cache, tmp_path_factory):
     """A finished tiny four-stage pipeline run directory (2 folds, 1 epoch per stage, slim cnn1)."""
-    from noisytag.pipeline import run_pipeline
+    from noisytag.runs.pipeline import run_pipeline
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
     cfg = tiny_config(**{"data.cache_dir": str(tiny_cache)})
@@ -77,7 +77,7 @@ def write_model_run(root, classes, members=((2, 0), (3, 0)), width=0.125, in_cha
 
     from noisytag.config import FrontendConfig
     from noisytag.models import build
-    from noisytag.weights import save_model
+    from noisytag.models.weights import save_model
 
     for stage, fold in members:
         torch.manual_seed(10 * stage + fold)

@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-import noisytag.pipeline as pipeline
+import noisytag.runs.pipeline as pipeline
 from noisytag.config import load_config
-from noisytag.context import is_global_zero
+from noisytag.runs.context import is_global_zero
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 

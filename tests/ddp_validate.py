@@ -11,10 +11,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from noisytag.cache import FeatureCache
+from noisytag.audio.cache import FeatureCache
 from noisytag.config import FrontendConfig, load_config
-from noisytag.loader import ClipSet
-from noisytag.train import build_module, val_loader
+from noisytag.learn.loader import ClipSet
+from noisytag.learn.train import build_module, val_loader
 
 
 def main(cache_dir: str, devices: int, out: str) -> None:

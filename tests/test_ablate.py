@@ -200,7 +200,7 @@ def test_cli_ablate_dry_run_and_run(tmp_path, monkeypatch):
     assert "seed/seed0: to run" in result.output and "short/seed0: to run" in result.output
     assert not (tmp_path / "abl").exists()
     runner = FakeRunner()
-    monkeypatch.setattr("noisytag.pipeline.run_pipeline", runner)
+    monkeypatch.setattr("noisytag.runs.pipeline.run_pipeline", runner)
     result = CliRunner().invoke(app, [*base, *variants, "--seeds", "2"])
     assert result.exit_code == 0, result.output
     assert "short/seed1: ok" in result.output and "ablation.md" in result.output

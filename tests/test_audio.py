@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from noisytag.audio import (
+from noisytag.audio.decode import (
     AudioError,
     decode,
     load,

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from noisytag.augment import (
+from noisytag.config import AugmentConfig
+from noisytag.learn.augment import (
     GALLERY_COLUMNS,
     Lighting,
     Masking,
@@ -20,7 +21,6 @@ from noisytag.augment import (
     gallery,
     zoom_theta,
 )
-from noisytag.config import AugmentConfig
 
 OFF = AugmentConfig(mixup_p=0, specmix_p=0, zoom_p=0, brightness_p=0, contrast_p=0, mask_p=0)
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from noisytag import cache as cache_mod
-from noisytag.audio import load
-from noisytag.cache import CacheError, FeatureCache, build_cache, split_dir
+from noisytag.audio import cache as cache_mod
+from noisytag.audio.cache import CacheError, FeatureCache, build_cache, split_dir
+from noisytag.audio.decode import load
+from noisytag.audio.features import log_mel
 from noisytag.config import FrontendConfig
-from noisytag.features import log_mel
 
 CFG = FrontendConfig()
 
@@ -136,7 +136,7 @@ def test_parameter_change_builds_a_new_cache(data, tmp_path):
 
 _SLOW_BUILD = """
 import sys, time
-import noisytag.cache as c
+import noisytag.audio.cache as c
 from noisytag.config import FrontendConfig
 work = c._work
 def slow(path, cfg=None):

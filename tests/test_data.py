@@ -11,7 +11,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from noisytag.cli import app
-from noisytag.data import (
+from noisytag.data.dataset import (
     DataError,
     describe,
     format_labels,
@@ -221,7 +221,7 @@ def test_labels_round_trip_through_a_quoted_csv(tmp_path):
 
 
 def test_describe_and_truth_of_the_synthetic_set(tiny_data):
-    from noisytag.synth import CLASSES as SYNTH_CLASSES
+    from noisytag.data.synth import CLASSES as SYNTH_CLASSES
 
     ds = load_dataset(tiny_data)
     assert ds.classes == SYNTH_CLASSES

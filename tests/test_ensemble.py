@@ -7,14 +7,14 @@ import json
 import pytest
 from conftest import write_model_run
 
-from noisytag.ensemble import (
+from noisytag.infer.ensemble import (
     load_ensemble,
     member_name,
     onnx_current,
     select_model_dirs,
     shared_settings,
 )
-from noisytag.members import ExportError, TorchMember
+from noisytag.infer.members import ExportError, TorchMember
 
 CLASSES = ["bark", "meow", "chirp"]
 

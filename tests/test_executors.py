@@ -17,9 +17,9 @@ import pytest
 from conftest import tiny_config
 
 from noisytag.config import save_config
-from noisytag.executors import INSTALL_HINT, KILL_ENV, ExecutorError, RayExecutor, check_shared
-from noisytag.pipeline import FoldJob, run_pipeline
 from noisytag.rundir import RunDir
+from noisytag.runs.executors import INSTALL_HINT, KILL_ENV, ExecutorError, RayExecutor, check_shared
+from noisytag.runs.pipeline import FoldJob, run_pipeline
 
 DDP_SCRIPT = Path(__file__).with_name("ddp_pipeline.py")
 VOLATILE = {"run.json", "done", "metrics.csv", "stage_table.csv", "model.json", "weights.safetensors"}
@@ -165,8 +165,8 @@ def test_task_on_an_unshared_run_directory_fails_in_one_line(
     ray_cluster, tiny_data, tiny_cache, tmp_path, monkeypatch
 ):
     """A task that does not find the driver's token (another node's disk) stops the run with one line."""
-    import noisytag.executors as executors
-    from noisytag.context import open_run
+    import noisytag.runs.executors as executors
+    from noisytag.runs.context import open_run
 
     ctx = open_run(
         tiny_data, tmp_path / "run", tiny_config(**{"data.cache_dir": str(tiny_cache)}), progress=False
@@ -186,10 +186,10 @@ def test_ddp_ranks_wait_for_rank_zero_and_write_nothing(tiny_data, tiny_cache, t
     of every batch; batch norm keeps per-rank statistics), so the check is on what DDP must keep: the
     selection both ranks trained stage 3 on, and the selection and scores rank zero wrote, are those one
     process computes from the run's fold outputs; rank one wrote no file."""
-    from noisytag.context import open_run
-    from noisytag.pipeline import select_for, training_clips
-    from noisytag.scoring import noisy_scores
-    from noisytag.weights import read_meta
+    from noisytag.models.weights import read_meta
+    from noisytag.runs.context import open_run
+    from noisytag.runs.pipeline import select_for, training_clips
+    from noisytag.runs.scoring import noisy_scores
 
     run, out = RunDir(tmp_path / "ddp"), tmp_path / "ddp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(DDP_SCRIPT.parent.parent)}

@@ -20,7 +20,7 @@ def make_run(root, members=((2, 0), (3, 0)), width=0.125, in_channels=1):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A two-member run exported into RUN/onnx (where --backend onnx looks for it)."""
-    from noisytag.export import export_run
+    from noisytag.infer.export import export_run
 
     run = make_run(tmp_path_factory.mktemp("run"), in_channels=3)
     manifest = export_run(run, run / "onnx", stages=[2, 3])
@@ -28,7 +28,7 @@ def exported(tmp_path_factory):
 
 
 def _clips(seed=0):
-    from noisytag.predict import Clip
+    from noisytag.infer.predict import Clip
 
     rng = np.random.default_rng(seed)
     out = []
@@ -54,8 +54,8 @@ def test_manifest_and_recorded_parity(exported):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_onnx_matches_torch_on_clips(exported, mode):
-    from noisytag.ensemble import load_ensemble
-    from noisytag.predict import iter_window_probs
+    from noisytag.infer.ensemble import load_ensemble
+    from noisytag.infer.predict import iter_window_probs
 
     run, _ = exported
     cfg = InferConfig(batch_size=4, mode=mode)
@@ -85,8 +85,8 @@ def test_reexport_is_a_no_op_and_cli(exported):
 
 
 def test_weight_swap_checks_names():
-    from noisytag.export import with_weights
-    from noisytag.members import ExportError
+    from noisytag.infer.export import with_weights
+    from noisytag.infer.members import ExportError
 
     onnx = pytest.importorskip("onnx")
     from onnx import helper, numpy_helper
@@ -106,12 +106,12 @@ def test_weight_swap_checks_names():
 @pytest.mark.slow
 def test_waveform_graph_matches_torch_path(tmp_path):
     """tagger.onnx: waveform → probabilities equals decode-free torch path (trim, pad, log-mel, windows)."""
-    from noisytag.audio import prepare
-    from noisytag.ensemble import load_ensemble
-    from noisytag.export import export_tagger
-    from noisytag.features import log_mel
-    from noisytag.members import session
-    from noisytag.predict import Clip, iter_window_probs
+    from noisytag.audio.decode import prepare
+    from noisytag.audio.features import log_mel
+    from noisytag.infer.ensemble import load_ensemble
+    from noisytag.infer.export import export_tagger
+    from noisytag.infer.members import session
+    from noisytag.infer.predict import Clip, iter_window_probs
 
     run = make_run(tmp_path / "run", members=((2, 0),))
     entry = export_tagger(sorted(run.glob("cnn1/stage*/fold*")), tmp_path)
@@ -140,8 +140,8 @@ def test_onnx_backend_exports_on_first_use(tmp_path):
     """Tagger(backend="onnx") exports a run's members to RUN/onnx once, then reads them."""
     import soundfile as sf
 
-    from noisytag.members import OnnxMember
-    from noisytag.tag import Tagger
+    from noisytag.infer.members import OnnxMember
+    from noisytag.infer.tag import Tagger
 
     run = make_run(tmp_path / "run", members=((2, 0),))
     tagger = Tagger(run, stages=[2], backend="onnx", mode="fast")

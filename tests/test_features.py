@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from noisytag.audio import load
+from noisytag.audio.decode import load
+from noisytag.audio.features import LogMel, frame_segments, log_mel, n_frames, normalize
 from noisytag.config import FrontendConfig
-from noisytag.features import LogMel, frame_segments, log_mel, n_frames, normalize
 
 librosa = pytest.importorskip("librosa")
 SR = 44100

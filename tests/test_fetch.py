@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from noisytag.data import load_dataset
-from noisytag.fetch import (
+from noisytag.data.dataset import load_dataset
+from noisytag.data.fetch import (
     DOWNLOADS,
     FetchError,
     RemoteFile,
@@ -34,7 +34,7 @@ from noisytag.fetch import (
     unpack,
     write_layout,
 )
-from noisytag.splitzip import open_zip
+from noisytag.data.splitzip import open_zip
 
 RECORD = 4242
 CLASSES = ["Bark", "Church_bell", "Hiss", "Walk_and_footsteps"]
@@ -533,7 +533,7 @@ def test_record_shapes_and_links():
 def test_fetched_data_runs_the_pipeline(fetched, tmp_path):
     from conftest import tiny_config
 
-    from noisytag.pipeline import run_pipeline
+    from noisytag.runs.pipeline import run_pipeline
 
     root, _ = fetched
     cfg = tiny_config(**{"data.cache_dir": str(tmp_path / "cache")})

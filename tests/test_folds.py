@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisytag.folds import FoldsError, assign_folds, load_or_make_folds, make_folds
+from noisytag.learn.folds import FoldsError, assign_folds, load_or_make_folds, make_folds
 
 
 def single_label(n, c, seed=0):
@@ -24,7 +24,7 @@ def spread(y, folds, k):
 
 
 def fake_dataset(n_curated=40, n_noisy=60, classes=("a", "b", "c", "d"), seed=0):
-    """Stand-in with the attributes of noisytag.data.Dataset that folds use."""
+    """Stand-in with the attributes of noisytag.data.dataset.Dataset that folds use."""
     rng = np.random.default_rng(seed)
 
     def frame(prefix, n):
@@ -138,7 +138,7 @@ def test_duplicate_file_names_are_refused():
 
 
 def test_folds_of_the_tiny_data_set(tiny_data, tmp_path):
-    from noisytag.data import load_dataset
+    from noisytag.data.dataset import load_dataset
 
     data = load_dataset(tiny_data)
     folds = load_or_make_folds(tmp_path / "folds.csv", data, 2, seed=0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from noisytag.augment import GALLERY_COLUMNS
-from noisytag.gallery import gallery_figure, mixture_text
+from noisytag.learn.augment import GALLERY_COLUMNS
+from noisytag.report.gallery import gallery_figure, mixture_text
 
 
 def test_mixture_text():
@@ -42,7 +42,7 @@ def test_gallery_figure_rejects_wrong_shapes():
 
 @pytest.mark.slow
 def test_save_gallery_from_data_dir(tiny_data, tmp_path):
-    from noisytag.gallery import load_windows, save_gallery
+    from noisytag.report.gallery import load_windows, save_gallery
 
     x, y, classes, names = load_windows(tiny_data, n_clips=3, seed=0)
     assert x.shape == (3, 128, 128) and x.dtype == np.float32

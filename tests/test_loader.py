@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from noisytag.cache import FeatureCache
+from noisytag.audio.cache import FeatureCache
+from noisytag.audio.windows import n_windows
 from noisytag.config import FrontendConfig
-from noisytag.loader import AllWindowsDataset, ClipSet, EpochSampler, RandomWindowDataset
-from noisytag.windows import n_windows
+from noisytag.learn.loader import AllWindowsDataset, ClipSet, EpochSampler, RandomWindowDataset
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import pytest
 from conftest import tiny_config
 from typer.testing import CliRunner
 
-from noisytag.cache import POOL, build_cache, default_cache_dir
+from noisytag.audio.cache import POOL, build_cache, default_cache_dir
 from noisytag.cli import app
 from noisytag.config import FrontendConfig
-from noisytag.data import DataError, load_dataset
-from noisytag.manifest import load_data, load_manifest
-from noisytag.synth import generate
+from noisytag.data.dataset import DataError, load_dataset
+from noisytag.data.manifest import load_data, load_manifest
+from noisytag.data.synth import generate
 
 CLASSES = ["Bark", "Meow", "Purr"]
 
@@ -148,7 +148,7 @@ def test_two_manifests_over_the_same_files_share_the_cache(tmp_path):
 
 
 def test_fixed_folds_win_over_generated_ones(tmp_path):
-    from noisytag.folds import assign_folds
+    from noisytag.learn.folds import assign_folds
 
     rows = [{"path": f"rec/{i}.wav", "labels": CLASSES[i % 3], "subset": "curated"} for i in range(9)]
     for i, row in enumerate(rows):
@@ -193,7 +193,7 @@ def test_pipeline_on_a_manifest_matches_the_competition_layout(manifest_data, ti
     assert result.exit_code == 0, result.output
     assert (manifest_data.parent / ".noisytag-cache").is_dir()
 
-    from noisytag.pipeline import run_pipeline
+    from noisytag.runs.pipeline import run_pipeline
 
     run_dir = tmp_path / "run"
     run_pipeline(manifest_data, run_dir, tiny_config(), progress=False)
@@ -223,7 +223,7 @@ def test_pipeline_on_a_manifest_matches_the_competition_layout(manifest_data, ti
     np.testing.assert_allclose(by_name(pd.read_csv(out)).to_numpy(), submission.to_numpy(), atol=1e-5)
     assert json.loads((run_dir / "run.json").read_text())["data_dir"] == str(manifest_data)
 
-    from noisytag.report import write_report
+    from noisytag.report.page import write_report
 
     page = write_report(run_dir).read_text()  # finds the clips through the manifest recorded in run.json
     assert 'alt="augmentation gallery"' in page and 'alt="example log-mels"' in page

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config
 
-from noisytag import pipeline
-from noisytag.context import open_run
-from noisytag.scoring import stage_oof
-from noisytag.train import build_module
+from noisytag.learn.train import build_module
+from noisytag.runs import pipeline
+from noisytag.runs.context import open_run
+from noisytag.runs.scoring import stage_oof
 
 K = 5
 

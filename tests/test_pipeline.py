@@ -10,8 +10,8 @@ import pytest
 from conftest import tiny_config
 
 from noisytag.config import save_config
-from noisytag.pipeline import run_pipeline
 from noisytag.rundir import RunConfigMismatch, RunDir
+from noisytag.runs.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 

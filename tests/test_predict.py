@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from noisytag.audio.windows import n_windows, window_offsets
 from noisytag.config import InferConfig
-from noisytag.predict import Clip, iter_window_probs, predict_cache, predict_files
-from noisytag.windows import n_windows, window_offsets
+from noisytag.infer.predict import Clip, iter_window_probs, predict_cache, predict_files
 
 # ---------------------------------------------------------------------------------------------
-# windows (noisytag.windows is the lead's; SPEC §7 edge lengths are tested here)
+# windows (noisytag.audio.windows is the lead's; SPEC §7 edge lengths are tested here)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +176,7 @@ def test_cnn1_fast_mode_close_and_short_clips_identical():
 
 def test_files_and_cache_give_the_same_predictions(tiny_data, tiny_cache):
     """predict_files (decode → features) equals predict_cache on the cached clips of the same files."""
-    from noisytag.cache import FeatureCache
+    from noisytag.audio.cache import FeatureCache
     from noisytag.config import FrontendConfig
     from noisytag.models import build
 

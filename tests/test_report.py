@@ -14,11 +14,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from noisytag.cli import app
-from noisytag.pipeline import run_pipeline
-from noisytag.report import SECTIONS, write_report
+from noisytag.report.page import SECTIONS, write_report
+from noisytag.report.summary import print_results
 from noisytag.rundir import RunDir
-from noisytag.runstats import least_trusted, stage_rows
-from noisytag.summary import print_results
+from noisytag.runs.pipeline import run_pipeline
+from noisytag.runs.runstats import least_trusted, stage_rows
 
 SECTION_IDS = [sid for sid, _, _ in SECTIONS]
 

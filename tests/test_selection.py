@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisytag.detectors import cleanlab_verdicts
-from noisytag.selection import (
+from noisytag.learn.detectors import cleanlab_verdicts
+from noisytag.learn.selection import (
     cleanlab_selection,
     detector_audit,
     oof_lwlrap_flags,
@@ -166,7 +166,7 @@ def test_cleanlab_small_data_falls_back_with_a_reason(caplog):
     # class 0 is given to every clip: cleanlab cannot judge it; predicted ≠ given judges it instead
     given = np.array([[1, 1, 0], [1, 0, 1], [1, 0, 0], [1, 0, 0]])
     probs = np.array([[0.9, 0.9, 0.1], [0.9, 0.1, 0.9], [0.2, 0.1, 0.1], [0.9, 0.1, 0.1]])
-    with caplog.at_level("WARNING", logger="noisytag.selection"):
+    with caplog.at_level("WARNING", logger="noisytag.learn.selection"):
         out = cleanlab_verdicts(given, probs)
     assert list(out["label_issue"]) == [False, False, True, False]
     assert "every clip" in out.attrs["fallback"] and "every clip" in caplog.text
@@ -186,7 +186,7 @@ def test_cleanlab_small_data_falls_back_with_a_reason(caplog):
 
 def test_cleanlab_fallback_quality_is_cleanlab_formula():
     """The numpy fallback gives cleanlab's own default scores where cleanlab runs."""
-    from noisytag.detectors import _self_confidence_quality
+    from noisytag.learn.detectors import _self_confidence_quality
 
     given, probs, _ = corrupted_case()
     assert np.allclose(

@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 from conftest import write_model_run
 
-from noisytag.serve import WEB_DIR, ServeSettings, TagService, create_app, open_service, running
-from noisytag.synth import CLASSES
+from noisytag.data.synth import CLASSES
+from noisytag.serve.service import WEB_DIR, ServeSettings, TagService, create_app, open_service, running
 
 
 def tone(seconds: float, sr: int = 44100, freq: float = 440.0, seed: int = 0) -> np.ndarray:

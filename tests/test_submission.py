@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import write_model_run
 
-from noisytag.submission import write_submission
+from noisytag.infer.submission import write_submission
 
 
 def test_submission_columns_follow_sample_submission(tmp_path):
@@ -34,7 +34,7 @@ def test_predict_and_evaluate_commands(tiny_data, tmp_path):
     from typer.testing import CliRunner
 
     from noisytag.cli import app
-    from noisytag.data import read_truth
+    from noisytag.data.dataset import read_truth
     from noisytag.metrics import lwlrap
 
     sample = pd.read_csv(tiny_data / "sample_submission.csv")

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from noisytag.sounds import SOUNDS, render_clip
-from noisytag.synth import CLASSES, CONFUSABLE, SCALES, corrupt_labels, generate, plan, synth_mismatch
+from noisytag.data.sounds import SOUNDS, render_clip
+from noisytag.data.synth import CLASSES, CONFUSABLE, SCALES, corrupt_labels, generate, plan, synth_mismatch
 
 
 def _digests(root: Path) -> dict[str, str]:

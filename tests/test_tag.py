@@ -48,7 +48,7 @@ def audio(tmp_path_factory):
 
 
 def test_tag_records_and_bad_files(run_dir, audio):
-    from noisytag.tag import Tagger
+    from noisytag.infer.tag import Tagger
 
     tagger = Tagger(run_dir, stages=[2, 3])
     assert len(tagger.ensemble.members) == 2
@@ -75,18 +75,18 @@ def test_tag_records_and_bad_files(run_dir, audio):
 
 def test_clip_probs_match_window_mean(run_dir, audio):
     """A record's probabilities are the mean of its windows' ensemble probabilities."""
-    from noisytag.audio import load
+    from noisytag.audio.decode import load
+    from noisytag.audio.features import log_mel
     from noisytag.config import InferConfig
-    from noisytag.ensemble import load_ensemble
-    from noisytag.features import log_mel
-    from noisytag.predict import predict_files
+    from noisytag.infer.ensemble import load_ensemble
+    from noisytag.infer.predict import predict_files
 
     ens = load_ensemble(run_dir, stages=[2, 3])
     path = audio / "sub" / "long.flac"
     got = predict_files(ens.members, [path], InferConfig(batch_size=3), ens.frontend, "minmax").probs[0]
     db = log_mel(load(path, FrontendConfig())).astype(np.float16).astype(np.float32)  # as the cache
     x = (db - db.min()) / (db.max() - db.min())
-    from noisytag.windows import window_offsets
+    from noisytag.audio.windows import window_offsets
 
     wins = np.stack([x[:, s : s + 128] for s in window_offsets(db.shape[1])])[:, None]
     with torch.no_grad():
@@ -95,7 +95,7 @@ def test_clip_probs_match_window_mean(run_dir, audio):
 
 
 def test_output_formats():
-    from noisytag.tag import Segment, TagRecord, to_csv, to_json, to_table
+    from noisytag.infer.tag import Segment, TagRecord, to_csv, to_json, to_table
 
     records = [
         TagRecord("a.wav", 3.5, [("bark", 0.9), ("hum", 0.2)], [Segment(0.0, 2.0, "bark", 0.9)]),
@@ -148,7 +148,7 @@ def test_cli_tag_formats(run_dir, audio):
 
 def test_timeline_of_a_short_padded_clip(run_dir, audio):
     """A 0.7 s clip is padded to 2 s; its single window still spans the file's own 0–0.7 s."""
-    from noisytag.tag import Tagger
+    from noisytag.infer.tag import Tagger
 
     (record,) = Tagger(run_dir, stages=[2]).tag([audio / "short.wav"], frames=True)
     assert record.duration == pytest.approx(0.7, abs=1e-3)

@@ -4,12 +4,12 @@ import torch
 from conftest import tiny_config
 from lightning.pytorch.callbacks import Callback
 
-from noisytag.cache import FeatureCache
+from noisytag.audio.cache import FeatureCache
 from noisytag.config import FrontendConfig
-from noisytag.data import load_dataset, multi_hot
-from noisytag.loader import ClipSet
+from noisytag.data.dataset import load_dataset, multi_hot
+from noisytag.learn.loader import ClipSet
+from noisytag.learn.train import fit_fold, read_metrics, score_windows
 from noisytag.metrics import lwlrap
-from noisytag.train import fit_fold, read_metrics, score_windows
 
 
 def test_score_windows_averages_per_clip_and_drops_padded_duplicates():

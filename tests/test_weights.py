@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from noisytag.models import build
-from noisytag.weights import WeightsError, load_model, read_meta, save_model
+from noisytag.models.weights import WeightsError, load_model, read_meta, save_model
 
 
 def _tiny(n_classes=5, in_channels=1, seed=0):

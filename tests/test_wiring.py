@@ -11,12 +11,12 @@ import torch
 from conftest import tiny_config
 from typer.testing import CliRunner
 
-from noisytag import pipeline
 from noisytag.cli import app
-from noisytag.context import open_run
 from noisytag.models import build
+from noisytag.models.weights import load_model
 from noisytag.rundir import RunDir
-from noisytag.weights import load_model
+from noisytag.runs import pipeline
+from noisytag.runs.context import open_run
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ An ablation directory::
     ablation.csv / ablation.md / .html    one row per variant (see :mod:`noisytag.ablate.tables`)
     ablation_runs.csv                     one row per run
     runs/<variant>/seed<i>/               an ordinary run directory, plus
-        stage_keys.json                   {arch: {stage: noisytag.pipeline.stage_key}} (written before it runs)
+        stage_keys.json                   {arch: {stage: noisytag.runs.pipeline.stage_key}} (written before it runs)
         ablate.json                       the run's summary (written when it ends; status ok / failed)
 
 A variant is a list of ``--set``-style overrides of the base config; seed i sets ``train.seed`` to the
@@ -15,7 +15,7 @@ compares every variant. A run whose ablate.json says ok is never redone; a faile
 run again by the next call, and the pipeline itself resumes its finished folds and checkpoints.
 
 Variants often differ only in late stages (say, the stage-3 selection), so before a run its stages are
-taken from another run of the ablation whose :func:`~noisytag.pipeline.stage_key` matches and whose
+taken from another run of the ablation whose :func:`~noisytag.runs.pipeline.stage_key` matches and whose
 folds are all done: stage by stage and per architecture, stopping at the first stage that cannot be
 reused. Files are hard-linked (a done fold is never written again, so sharing is safe), else copied.
 """
@@ -37,11 +37,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from noisytag import pipeline
 from noisytag.ablate.tables import run_summary, write_outputs
 from noisytag.config import RunConfig, config_from_dict, with_overrides
 from noisytag.fileio import write_json, write_text
 from noisytag.rundir import RunDir
+from noisytag.runs import pipeline
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ def run_ablation(
         base_cfg: the base config; ``variants`` maps a name to its ``--set`` overrides ([] = the base).
         seeds: runs per variant; seed i sets train.seed = the variant's seed + i.
         progress: progress bars inside each pipeline run (one job only).
-        runner: ``noisytag.pipeline.run_pipeline`` or a stand-in with its signature (tests; one job only).
+        runner: ``noisytag.runs.pipeline.run_pipeline`` or a stand-in with its signature (tests; one job only).
         echo: called with one line per run started / reused / finished / failed (default: logging).
         jobs: runs at once, each in its own process with an equal share of the CPU cores (a machine
             with many cores or a GPU trains several small models at a time; they share the GPU).

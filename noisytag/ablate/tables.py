@@ -29,7 +29,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from noisytag.fileio import write_csv, write_text
-from noisytag.plots import figure_png
+from noisytag.report.plots import figure_png
 
 __all__ = ["run_summary", "collect_runs", "summarise", "write_outputs"]
 

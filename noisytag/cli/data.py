@@ -41,7 +41,7 @@ def synth(
     """
     from rich.table import Table
 
-    from noisytag.synth import generate
+    from noisytag.data.synth import generate
 
     try:
         s = generate(
@@ -91,8 +91,8 @@ def check(
     """
     from rich.table import Table
 
-    from noisytag.data import DataError, describe
-    from noisytag.manifest import load_data
+    from noisytag.data.dataset import DataError, describe
+    from noisytag.data.manifest import load_data
 
     def show(problems: list[str]) -> None:
         for line in problems[:max_lines]:
@@ -158,7 +158,7 @@ def features(
     """
     from rich.table import Table
 
-    from noisytag.cache import (
+    from noisytag.audio.cache import (
         CacheError,
         FeatureCache,
         build_cache,
@@ -166,7 +166,7 @@ def features(
         default_cache_dir,
         split_folder,
     )
-    from noisytag.data import DataError
+    from noisytag.data.dataset import DataError
 
     cfg = load_cfg(config, set_)
     splits = tuple(split or ("curated", "noisy", "test"))
@@ -215,7 +215,7 @@ def augment_gallery(
     mixture, e.g. "0.62 Bell + 0.38 Siren".
     """
     cfg = load_cfg(config, set_)
-    from noisytag.gallery import save_gallery
+    from noisytag.report.gallery import save_gallery
 
     try:
         path = save_gallery(data_dir, output, n_clips=n_clips, seed=seed, cfg=cfg)

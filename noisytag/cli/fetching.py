@@ -47,8 +47,8 @@ def fetch(
     """
     from rich.table import Table
 
-    from noisytag.fetch import FetchError, dataset_spec, plan, record_files
-    from noisytag.fetch import fetch as fetch_dataset
+    from noisytag.data.fetch import FetchError, dataset_spec, plan, record_files
+    from noisytag.data.fetch import fetch as fetch_dataset
 
     try:
         spec = dataset_spec(dataset)

@@ -83,8 +83,8 @@ def predict(
     """
     import dataclasses
 
-    from noisytag.ensemble import run_infer_config  # heavy (torch): imported when the command runs
-    from noisytag.tag import predict_run
+    from noisytag.infer.ensemble import run_infer_config  # heavy (torch): imported when the command runs
+    from noisytag.infer.tag import predict_run
 
     check_model_options(run_dir, mode or None, backend or None)
     if not test_dir.exists():
@@ -116,7 +116,7 @@ def evaluate(
     from rich.table import Table
 
     from noisytag.fileio import write_csv  # heavy (pandas): imported when the command runs
-    from noisytag.submission import evaluate_submission
+    from noisytag.infer.submission import evaluate_submission
 
     for path in (submission, truth_csv):
         if not path.is_file():
@@ -168,7 +168,7 @@ def tag(
     """
     import sys
 
-    from noisytag.tag import Tagger, to_csv, to_json, to_table  # heavy (torch): imported when run
+    from noisytag.infer.tag import Tagger, to_csv, to_json, to_table  # heavy (torch): imported when run
 
     if json_ and csv_:
         fail("choose one of --json and --csv")
@@ -208,7 +208,7 @@ def export(
     Each member gets model.onnx (normalised log-mel windows -> probabilities) and fast.onnx (whole clip +
     window starts -> probabilities); every member is checked against PyTorch (max difference <= 1e-4).
     """
-    from noisytag.export import export_run  # heavy (torch, onnx): imported when the command runs
+    from noisytag.infer.export import export_run  # heavy (torch, onnx): imported when the command runs
 
     if not run_dir.is_dir():
         fail(f"run directory '{run_dir}' does not exist")

@@ -27,7 +27,7 @@ def report(
     selections of stages 3-4, least-trusted noisy clips (also least_trusted.csv),
     augmentation gallery and example log-mels, config, versions and timings.
     """
-    from noisytag.report import write_report
+    from noisytag.report.page import write_report
 
     if not run_dir.is_dir():
         fail(f"run directory '{run_dir}' does not exist")

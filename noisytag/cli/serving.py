@@ -43,9 +43,9 @@ def serve(
     too long, too large) get a 4xx with a one-sentence reason. There is no authentication: keep --host
     on 127.0.0.1 unless the network is trusted.
     """
-    import uvicorn  # heavy (torch via noisytag.serve): imported when the command runs
+    import uvicorn  # heavy (torch via noisytag.serve.service): imported when the command runs
 
-    from noisytag.serve import ServeSettings, create_app, open_service
+    from noisytag.serve.service import ServeSettings, create_app, open_service
 
     check_model_options(run_dir, mode, backend)
     settings = ServeSettings(top_k, max_seconds, max_mb, max_in_flight, wait_seconds)

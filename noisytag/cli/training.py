@@ -11,11 +11,11 @@ import typer
 
 from noisytag.cli import ConfigOpt, SetOpt, app, console, fail, load_cfg
 from noisytag.config import with_overrides
-from noisytag.data import DataError
+from noisytag.data.dataset import DataError
 from noisytag.rundir import RunConfigMismatch
 
 # Heavy (torch, lightning, ray): imported inside the commands so `noisytag --help` stays instant.
-# noisytag.context, noisytag.executors, noisytag.pipeline, noisytag.report, noisytag.summary, noisytag.synth
+# noisytag.runs.context, noisytag.runs.executors, noisytag.runs.pipeline, noisytag.report.page, noisytag.report.summary, noisytag.data.synth
 
 EXECUTORS = ("local", "ray")
 
@@ -63,8 +63,8 @@ def train(
         extra.append(f"train.num_nodes={num_nodes}")
     if extra:
         cfg = with_overrides(cfg, extra)
-    from noisytag.context import open_run
-    from noisytag.pipeline import check_config, run_stage
+    from noisytag.runs.context import open_run
+    from noisytag.runs.pipeline import check_config, run_stage
 
     archs = arch or list(cfg.pipeline.architectures)
     try:
@@ -142,11 +142,11 @@ def pipeline(
         fail(f"--executor: expected {' or '.join(EXECUTORS)}, got '{executor}'")
     from rich.markup import escape
 
-    from noisytag.context import is_global_zero
-    from noisytag.executors import ExecutorError, RayExecutor
-    from noisytag.pipeline import run_pipeline
-    from noisytag.report import write_report
-    from noisytag.summary import print_results
+    from noisytag.report.page import write_report
+    from noisytag.report.summary import print_results
+    from noisytag.runs.context import is_global_zero
+    from noisytag.runs.executors import ExecutorError, RayExecutor
+    from noisytag.runs.pipeline import run_pipeline
 
     cfg = load_cfg(run_config(config, out), set_)
     runner = None
@@ -182,10 +182,10 @@ def demo(
 
     The data set is (re)generated when it is missing or is a synth data set of another scale or test domain.
     """
-    from noisytag.pipeline import run_pipeline
-    from noisytag.report import write_report
-    from noisytag.summary import print_results
-    from noisytag.synth import generate, synth_mismatch
+    from noisytag.data.synth import generate, synth_mismatch
+    from noisytag.report.page import write_report
+    from noisytag.report.summary import print_results
+    from noisytag.runs.pipeline import run_pipeline
 
     started = time.perf_counter()
     cfg = load_cfg(config, set_)

@@ -1,0 +1,162 @@
+"""A run's ensemble: which fold models, checking they agree, loading them as members.
+
+The ensemble of a run is its finished fold models of the chosen stages (default: the run's
+``infer.stages``) and architectures. Members must share their classes, front end and input
+normalisation (:func:`shared_settings`). They load as PyTorch models (``backend="torch"``) or as the
+onnxruntime graphs that ``noisytag export`` wrote into ``RUN_DIR/onnx`` (``backend="onnx"``; this
+module only reads them: :func:`onnx_current` says whether they are there and up to date).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from noisytag.config import FrontendConfig, InferConfig, load_config
+from noisytag.infer.members import ExportError, OnnxMember, TorchMember
+from noisytag.models.weights import load_model, read_meta
+from noisytag.rundir import RunDir
+
+MANIFEST = "manifest.json"  # the index of an export directory (written by noisytag.infer.export)
+
+
+@dataclass
+class Ensemble:
+    """Members of a run's ensemble and what they share (classes, front end, input normalisation)."""
+
+    members: list
+    classes: list[str]
+    frontend: FrontendConfig
+    normalize: str
+
+
+def run_infer_config(run_dir: str | Path) -> InferConfig:
+    """The ``infer`` section of the run's config.yaml (defaults when the run has none)."""
+    path = RunDir(run_dir).config
+    return load_config(path).infer if path.is_file() else InferConfig()
+
+
+def select_model_dirs(run_dir: str | Path, stages=None, archs=None) -> list[Path]:
+    """Finished fold models of the run for ``stages`` (default: the run's infer.stages) and ``archs``."""
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"{run.root}: run directory does not exist")
+    stages = tuple(stages) if stages else run_infer_config(run_dir).stages
+    dirs = run.model_dirs(stages=stages, archs=list(archs) if archs else None)
+    if not dirs:
+        found = sorted({(p.parent.parent.name, p.parent.name) for p in run.model_dirs()})
+        have = ", ".join(f"{a}/{s}" for a, s in found) or "none"
+        raise FileNotFoundError(
+            f"{run.root}: no finished models for stages {','.join(map(str, stages))}"
+            f"{' and archs ' + ','.join(archs) if archs else ''} (finished: {have})"
+        )
+    return dirs
+
+
+def shared_settings(metas: Sequence[dict], dirs: Sequence[Path]) -> tuple[list[str], FrontendConfig, str]:
+    """(classes, front end, normalisation) that every model.json of ``dirs`` agrees on.
+
+    Raises ``ValueError`` naming the first model directory that differs, or one without classes.
+    """
+    first = metas[0]
+    for meta, d in zip(metas[1:], dirs[1:], strict=True):
+        for key in ("classes", "frontend", "normalize"):
+            if meta.get(key) != first.get(key):
+                raise ValueError(f"{d}/model.json: '{key}' differs from {dirs[0]}/model.json")
+    if not first.get("classes"):
+        raise ValueError(f"{dirs[0]}/model.json: no 'classes'")
+    return (
+        list(first["classes"]),
+        FrontendConfig(**(first.get("frontend") or {})),
+        first.get("normalize", "minmax"),
+    )
+
+
+def member_name(meta: dict, directory: Path) -> str:
+    """``{arch}_stage{k}_fold{f}`` from a model.json (the directory's name when it lacks them)."""
+    if {"arch", "stage", "fold"} <= set(meta):
+        return f"{meta['arch']}_stage{meta['stage']}_fold{meta['fold']}"
+    return Path(directory).name
+
+
+def load_ensemble(
+    run_dir: str | Path, stages=None, archs=None, device: str = "cpu", backend: str = "torch"
+) -> Ensemble:
+    """Load the chosen stages × folds × architectures of a run (SPEC §7 default: the run's infer.stages).
+
+    ``backend="onnx"`` runs the members with onnxruntime from ``RUN_DIR/onnx``, which must hold them
+    exported from the current weights (:func:`onnx_current`; ``noisytag.infer.tag.open_ensemble`` exports
+    them first when needed).
+    """
+    dirs = select_model_dirs(run_dir, stages, archs)
+    metas = [read_meta(d) for d in dirs]
+    classes, frontend, normalize = shared_settings(metas, dirs)
+    if backend == "torch":
+        members = []
+        for d, meta in zip(dirs, metas, strict=True):
+            model, _ = load_model(d, device)
+            members.append(TorchMember(model, device, name=member_name(meta, d)))
+    elif backend == "onnx":
+        members = onnx_members(run_dir, dirs)
+    else:
+        raise ValueError(f"unknown backend '{backend}' (expected torch or onnx)")
+    return Ensemble(members, classes, frontend, normalize)
+
+
+# ----------------------------------------------------------------------------------------------
+# exported members
+
+
+def read_manifest(out_dir: str | Path) -> dict:
+    """The ``manifest.json`` of an export directory (FileNotFoundError, or ExportError when corrupt)."""
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (not an export directory)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{path}: corrupt JSON ({err})") from None
+
+
+def load_members(out_dir: str | Path, names: Sequence[str] | None = None, threads: int = 0) -> list:
+    """:class:`OnnxMember` objects of an export directory (all, or those named, in that order)."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    entries = {m["name"]: m for m in manifest["members"]}
+    names = list(names) if names is not None else sorted(entries)
+    missing = [n for n in names if n not in entries]
+    if missing:
+        raise ExportError(f"{out_dir / MANIFEST}: no member(s) {', '.join(missing)}")
+    return [OnnxMember(out_dir, entries[n], manifest["window"], threads) for n in names]
+
+
+def onnx_current(run_dir: str | Path, model_dirs: Sequence[Path]) -> bool:
+    """Whether ``RUN_DIR/onnx`` holds every model of ``model_dirs``, exported from its current weights
+    (sha256) for the run's window width."""
+    metas = [read_meta(d) for d in model_dirs]
+    names = [member_name(m, Path(d)) for m, d in zip(metas, model_dirs, strict=True)]
+    try:
+        manifest = read_manifest(RunDir(run_dir).onnx_dir)
+        have = {m["name"]: m.get("weights_sha256") for m in manifest["members"]}
+        return manifest.get("window") == run_infer_config(run_dir).window and all(
+            have.get(n) == m.get("weights_sha256") for n, m in zip(names, metas, strict=True)
+        )
+    except (FileNotFoundError, ExportError, KeyError):
+        return False
+
+
+def onnx_members(run_dir: str | Path, model_dirs: Sequence[Path], threads: int = 0) -> list:
+    """ONNX members for ``model_dirs`` of a run, read from ``RUN_DIR/onnx``.
+
+    Raises :class:`~noisytag.infer.members.ExportError` when they are missing or were exported from other
+    weights or for another window width (see :func:`onnx_current`).
+    """
+    out_dir = RunDir(run_dir).onnx_dir
+    if not onnx_current(run_dir, model_dirs):
+        raise ExportError(
+            f"{out_dir}: ONNX members missing or stale; run `noisytag export {run_dir} --onnx {out_dir}`"
+        )
+    names = [member_name(read_meta(d), Path(d)) for d in model_dirs]
+    return load_members(out_dir, names, threads)

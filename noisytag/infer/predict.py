@@ -1,0 +1,303 @@
+"""The window engine (SPEC §7): clips → windows → batched member forward → per-clip mean.
+
+Flow: clips (cached log-mels or decoded audio) → per-clip min-max normalisation → the evenly spread
+128-frame windows of :func:`noisytag.audio.windows.window_offsets` → batches of ``cfg.batch_size`` windows
+taken from as many clips as needed → every ensemble member → sigmoid → mean over members (per
+window) → mean over the clip's windows. Clips stream through: memory holds one batch of windows and
+the (N, K) result, whatever the number of clips.
+
+Two modes (``InferConfig.mode``):
+
+* ``"exact"``: one forward per window, as SPEC §7 and the original entry.
+* ``"fast"``: both architectures are fully convolutional, so the conv body runs once over the whole
+  clip and the head pools each window's slice of the feature map (``width / time_reduction`` feature
+  steps starting at ``round(offset / time_reduction)``). Windows see their neighbours' context at the
+  edges instead of zero padding, so scores differ slightly from the exact mode (see benchmarks/README).
+
+Members follow the interface of :mod:`noisytag.infer.members`; plain ``nn.Module``s are wrapped as
+:class:`~noisytag.infer.members.TorchMember`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.progress import track
+
+from noisytag.audio.decode import load_clip
+from noisytag.audio.features import log_mel
+from noisytag.audio.features import normalize as minmax_scale
+from noisytag.audio.windows import window_offsets
+from noisytag.config import FrontendConfig, InferConfig
+from noisytag.infer.members import as_members
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------
+# the streaming engine
+
+
+@dataclass
+class Clip:
+    """One clip's log-mel in dB ``(F, T)`` with its min-max range; ``key`` identifies it to the caller."""
+
+    key: object
+    db: np.ndarray
+    lo: float
+    hi: float
+
+
+def model_input(db: np.ndarray, lo: float, hi: float, width: int, normalize: str = "minmax") -> np.ndarray:
+    """(F, T) dB → (F, max(T, width)) float32 model input: min-max scaled, right-padded with ``lo``.
+
+    The padding value is the clip's own minimum (0 after scaling), as ``FeatureCache.windows``.
+    """
+    db = np.asarray(db, dtype=np.float32)
+    if db.shape[1] < width:
+        db = np.pad(db, ((0, 0), (0, width - db.shape[1])), constant_values=np.float32(lo))
+    if normalize == "minmax":
+        return np.asarray(minmax_scale(db, np.float32(lo), np.float32(hi)), dtype=np.float32)
+    if normalize == "none":
+        return db
+    raise ValueError(f"unknown normalisation '{normalize}' (expected minmax or none)")
+
+
+def take_windows(x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """(F, T) → (n, F, width) copies of the windows starting at ``starts``."""
+    view = np.lib.stride_tricks.sliding_window_view(x, width, axis=1)  # (F, T − width + 1, width)
+    return np.ascontiguousarray(view[:, starts].transpose(1, 0, 2))
+
+
+def ensemble_probs(members: Sequence, x: np.ndarray) -> np.ndarray:
+    """(B, F, W) windows → (B, K): each member's sigmoid probabilities, averaged over members."""
+    batch = x[:, None]
+    total = members[0].probs(batch).astype(np.float64)
+    for member in members[1:]:
+        total += member.probs(batch)
+    return (total / len(members)).astype(np.float32)
+
+
+def fast_clip_probs(members: Sequence, x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """Fast mode for one clip: body once over (F, T) ``x``, head on each window's slice → (n, K)."""
+    clip = x[None, None]
+    total = members[0].fast_probs(clip, starts, width).astype(np.float64)
+    for member in members[1:]:
+        total += member.fast_probs(clip, starts, width)
+    return (total / len(members)).astype(np.float32)
+
+
+def iter_window_probs(
+    members: Sequence, clips: Iterable[Clip], cfg: InferConfig, normalize: str = "minmax"
+) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
+    """Yield ``(key, starts (n,), probs (n, K))`` per clip: window probabilities averaged over members.
+
+    Windows of consecutive clips share batches of exactly ``cfg.batch_size`` windows (the last one
+    smaller); a clip is yielded as soon as all its windows are scored. In fast mode, clips of more
+    than one window are scored on their own (body once per clip); one-window clips still share
+    batches. Clips may therefore come back out of order in fast mode; use ``key``.
+    """
+    if cfg.mode not in ("exact", "fast"):
+        raise ValueError(f"unknown inference mode '{cfg.mode}' (expected exact or fast)")
+    members = as_members(members)
+    width, bs = cfg.window, max(int(cfg.batch_size), 1)
+    pending: list[np.ndarray] = []  # windows not yet scored, in order
+    n_pending = 0
+    owners: deque = deque()  # (key, starts) of clips whose windows are queued or scored
+    scored: list[np.ndarray] = []  # probabilities of the leading windows of ``owners``
+
+    def run(final: bool) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
+        nonlocal pending, n_pending, scored
+        x = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        upto = len(x) if final else len(x) // bs * bs
+        for s in range(0, upto, bs):
+            scored.append(ensemble_probs(members, x[s : s + bs]))
+        pending = [x[upto:]] if upto < len(x) else []
+        n_pending = len(x) - upto
+        done = np.concatenate(scored) if len(scored) > 1 else scored[0]
+        pos = 0
+        while owners and len(owners[0][1]) <= len(done) - pos:
+            key, starts = owners.popleft()
+            yield key, starts, done[pos : pos + len(starts)]
+            pos += len(starts)
+        scored = [done[pos:]]
+
+    for clip in clips:
+        n_frames = clip.db.shape[1]
+        starts = window_offsets(n_frames, width, cfg.max_stride)
+        x = model_input(clip.db, clip.lo, clip.hi, width, normalize)
+        if cfg.mode == "fast" and len(starts) > 1:
+            yield clip.key, starts, fast_clip_probs(members, x, starts, width)
+            continue
+        pending.append(take_windows(x, starts, width))
+        n_pending += len(starts)
+        owners.append((clip.key, starts))
+        if n_pending >= bs:
+            yield from run(final=False)
+    if n_pending:
+        yield from run(final=True)
+
+
+def _track(items: Iterable, total: int, progress: bool, label: str) -> Iterable:
+    return track(items, total=total, description=label, transient=True) if progress else items
+
+
+# ----------------------------------------------------------------------------------------------
+# cached clips
+
+
+def cache_clips(cache, indices: Sequence[int]) -> Iterator[Clip]:
+    """Clips of a ``FeatureCache`` at positions ``indices``, with the lo/hi of its index."""
+    lo = cache.index["lo"].to_numpy()
+    hi = cache.index["hi"].to_numpy()
+    for row, i in enumerate(indices):
+        yield Clip(row, cache.clip(int(i)), float(lo[i]), float(hi[i]))
+
+
+def predict_cache(
+    models,
+    cache,
+    indices: Sequence[int],
+    cfg: InferConfig,
+    normalize: str = "minmax",
+    device: str = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Clip probabilities (len(indices), K) float32 for cached clips (positions in ``cache.index``).
+
+    ``models``: nn.Modules built by ``noisytag.models.build`` (or members). Mean over models per
+    window, then over the clip's windows (SPEC §7). ``normalize``: the run's input normalisation.
+    """
+    members = as_members(models, device)
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.zeros((len(indices), members[0].n_classes), dtype=np.float32)
+    results = iter_window_probs(members, cache_clips(cache, indices), cfg, normalize)
+    for row, _starts, probs in _track(results, len(indices), progress, "predicting"):
+        out[row] = probs.mean(axis=0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# audio files
+
+
+@dataclass
+class FileResult:
+    """Per-file outcome of :func:`iter_files`: window probabilities, or the reason it failed.
+
+    ``duration``: seconds of the decoded file. ``offset``: file time (s) of the first sample of the
+    processed clip (after silence trimming, minus any 2-s padding on the left), so window ``w`` spans
+    ``offset + starts[w] · hop / sr`` seconds of the file onwards.
+    """
+
+    path: Path
+    duration: float = 0.0
+    offset: float = 0.0
+    starts: np.ndarray | None = None
+    window_probs: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        return None if self.window_probs is None else self.window_probs.mean(axis=0)
+
+
+@dataclass
+class FilePredictions:
+    """Result of :func:`predict_files`: rows follow ``paths``; failed files have NaN rows."""
+
+    paths: list[Path]
+    probs: np.ndarray
+    failures: list[str] = field(default_factory=list)
+
+
+def file_clip(path: str | Path, frontend: FrontendConfig, key: object = None) -> tuple[Clip, float, float]:
+    """Audio file → (its :class:`Clip`, duration s, offset s) via :func:`noisytag.audio.decode.load_clip`.
+
+    The log-mel is rounded through float16 like the feature cache, so a file and its cached clip
+    give identical model inputs. Raises ``noisytag.audio.decode.AudioError`` for a file that cannot be used.
+    """
+    loaded = load_clip(path, frontend)
+    db = log_mel(loaded.samples, frontend).astype(np.float16).astype(np.float32)
+    return Clip(key, db, float(db.min()), float(db.max())), loaded.duration, loaded.offset
+
+
+def iter_files(
+    members: Sequence,
+    paths: Sequence[str | Path],
+    cfg: InferConfig,
+    frontend: FrontendConfig,
+    normalize: str = "minmax",
+    progress: bool = False,
+    prefetch: int = 2,
+) -> Iterator[FileResult]:
+    """Yield a :class:`FileResult` per path, in order; unreadable files carry ``error`` and are skipped.
+
+    Decoding and feature extraction run ``prefetch`` files ahead in a background thread (soundfile,
+    soxr and torch release the GIL), so they overlap with the models.
+    """
+    paths = [Path(p) for p in paths]
+    results: dict[int, FileResult] = {i: FileResult(p) for i, p in enumerate(paths)}
+
+    def decoded() -> Iterator[Clip]:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            futures: deque = deque()
+            for i, p in enumerate(paths):
+                futures.append((i, pool.submit(file_clip, p, frontend, i)))
+                while len(futures) > prefetch:
+                    yield from _resolve(*futures.popleft())
+            while futures:
+                yield from _resolve(*futures.popleft())
+
+    def _resolve(i, future) -> Iterator[Clip]:
+        try:
+            clip, seconds, offset = future.result()
+        except Exception as err:  # AudioError and anything a decoder may raise: report, keep going
+            reason = str(err) if str(err).startswith(str(paths[i])) else f"{paths[i]}: {err}"
+            results[i].error = reason
+            log.warning("skipped %s", reason)
+            return
+        results[i].duration, results[i].offset = seconds, offset
+        yield clip
+
+    next_out = 0
+    for i, starts, probs in _track(
+        iter_window_probs(members, decoded(), cfg, normalize), len(paths), progress, "tagging"
+    ):
+        results[i].starts, results[i].window_probs = starts, probs
+        while next_out < len(paths) and (
+            results[next_out].window_probs is not None or results[next_out].error is not None
+        ):
+            yield results.pop(next_out)
+            next_out += 1
+    while next_out < len(paths):
+        yield results.pop(next_out)
+        next_out += 1
+
+
+def predict_files(
+    models,
+    paths: Sequence[str | Path],
+    cfg: InferConfig,
+    frontend_cfg: FrontendConfig,
+    normalize: str = "minmax",
+    device: str = "cpu",
+    progress: bool = False,
+) -> FilePredictions:
+    """Clip probabilities for arbitrary audio files (decode → log-mel → the same windows as the cache)."""
+    members = as_members(models, device)
+    paths = [Path(p) for p in paths]
+    probs = np.full((len(paths), members[0].n_classes), np.nan, dtype=np.float32)
+    failures = []
+    for row, res in enumerate(iter_files(members, paths, cfg, frontend_cfg, normalize, progress)):
+        if res.error is not None:
+            failures.append(res.error)
+        else:
+            probs[row] = res.probs
+    return FilePredictions(paths, probs, failures)
