@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 import urllib.parse
 import zipfile
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ from noisytag.data.fetch import (
     DOWNLOADS,
     FetchError,
     RemoteFile,
-    download,
+    RetryPolicy,
+    download_file,
     fetch,
+    open_zip,
     parse_record,
     parse_vocabulary,
     plan,
@@ -34,7 +37,7 @@ from noisytag.data.fetch import (
     unpack,
     write_layout,
 )
-from noisytag.data.splitzip import open_zip
+from noisytag.data.fetch.download import USER_AGENT
 
 RECORD = 4242
 CLASSES = ["Bark", "Church_bell", "Hiss", "Walk_and_footsteps"]
@@ -134,36 +137,69 @@ def record(tmp_path_factory) -> Record:
 
 
 class Server:
-    """The records API and file downloads of a record on loopback, with Range support and fault knobs."""
+    """Zenodo's records API and file links on loopback, as the real server behaves (issue 21).
+
+    Each file's API link (``…/api/records/<id>/files/<key>/content``, and the older shapes of it) ignores
+    ``Range`` and answers 200 with the whole file; the record page's link
+    (``/records/<id>/files/<key>?download=1``) honours it. Fault knobs: ``cuts`` drop connections,
+    ``answers`` script error statuses per route (``api``, ``page``, ``content``), ``served`` swaps a
+    file's bytes (the API keeps the record's md5). Every request and every byte sent is logged.
+    """
 
     def __init__(self, files: dict[str, bytes]):
         self.files = dict(files)
         self.served: dict[str, bytes] = {}  # name → bytes sent instead (the API keeps the files' md5)
-        self.cut_after: dict[str, int] = {}  # name → the next request for it stops after this many bytes
-        self.ignore_range = False
-        self.requests: list[tuple[str, str | None, int]] = []  # (name or "api", Range header, bytes sent)
+        self.cuts: dict[str, list[int]] = {}  # name → the next answers longer than cuts[0] stop there
+        self.answers: dict[str, list[tuple[int, dict[str, str]]]] = {}  # route → next error answers
+        self.page_resumes, self.page_exists = True, True
+        self.payload_override: object = None
+        self.agents: set[str] = set()
+        self._log: list[Hit] = []
+        self.lock, self.busy = threading.Lock(), threading.Semaphore(64)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.api = f"{self.url}/api/records"
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
-    def payload(self) -> dict:
+    def payload(self) -> object:
+        if self.payload_override is not None:
+            return self.payload_override
         entries = []
         for i, (name, data) in enumerate(self.files.items()):
             links = [
-                {"self": f"{self.url}/files/{name}/content"},
-                {"download": f"{self.url}/files/{name}"},
+                {"self": f"{self.api}/{RECORD}/files/{name}/content"},  # today's shape
+                {"download": f"{self.url}/api/files/bucket/{name}"},  # the legacy shape
                 {},  # no link: the client builds <api>/<record>/files/<name>/content
             ][i % 3]
             checksum = f"md5:{hashlib.md5(data).hexdigest()}"
             entries.append({"key": name, "size": len(data), "checksum": checksum, "links": links})
-        return {"id": RECORD, "files": entries}
+        links = {"self": f"{self.api}/{RECORD}", "html": f"{self.url}/records/{RECORD}"}
+        return {"id": RECORD, "files": entries, "links": links}
 
-    def bytes_served(self, name: str) -> int:
-        return sum(n for file, _, n in self.requests if file == name)
+    @property
+    def requests(self) -> list[Hit]:
+        """The requests answered so far, once every answer under way is complete."""
+        for _ in range(64):
+            assert self.busy.acquire(timeout=5)
+        for _ in range(64):
+            self.busy.release()
+        return list(self._log)
 
-    def file_requests(self) -> list[tuple[str, str | None, int]]:
-        return [r for r in self.requests if r[0] != "api"]
+    def bytes_served(self, name: str | None = None) -> int:
+        """Bytes of files sent (error answers' bodies aside)."""
+        return sum(h.sent for h in self.file_requests(name) if h.status < 300)
+
+    def file_requests(self, name: str | None = None) -> list[Hit]:
+        return [h for h in self.requests if h.route != "api" and name in (None, h.name)]
+
+
+@dataclass(frozen=True)
+class Hit:
+    route: str  # api, page or content
+    name: str | None
+    range: str | None
+    status: int
+    sent: int
 
 
 def _handler(server: Server):
@@ -172,36 +208,52 @@ def _handler(server: Server):
             pass
 
         def do_GET(self) -> None:
-            path = urllib.parse.unquote(self.path)
+            with server.busy:
+                self._answer()
+
+        def _answer(self) -> None:
+            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+            server.agents.add(self.headers.get("User-Agent", ""))
+            wanted = self.headers.get("Range")
             if path.rstrip("/") == f"/api/records/{RECORD}":
                 body = json.dumps(server.payload()).encode()
-                server.requests.append(("api", None, len(body)))
-                return self._send(200, body, {"Content-Type": "application/json"})
-            found = re.search(r"/files/([^/]+?)(?:/content)?$", path)
-            if not found or found.group(1) not in server.files:
-                return self._send(404, b"not found", {})
-            name = found.group(1)
+                return self._send("api", None, wanted, 200, body, {"Content-Type": "application/json"})
+            found = re.fullmatch(r"(/records/\d+)?.*/files/([^/]+?)(/content)?", path)
+            route = "page" if found and found.group(1) else "content"
+            name = found.group(2) if found else None
+            if name not in server.files or (route == "page" and not server.page_exists):
+                return self._send(route, name, wanted, 404, b"not found", {})
             data = server.served.get(name, server.files[name])
-            wanted = self.headers.get("Range")
-            start = (
-                int(re.match(r"bytes=(\d+)-", wanted).group(1)) if wanted and not server.ignore_range else 0
-            )
-            if start >= len(data) and start:
-                return self._send(416, b"", {})
-            headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if start else {}
-            body = data[start:]
-            cut = server.cut_after.pop(name, None)
-            sent = self._send(206 if start else 200, body, headers, limit=cut)
-            server.requests.append((name, wanted, sent))
+            resumes = route == "page" and server.page_resumes
+            ranged = re.fullmatch(r"bytes=(\d+)-", wanted or "") if resumes else None
+            start = int(ranged.group(1)) if ranged else 0
+            if ranged and start >= len(data):
+                return self._send(route, name, wanted, 416, b"", {"Content-Range": f"bytes */{len(data)}"})
+            headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if ranged else {}
+            self._send(route, name, wanted, 206 if ranged else 200, data[start:], headers)
 
-        def _send(self, status: int, body: bytes, headers: dict, limit: int | None = None) -> int:
+        def _send(self, route, name, wanted, status: int, body: bytes, headers: dict) -> None:
+            if server.answers.get(route):
+                status, headers = server.answers[route].pop(0)
+                body = b""
+            with server.lock:  # logged in the order answered, completed once sent
+                entry = len(server._log)
+                server._log.append(Hit(route, name, wanted, status, 0))
             self.send_response(status)
             for key, value in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(key, value)
             self.end_headers()
-            out = body if limit is None else body[:limit]
-            self.wfile.write(out)
-            return len(out)
+            cuts = server.cuts.get(name) or [len(body)]
+            if len(body) > cuts[0]:
+                body = body[: cuts.pop(0)]
+            sent = 0
+            try:
+                for i in range(0, len(body), 8192):
+                    self.wfile.write(body[i : i + 8192])
+                    sent += len(body[i : i + 8192])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            server._log[entry] = Hit(route, name, wanted, status, sent)
 
     return Handler
 
@@ -219,14 +271,26 @@ def fetched(record, tmp_path_factory):
     """A data set fetched once from the miniature record (shared; tests read it, never change it)."""
     srv = Server(record.files)
     root = tmp_path_factory.mktemp("fetched") / "fsd"
-    summary = fetch(root, api_url=srv.api, record=RECORD, progress=False, retries=0)
+    summary = fetch(root, api_url=srv.api, record=RECORD, progress=False, policy=RetryPolicy(retries=0))
     srv.httpd.shutdown()
     srv.httpd.server_close()
     return root, summary
 
 
-def _fetch(root, srv, **kw):
-    return fetch(root, api_url=srv.api, record=RECORD, progress=False, **{"retries": 0, **kw})
+class Waits(list):
+    """A ``sleep`` that records the waits instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def _policy(retries: int = 0, waits: Waits | None = None) -> RetryPolicy:
+    return RetryPolicy(retries=retries, sleep=Waits() if waits is None else waits)
+
+
+def _fetch(root, srv, retries: int = 0, waits: Waits | None = None, **kw):
+    policy = _policy(retries, waits)
+    return fetch(root, api_url=srv.api, record=RECORD, progress=False, policy=policy, **kw)
 
 
 # ---------------------------------------------------------------- the layout
@@ -342,38 +406,89 @@ def test_a_missing_part_is_refused_with_the_archive_name(tmp_path, record):
 # ---------------------------------------------------------------- downloads: resume, re-run, faults
 
 
-def test_interrupted_download_resumes_with_a_range_request(tmp_path, server, record):
+def _remote(server: Server, name: str) -> RemoteFile:
+    return next(f for f in record_files(server.api, RECORD, policy=_policy()) if f.name == name)
+
+
+def test_a_killed_download_resumes_through_the_record_page(tmp_path, server, record):
+    """The API's content link ignores Range, the record page's link honours it: resume goes there."""
     name = f"{PREFIX}.audio_train_curated.zip"
     size = len(record.files[name])
-    file = next(f for f in record_files(server.api, RECORD) if f.name == name)
-    server.cut_after[name] = 5000
+    file = _remote(server, name)
+    assert file.urls[0] == f"{server.url}/records/{RECORD}/files/{name}?download=1"
+    assert file.urls[1].endswith(f"/files/{name}/content")
+    server.cuts[name] = [5000]
     with pytest.raises(FetchError) as err:
-        download(file, tmp_path)
+        download_file(file, tmp_path, policy=_policy(0))
     message = str(err.value)
     assert "\n" not in message and name in message and "network error after 5,000" in message
     assert (tmp_path / f"{name}.part").stat().st_size == 5000
-    path = download(file, tmp_path)
+    path = download_file(file, tmp_path, policy=_policy(0))
     assert path.read_bytes() == record.files[name] and not (tmp_path / f"{name}.part").exists()
-    assert [r[1] for r in server.file_requests()] == [None, "bytes=5000-"]
-    assert server.bytes_served(name) == size  # 5000 + the rest: it did not start over
+    hits = [(h.route, h.range, h.status) for h in server.file_requests()]
+    assert hits == [("page", "bytes=0-", 206), ("page", "bytes=5000-", 206)]
+    assert server.bytes_served(name) == size  # 5000 + the rest: no byte twice
 
 
-def test_fetch_retries_and_resumes_within_one_run(tmp_path, server, record):
-    name = f"{PREFIX}.audio_test.zip"
-    server.cut_after[name] = 3000
-    _fetch(tmp_path / "fsd", server, retries=1, retry_wait=0)
-    assert server.bytes_served(name) == len(record.files[name])
-    assert [r[1] for r in server.file_requests() if r[0] == name] == [None, "bytes=3000-"]
+def test_a_killed_fetch_resumes_and_no_byte_is_downloaded_twice(tmp_path, server, record):
+    root, name = tmp_path / "fsd", f"{PREFIX}.audio_test.zip"
+    server.cuts[name] = [3000]
+    with pytest.raises(FetchError, match=f"{re.escape(name)}: network error after 3,000 of"):
+        _fetch(root, server, retries=0)
+    _fetch(root, server, retries=0)
+    assert server.bytes_served() == sum(len(data) for data in record.files.values())
+    assert {h.route for h in server.file_requests()} == {"page"}  # the content links are never needed
+    assert [h.range for h in server.file_requests(name)] == ["bytes=0-", "bytes=3000-"]
+    assert not load_dataset(root, probe_audio=True).problems
 
 
-def test_a_server_ignoring_range_starts_the_file_over(tmp_path, server, record):
+def test_a_link_dropping_five_times_after_progress_completes(tmp_path, server, record):
+    name = f"{PREFIX}.audio_train_curated.zip"
+    server.cuts[name] = [2000] * 5
+    waits = Waits()
+    _fetch(tmp_path / "fsd", server, retries=3, waits=waits)  # five drops > three retries: progress resets
+    assert [h.range for h in server.file_requests(name)] == [f"bytes={2000 * i}-" for i in range(6)]
+    assert server.bytes_served(name) == len(record.files[name]) and waits == [2.0] * 5
+
+
+def test_a_rate_limit_is_waited_out_as_the_server_asks(tmp_path, server, record):
+    limit = {"Retry-After": "60", "X-RateLimit-Limit": "133", "X-RateLimit-Remaining": "0"}
+    server.answers["page"] = [(429, {**limit, "X-RateLimit-Reset": str(int(time.time()) + 60)})]
+    waits = Waits()
+    _fetch(tmp_path / "fsd", server, retries=3, waits=waits)
+    assert waits == [60.0]  # not the 2 s backoff
+    assert server.bytes_served() == sum(len(data) for data in record.files.values())
+
+
+def test_the_file_list_is_tried_again_after_a_503(tmp_path, server):
+    server.answers["api"] = [(503, {}), (429, {"Retry-After": "7"})]
+    waits = Waits()
+    _fetch(tmp_path / "fsd", server, retries=3, waits=waits)
+    assert waits == [2.0, 7.0] and [h.status for h in server.requests if h.route == "api"] == [503, 429, 200]
+    server.answers["api"] = [(503, {})]
+    with pytest.raises(FetchError) as err:
+        record_files(server.api, RECORD, policy=_policy(0))
+    assert str(err.value) == (
+        f"record {RECORD}: could not read its file list from {server.api}/{RECORD} (HTTP 503 Service Unavailable)"
+    )
+
+
+def test_without_the_record_page_the_content_link_is_used_and_starts_over(tmp_path, server, record):
     name = f"{PREFIX}.meta.zip"
-    file = next(f for f in record_files(server.api, RECORD) if f.name == name)
-    server.cut_after[name], server.ignore_range = 700, True
+    file = _remote(server, name)
+    server.page_exists, server.cuts[name] = False, [700]
     with pytest.raises(FetchError):
-        download(file, tmp_path)
-    assert download(file, tmp_path).read_bytes() == record.files[name]
+        download_file(file, tmp_path, policy=_policy(0))
+    assert download_file(file, tmp_path, policy=_policy(0)).read_bytes() == record.files[name]
+    hits = [(h.route, h.status) for h in server.file_requests()]
+    assert hits == [("page", 404), ("content", 200), ("page", 404), ("content", 200)]
     assert server.bytes_served(name) == 700 + len(record.files[name])
+
+
+def test_requests_name_noisytag_its_version_and_url(tmp_path, server):
+    _fetch(tmp_path / "fsd", server)
+    assert server.agents == {USER_AGENT}
+    assert re.fullmatch(r"noisytag/\d+\.\d+\S* \(\+https://\S+\)", USER_AGENT)
 
 
 def test_rerun_downloads_nothing_and_remove_archives_works_offline(tmp_path, server, record):
@@ -467,7 +582,7 @@ def test_cli_fetch_and_its_errors(tmp_path, server):
     assert "done" in result.output and not load_dataset(root, probe_audio=True).problems
     result = runner.invoke(app, ["fetch", "imagenet", str(tmp_path / "x")], env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "unknown data set 'imagenet'; known: fsdkaggle2019" in result.output
-    server.cut_after[f"{PREFIX}.meta.zip"] = 100
+    server.cuts[f"{PREFIX}.meta.zip"] = [100]
     result = runner.invoke(
         app,
         [*base[:2], str(tmp_path / "other"), *base[3:], "--retries", "0", "--no-progress"],
@@ -509,21 +624,68 @@ def test_vocabulary_problems_name_the_line():
 def test_record_shapes_and_links():
     files_url = "https://z/api/records/1/files"
     new = {
-        "files": [{"key": "a.zip", "size": 3, "checksum": "md5:ab", "links": {"self": "https://z/a/content"}}]
+        "files": [
+            {"key": "a.zip", "size": 3, "checksum": "md5:ab", "links": {"self": "https://z/a/content"}}
+        ],
+        "links": {"html": "https://z/records/1"},
     }
     old = {
         "files": [
             {"filename": "a.zip", "filesize": 3, "checksum": "ab", "links": {"download": "https://d/a"}}
         ]
     }
-    bare = {"files": {"entries": {"a.zip": {"key": "a.zip", "size": 3, "checksum": "md5:ab"}}}}
-    assert parse_record(new, files_url) == [RemoteFile("a.zip", 3, "md5:ab", "https://z/a/content")]
-    assert parse_record(old, files_url) == [RemoteFile("a.zip", 3, "md5:ab", "https://d/a")]
-    assert parse_record(bare, files_url)[0].url == f"{files_url}/a.zip/content"
-    with pytest.raises(FetchError, match="lists no files"):
-        parse_record({"files": []}, files_url)
-    with pytest.raises(FetchError, match="unusable file name"):
-        parse_record({"files": [{"key": "../x", "size": 1}]}, files_url)
+    rdm = {
+        "files": {"enabled": True, "entries": {"a.zip": {"key": "a.zip", "size": 3, "checksum": "md5:ab"}}}
+    }
+    page = "https://z/records/1/files/a.zip?download=1"
+    assert parse_record(new, files_url) == [RemoteFile("a.zip", 3, "md5:ab", (page, "https://z/a/content"))]
+    assert parse_record(old, files_url) == [RemoteFile("a.zip", 3, "md5:ab", ("https://d/a",))]
+    assert parse_record(old, files_url, "https://z/records/1")[0].urls == (page, "https://d/a")
+    assert parse_record(rdm, files_url)[0].urls == (f"{files_url}/a.zip/content",)
+    listed = {"files": {"entries": [{"key": "a.zip", "size": 3}]}}
+    assert parse_record(listed, files_url) == [RemoteFile("a.zip", 3, None, (f"{files_url}/a.zip/content",))]
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ([], "the answer is a JSON array, not a record"),
+        ({"id": 1}, "the record lists no 'files' (has id)"),
+        ({"files": []}, "the record lists no files"),
+        ({"files": {"enabled": True, "count": 7}}, "'files' object has no 'entries' (has count, enabled)"),
+        ({"files": {"enabled": False}}, "has its files disabled"),
+        ({"files": {"entries": None}}, "the record's files are a JSON null, not a list"),
+        ({"files": "a.zip"}, "the record's files are a JSON string"),
+        ({"files": [7]}, "file entry 1 is a JSON number, not an object"),
+        ({"files": [{"key": "../x", "size": 1}]}, "unusable file name '../x'"),
+        ({"files": [{"key": "a.zip"}]}, "a.zip has no usable size (None)"),
+        ({"files": [{"key": "a.zip", "size": -1}]}, "a.zip has no usable size (-1)"),
+        (
+            {"files": [{"key": "a.zip", "size": 1, "checksum": 5}]},
+            "a.zip has a checksum that is a JSON number",
+        ),
+        ({"files": [{"key": "a.zip", "size": 1, "links": ["x"]}]}, "a.zip has links that are a JSON array"),
+        ({"files": [{"key": "a.zip", "size": 1, "links": {"self": 3}}]}, "a.zip has an unusable link 3"),
+    ],
+)
+def test_every_unexpected_record_shape_is_one_line(payload, message):
+    with pytest.raises(FetchError) as err:
+        parse_record(payload, "https://z/api/records/1/files")
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith("https://z/api/records/1/files: ")
+
+
+def test_an_rdm_record_without_entries_fails_in_the_cli_in_one_line(tmp_path, server):
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+
+    server.payload_override = {"id": RECORD, "files": {"enabled": True, "count": 7, "total_bytes": 9}}
+    args = ["fetch", "fsdkaggle2019", str(tmp_path / "fsd"), "--api-url", server.api, "--record", str(RECORD)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "'files' object has no 'entries'" in errors[0]
 
 
 # ---------------------------------------------------------------- end to end

@@ -34,7 +34,14 @@ def fetch(
             help="Keep the verified zip archives in DATA_DIR/.downloads/, or delete each once unpacked.",
         ),
     ] = True,
-    retries: Annotated[int, typer.Option(min=0, help="Resumed attempts per file after a network error.")] = 3,
+    retries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Tries again after a network error, per file and for the file list; the count starts over "
+            "whenever a try received data. Waits 2, 4, 8 … s, or as long as the server asks (HTTP 429).",
+        ),
+    ] = 3,
     progress: Annotated[bool, typer.Option(help="Progress bars (bytes, speed, time left).")] = True,
 ) -> None:
     """Download a public data set and write it in the competition layout, ready for check and pipeline.
@@ -43,17 +50,18 @@ def fetch(
 
     Archives go to DATA_DIR/.downloads/ and are md5-verified; the audio to DATA_DIR/train_curated/, train_noisy/ and test/. train_curated.csv, train_noisy.csv and sample_submission.csv are written from the record's metadata; the published test labels with their Public/Private leaderboard part go to DATA_DIR/truth/test.csv, the original metadata (licenses, Freesound ids) to DATA_DIR/meta/.
 
-    Safe to interrupt: run the same command again and it resumes (partial downloads continue with HTTP range requests; verified archives and unpacked folders are not fetched again).
+    Safe to interrupt: run the same command again and it resumes (partial downloads continue with HTTP range requests from the record page's links, which Zenodo lets resume; verified archives and unpacked folders are not fetched again). A dropped connection resumes within the run; rate limits (HTTP 429) are waited out as the server asks.
     """
     from rich.table import Table
 
-    from noisytag.data.fetch import FetchError, dataset_spec, plan, record_files
+    from noisytag.data.fetch import FetchError, RetryPolicy, dataset_spec, plan, record_files
     from noisytag.data.fetch import fetch as fetch_dataset
 
+    policy = RetryPolicy(retries=retries)
     try:
         spec = dataset_spec(dataset)
         if dry_run:
-            planned = plan(data_dir, record_files(api_url, record or spec.record), spec)
+            planned = plan(data_dir, record_files(api_url, record or spec.record, policy=policy), spec)
     except FetchError as err:
         fail(str(err))
     if dry_run:
@@ -83,7 +91,7 @@ def fetch(
             api_url=api_url,
             keep_archives=keep_archives,
             progress=progress,
-            retries=retries,
+            policy=policy,
         )
     except FetchError as err:
         fail(str(err))
