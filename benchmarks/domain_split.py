@@ -22,7 +22,7 @@ from noisytag.config import load_config
 from noisytag.data.synth import plan, synth_info
 from noisytag.metrics import lwlrap
 from noisytag.runs.context import open_run
-from noisytag.runs.scoring import ensemble_test, run_stages, stage_test
+from noisytag.runs.scoring import ensemble_test, stage_test
 
 
 def split_scores(data_dir: Path, run_dir: Path, domains: dict[str, str]) -> dict[str, float]:
@@ -32,7 +32,7 @@ def split_scores(data_dir: Path, run_dir: Path, domains: dict[str, str]) -> dict
     truth = ctx.truth_test > 0.5
     shifted = np.array([domains[f] == "noisy" for f in ctx.test.fnames])
     preds = {"ens": ensemble_test(ctx)[0]}
-    preds.update({f"s{k}": stage_test(ctx, "cnn1", k) for k in run_stages(ctx.cfg)})
+    preds.update({f"s{k}": stage_test(ctx, "cnn1", k) for k in ctx.plan.stage_numbers})
     out = {}
     for key, p in preds.items():
         out[f"{key} clean"] = lwlrap(truth[~shifted], p[~shifted])

@@ -3,6 +3,7 @@
 A run directory is what users keep and share; everything needed to tag new audio is in it::
 
     config.yaml                      resolved RunConfig of the run
+    plan.json                        the run plan (noisytag.plan): stages, result keys, ensemble
     run.json                         software versions, data set, start/resume times, per-fold timings
     folds.csv                        fname, split (curated|noisy), fold
     stage_table.csv                  model (stage k), arch, stage, lwlrap_noisy, lwlrap_curated,
@@ -42,27 +43,11 @@ import yaml
 
 from noisytag.config import RunConfig, config_from_dict, save_config
 from noisytag.fileio import software_versions, write_json
-
-# Config keys that do not change results: a run may be resumed with other values.
-VOLATILE_KEYS = {
-    "infer": None,  # the whole section
-    "data": {"workers", "cache_dir"},
-    "train": {"num_workers", "devices", "accelerator", "num_nodes", "strategy", "val_batch_size"},
-}
+from noisytag.plan import RunPlan, build_plan, plan_from_saved, resume_conflicts
 
 
 class RunConfigMismatch(RuntimeError):
     """The run directory was made with a config that changes results."""
-
-
-def comparable(cfg: RunConfig) -> dict:
-    """The config as a dict without the keys that do not change results (:data:`VOLATILE_KEYS`)."""
-    out = {}
-    for section, values in cfg.to_dict().items():
-        drop = VOLATILE_KEYS.get(section, set())
-        if drop is not None:
-            out[section] = {k: v for k, v in values.items() if k not in drop}
-    return out
 
 
 @dataclass(frozen=True)
@@ -77,6 +62,7 @@ class RunDir:
         return property(lambda self: self.root / name)
 
     config = _file("config.yaml")
+    plan_file = _file("plan.json")
     run_info = _file("run.json")
     folds = _file("folds.csv")
     stage_table = _file("stage_table.csv")
@@ -153,20 +139,23 @@ class RunDir:
         self.check_config(cfg, force)
         self.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.config)
+        write_json(self.plan_file, build_plan(cfg).to_dict())
+
+    def plan(self) -> RunPlan:
+        """The run's plan (``plan.json``; rebuilt from ``config.yaml`` for runs made before plans)."""
+        if self.plan_file.is_file():
+            return plan_from_saved(json.loads(self.plan_file.read_text()), None)
+        if not self.config.is_file():
+            raise FileNotFoundError(f"{self.root}: not a run directory (no config.yaml)")
+        return plan_from_saved(None, yaml.safe_load(self.config.read_text()))
 
     def check_config(self, cfg: RunConfig, force: bool = False) -> None:
         """Raise :class:`RunConfigMismatch` when ``cfg`` would change the results of the saved config
         (the check without the save: for processes that must not write, e.g. DDP ranks, Ray tasks)."""
         saved = self.saved_config()
         if saved is not None and not force:
-            a, b = comparable(saved), comparable(cfg)
-            if a != b:
-                diffs = [
-                    f"{s}.{k}: {a.get(s, {}).get(k)!r} → {b.get(s, {}).get(k)!r}"
-                    for s in sorted(set(a) | set(b))
-                    for k in sorted(set(a.get(s, {})) | set(b.get(s, {})))
-                    if a.get(s, {}).get(k) != b.get(s, {}).get(k)
-                ]
+            diffs = resume_conflicts(saved, cfg)  # the run plan's rule: no stage may change its result
+            if diffs:
                 raise RunConfigMismatch(
                     f"{self.root} was made with another config ({'; '.join(diffs)}); "
                     "use --force to continue it anyway, or another output directory"

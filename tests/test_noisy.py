@@ -8,10 +8,13 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config
 
+from noisytag.config import ConfigError
 from noisytag.learn.train import build_module
+from noisytag.plan import joint_epochs
 from noisytag.runs import pipeline
 from noisytag.runs.context import open_run
 from noisytag.runs.scoring import stage_oof
+from noisytag.runs.validate import checked_plan
 
 K = 5
 
@@ -134,8 +137,8 @@ def test_joint_baseline_is_one_stage_on_curated_and_all_noisy(tiny_data, tiny_ca
 def test_joint_epochs_match_the_warmup_budget():
     cfg = tiny_config(**{"pipeline.stage_epochs": "[12, 15, 10, 10]"})
     # 12·480 + 15·120 + 10·120 + 10·120 = 9,960 examples over 600 clips ≈ 17 epochs
-    assert pipeline.joint_epochs(cfg, 120, 480) == 17
-    assert pipeline.joint_epochs(tiny_config(**{"pipeline.joint_epochs": 5}), 120, 480) == 5
+    assert joint_epochs(cfg, 120, 480) == 17
+    assert joint_epochs(tiny_config(**{"pipeline.joint_epochs": 5}), 120, 480) == 5
 
 
 def test_stage_keys_change_only_from_the_first_stage_a_setting_touches():
@@ -155,5 +158,5 @@ def test_stage_keys_change_only_from_the_first_stage_a_setting_touches():
 
 
 def test_unknown_treatment_names_the_key():
-    with pytest.raises(ValueError, match="noisy.treatment"):
-        pipeline.check_config(tiny_config(**{"noisy.treatment": "ignore"}))
+    with pytest.raises(ConfigError, match="noisy.treatment"):
+        checked_plan(tiny_config(**{"noisy.treatment": "ignore"}))

@@ -6,7 +6,7 @@ An ablation directory::
     ablation.csv / ablation.md / .html    one row per variant (see :mod:`noisytag.ablate.tables`)
     ablation_runs.csv                     one row per run
     runs/<variant>/seed<i>/               an ordinary run directory, plus
-        stage_keys.json                   {arch: {stage: noisytag.runs.pipeline.stage_key}} (written before it runs)
+        stage_keys.json                   {arch: {stage: noisytag.plan.RunPlan.key}} (written before it runs)
         ablate.json                       the run's summary (written when it ends; status ok / failed)
 
 A variant is a list of ``--set``-style overrides of the base config; seed i sets ``train.seed`` to the
@@ -15,7 +15,7 @@ compares every variant. A run whose ablate.json says ok is never redone; a faile
 run again by the next call, and the pipeline itself resumes its finished folds and checkpoints.
 
 Variants often differ only in late stages (say, the stage-3 selection), so before a run its stages are
-taken from another run of the ablation whose :func:`~noisytag.runs.pipeline.stage_key` matches and whose
+taken from another run of the ablation whose :func:`~noisytag.plan.RunPlan.key` matches and whose
 folds are all done: stage by stage and per architecture, stopping at the first stage that cannot be
 reused. Files are hard-linked (a done fold is never written again, so sharing is safe), else copied.
 """
@@ -40,6 +40,7 @@ import yaml
 from noisytag.ablate.tables import run_summary, write_outputs
 from noisytag.config import RunConfig, config_from_dict, with_overrides
 from noisytag.fileio import write_json, write_text
+from noisytag.plan import build_plan
 from noisytag.rundir import RunDir
 from noisytag.runs import pipeline
 
@@ -105,10 +106,9 @@ def plan_ablation(
 
 def _fingerprint(cfg: RunConfig) -> dict:
     """What decides a run's results: every stage key per architecture and the ensemble's stages."""
-    keys = {
-        a: [pipeline.stage_key(cfg, a, s) for s in cfg.pipeline.stages] for a in cfg.pipeline.architectures
-    }
-    return {"stages": keys, "ensemble": list(cfg.infer.stages)}
+    plan = build_plan(cfg)
+    keys = {a: [plan.key(a, s) for s in plan.stage_numbers] for a in plan.architectures}
+    return {"stages": keys, "ensemble": list(plan.ensemble)}
 
 
 def _merge_ablation_file(
@@ -152,10 +152,9 @@ def _merge_ablation_file(
 
 
 def _stage_keys(cfg: RunConfig) -> dict[str, dict[str, str]]:
-    return {
-        a: {str(s): pipeline.stage_key(cfg, a, s) for s in cfg.pipeline.stages}
-        for a in cfg.pipeline.architectures
-    }
+    """Each stage's result key per architecture, from the run plan (the inputs that stage reads)."""
+    plan = build_plan(cfg)
+    return {a: {str(s): plan.key(a, s) for s in plan.stage_numbers} for a in plan.architectures}
 
 
 def _stage_done(run: RunDir, arch: str, stage: int, folds: int) -> bool:
@@ -230,7 +229,7 @@ def reuse_stages(
     cfg, target = run.cfg, RunDir(run.run_dir)
     keys, folds, lines = _stage_keys(cfg), cfg.train.folds, []
     for arch in cfg.pipeline.architectures:
-        for stage in cfg.pipeline.stages:
+        for stage in map(int, keys[arch]):
             if _stage_done(target, arch, stage, folds):
                 continue
             found = _find_source(sources, arch, stage, keys[arch][str(stage)], folds, planned or {})

@@ -35,11 +35,14 @@ SetOpt = Annotated[
 
 
 def load_cfg(config: Path | None, overrides: list[str] | None):
-    """Load the run config or exit with the one-line reason."""
+    """Load the run config and validate its run plan, or exit with the one-line reason naming the key."""
     from noisytag.config import ConfigError, load_config
+    from noisytag.runs.validate import checked_plan
 
     try:
-        return load_config(config, overrides or [])
+        cfg = load_config(config, overrides or [])
+        checked_plan(cfg)  # every range and plug-in option, before any work starts
+        return cfg
     except ConfigError as err:
         fail(str(err))
 

@@ -29,6 +29,7 @@ from noisytag.config import AugmentConfig, RunConfig
 from noisytag.fileio import atomic_path, write_csv
 from noisytag.learn.augment import build_chain
 from noisytag.learn.loader import AllWindowsDataset, ClipSet, EpochSampler, RandomWindowDataset
+from noisytag.learn.treatments import treatment as treatment_entry
 from noisytag.metrics import lwlrap
 from noisytag.models import build
 
@@ -66,9 +67,10 @@ class TaggerModule(L.LightningModule):
         self.augment = build_chain(AugmentConfig(**augment))
         self.seed = seed
         self.treatment = treatment
+        self.loss_kind = treatment_entry(treatment).loss
         self.lsoft_beta = float(lsoft_beta)
         self.noisy_head = None
-        if treatment == "head":
+        if self.loss_kind == "head":
             last = self.model.head.classify[-1]
             self.noisy_head = torch.nn.Linear(last.in_features, last.out_features)
             self.reset_noisy_head()
@@ -106,7 +108,7 @@ class TaggerModule(L.LightningModule):
             ) + w * F.binary_cross_entropy_with_logits(noisy, y, reduction="none")
             return per_example.mean()
         logits = self(x).float()
-        if self.treatment == "lsoft":
+        if self.loss_kind == "lsoft":
             beta = 1 - w * (1 - self.lsoft_beta)
             y = beta * y + (1 - beta) * torch.sigmoid(logits).detach()
         return F.binary_cross_entropy_with_logits(logits, y)

@@ -19,10 +19,12 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from noisytag.audio.cache import FeatureCache, build_cache, cache_folder, default_cache_dir
 from noisytag.config import RunConfig
 from noisytag.data.dataset import Dataset, multi_hot
+from noisytag.data.manifest import load_data
 from noisytag.learn.folds import load_or_make_folds
 from noisytag.learn.loader import ClipSet
-from noisytag.data.manifest import load_data
+from noisytag.plan import RunPlan
 from noisytag.rundir import RunDir
+from noisytag.runs.validate import checked_plan
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class RunContext:
     """Everything a stage needs: config, run directory, data set, caches, folds and the three splits."""
 
     cfg: RunConfig
+    plan: RunPlan  # what the config means: stages, training sets, ensemble (noisytag.plan)
     run: RunDir
     data_dir: Path
     classes: list[str]
@@ -147,6 +150,7 @@ def open_run(
     """
     data_dir, run = Path(data_dir), RunDir(run_dir)
     writer = is_global_zero() if writer is None else writer
+    plan = checked_plan(cfg)  # validates the whole config before any data is read
     data = load_data(data_dir, skip_invalid=cfg.data.skip_invalid)
     for problem in data.problems:
         log.warning("skipped: %s", problem)
@@ -172,4 +176,4 @@ def open_run(
         splits[split] = Split(clips, fnames, labels, fold, truth, _column(frame, "usage"))
     if writer:
         run.mark_started(data_dir)
-    return RunContext(cfg, run, data_dir, list(data.classes), caches, splits, progress=progress)
+    return RunContext(cfg, plan, run, data_dir, list(data.classes), caches, splits, progress=progress)

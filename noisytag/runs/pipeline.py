@@ -27,32 +27,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from noisytag.config import RunConfig, stable_hash
-from noisytag.runs.context import RunContext, barrier, is_global_zero, open_run
+from noisytag.config import RunConfig
 from noisytag.data.dataset import format_labels
 from noisytag.fileio import write_csv, write_npy, write_text
-from noisytag.learn.loader import ClipSet
 from noisytag.infer.predict import predict_cache
-from noisytag.rundir import VOLATILE_KEYS
+from noisytag.infer.submission import write_submission
+from noisytag.learn.loader import ClipSet
+from noisytag.learn.selection import detector_audit, select_noisy
+from noisytag.learn.train import fit_fold, inference_device
+from noisytag.learn.treatments import treatment
+from noisytag.models.weights import load_model, read_meta, save_model
+from noisytag.plan import build_plan, joint_epochs
+from noisytag.runs.context import RunContext, barrier, is_global_zero, open_run
 from noisytag.runs.scoring import (
     correct_labels,
-    ensemble_stages,
     ensemble_test,
     noisy_scores,
     per_class_table,
-    run_stages,
     stage_oof,
     stage_table,
     test_scores,
 )
-from noisytag.learn.selection import detector_audit, select_noisy
-from noisytag.infer.submission import write_submission
-from noisytag.learn.train import fit_fold, inference_device
-from noisytag.models.weights import load_model, save_model
 
 log = logging.getLogger(__name__)
 
-TREATMENTS = ("drop", "given", "head", "lsoft", "relabel")
 # What selection.csv keeps of the detector audit (noisytag.learn.selection.detector_audit).
 AUDIT_COLUMNS = (
     "agreement",
@@ -64,100 +62,16 @@ AUDIT_COLUMNS = (
 )
 
 
-def check_config(cfg: RunConfig) -> None:
-    """Raise ValueError naming the key of a pipeline setting that cannot run."""
-    stages = tuple(cfg.pipeline.stages)
-    for stage in stages:
-        needs = {3: (1, 2), 4: (1, 2, 3)}.get(stage, ())
-        if any(n not in stages for n in needs):
-            raise ValueError(
-                f"config key 'pipeline.stages': stage {stage} needs stages {needs} in the same run"
-            )
-    if cfg.pipeline.mode not in ("warmup", "joint"):
-        raise ValueError(f"config key 'pipeline.mode': 'warmup' or 'joint', got {cfg.pipeline.mode!r}")
-    if cfg.noisy.treatment not in TREATMENTS:
-        raise ValueError(
-            f"config key 'noisy.treatment': one of {', '.join(TREATMENTS)}, got {cfg.noisy.treatment!r}"
-        )
-    if not 0.0 <= cfg.noisy.lsoft_beta <= 1.0:
-        raise ValueError(f"config key 'noisy.lsoft_beta': must be in [0, 1], got {cfg.noisy.lsoft_beta}")
-    if not 0.0 <= cfg.noisy.relabel_alpha <= 1.0:
-        raise ValueError(
-            f"config key 'noisy.relabel_alpha': must be in [0, 1], got {cfg.noisy.relabel_alpha}"
-        )
-    if cfg.selection.method not in ("oof_lwlrap", "cleanlab"):
-        raise ValueError(
-            f"config key 'selection.method': 'oof_lwlrap' or 'cleanlab', got {cfg.selection.method!r}"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# what one fold trains on
-
-
-def stage_epochs_lr(cfg: RunConfig, stage: int) -> tuple[int, float]:
-    p = cfg.pipeline
-    epochs = p.stage_epochs[stage - 1] if len(p.stage_epochs) >= stage else cfg.train.epochs
-    lr = p.stage_lr[stage - 1] if len(p.stage_lr) >= stage else cfg.train.lr
-    return int(epochs), float(lr)
-
-
-def treated(cfg: RunConfig, stage: int) -> bool:
-    """Whether the untrusted noisy clips train in this stage (SPEC §6b)."""
-    return cfg.noisy.treatment != "drop" and stage in cfg.noisy.stages
-
-
-def joint_epochs(cfg: RunConfig, n_curated: int, n_noisy: int) -> int:
-    """Epochs of the joint baseline: ``pipeline.joint_epochs``, or as many training examples as the
-    warm-up's stages would see (stages 3–4 counted without their selected clips)."""
-    if cfg.pipeline.joint_epochs > 0:
-        return cfg.pipeline.joint_epochs
-    budget = 0
-    for stage in cfg.pipeline.stages:
-        size = n_noisy if stage == 1 else n_curated + (n_noisy if treated(cfg, stage) else 0)
-        budget += stage_epochs_lr(cfg, stage)[0] * size
-    return max(1, round(budget / max(n_curated + n_noisy, 1)))
-
-
 def stage_key(cfg: RunConfig, arch: str, stage: int) -> str:
-    """A hash of everything that decides the fold outputs of (arch, stage), given the same data set.
-
-    Two runs whose keys match for a stage have identical fold models and predictions there (same
-    seeds, same folds, same warm starts), so one may reuse the other's stage (``noisytag ablate``).
-    The key of stage k includes that of stage k − 1, whose weights it starts from.
-    """
-    c = cfg.to_dict()
-    common = {
-        "frontend": c["frontend"],
-        "normalize": c["data"]["normalize"],
-        "augment": c["augment"],
-        "model": {**c["model"], "arch": arch},
-        "train": {k: v for k, v in c["train"].items() if k not in VOLATILE_KEYS["train"]},
-        "window": [c["infer"]["window"], c["infer"]["max_stride"]],
-        "mode": c["pipeline"]["mode"],
-    }
-    key = stable_hash(common)
-    for k in sorted(s for s in run_stages(cfg) if s <= stage):
-        own = {"stage": k, "epochs_lr": stage_epochs_lr(cfg, k)}
-        if cfg.pipeline.mode == "joint":
-            own["joint"] = [
-                c["pipeline"]["stages"],
-                c["pipeline"]["stage_epochs"],
-                c["pipeline"]["joint_epochs"],
-            ]
-        if k >= 3:
-            own["selection"] = c["selection"]
-        if treated(cfg, k):
-            own["noisy"] = c["noisy"]
-        key = stable_hash([key, own])
-    return key[:16]
+    """The result key of (arch, stage): the run plan's (:func:`noisytag.plan.build_plan`)."""
+    return build_plan(cfg).key(arch, stage)
 
 
 def _relabelled(ctx: RunContext, arch: str, stage: int) -> ClipSet:
     """Soft targets α·given + (1 − α)·(mean OOF of the earlier stages) for the noisy clips."""
     noisy = ctx.noisy.clips
     earlier = [
-        o for s in run_stages(ctx.cfg) if s < stage and (o := stage_oof(ctx, arch, s, "noisy")) is not None
+        o for s in ctx.plan.stage_numbers if s < stage and (o := stage_oof(ctx, arch, s, "noisy")) is not None
     ]
     if not earlier:
         return noisy.with_labels(untrusted=0.0)  # nothing to relabel from yet: given labels
@@ -166,31 +80,32 @@ def _relabelled(ctx: RunContext, arch: str, stage: int) -> ClipSet:
 
 
 def training_clips(ctx: RunContext, arch: str, stage: int, fold: int) -> ClipSet:
-    """The training set of (stage, fold): SPEC §6, plus the untrusted noisy clips of §6b."""
-    cfg = ctx.cfg
-    curated = ctx.curated.rows(ctx.curated.fold != fold)
+    """The training set of (stage, fold): the parts the run plan names for the stage (SPEC §6, §6b)."""
+    plan = ctx.plan.stage(stage)
     other_folds = ctx.noisy.fold != fold
-    if cfg.pipeline.mode == "joint":
-        noisy = ctx.noisy.rows(other_folds)
-        trust = 1.0 if treated(cfg, 1) and cfg.noisy.treatment in ("head", "lsoft") else 0.0
-        return ClipSet.concat([curated, noisy.with_labels(untrusted=trust)])
     trusted = np.zeros(len(ctx.noisy.fnames), dtype=bool)
-    if stage >= 3:
+    if "selected" in plan.trains_on:
         chosen = set(select_for(ctx, arch, stage).query("fold != @fold")["fname"])
         trusted = np.array([f in chosen for f in ctx.noisy.fnames], dtype=bool)
-    if stage == 1 and not treated(cfg, 1):
-        parts = [ctx.noisy.rows(other_folds)]  # the seed's stage 1: noisy clips, given labels
-    else:
-        parts = [curated]
-    if trusted.any():
-        parts.append(ctx.noisy.rows(other_folds & trusted))
-    if treated(cfg, stage):
-        if cfg.noisy.treatment == "relabel":
-            rest = _relabelled(ctx, arch, stage)
-        else:
-            rest = ctx.noisy.clips.with_labels(untrusted=0.0 if cfg.noisy.treatment == "given" else 1.0)
-        parts.append(rest.subset(other_folds & ~trusted))
+    parts = []
+    for part in plan.trains_on:
+        if part == "curated":
+            parts.append(ctx.curated.rows(ctx.curated.fold != fold))
+        elif part == "noisy":
+            parts.append(ctx.noisy.rows(other_folds).with_labels(untrusted=0.0))
+        elif part == "selected" and trusted.any():
+            parts.append(ctx.noisy.rows(other_folds & trusted))
+        elif part == "untrusted":
+            parts.append(untrusted_clips(ctx, arch, stage, plan.treatment).subset(other_folds & ~trusted))
     return ClipSet.concat(parts)
+
+
+def untrusted_clips(ctx: RunContext, arch: str, stage: int, name: str) -> ClipSet:
+    """Every noisy clip as the treatment trains the ones the selection does not trust."""
+    entry = treatment(name)
+    if entry.relabel:
+        return _relabelled(ctx, arch, stage)
+    return ctx.noisy.clips.with_labels(untrusted=entry.untrusted)
 
 
 def fold_seed(cfg: RunConfig, stage: int, fold: int) -> int:
@@ -206,12 +121,13 @@ def run_fold(ctx: RunContext, arch: str, stage: int, fold: int) -> None:
     run, cfg = ctx.run, ctx.cfg
     if run.fold_done(arch, stage, fold).is_file():
         return
+    plan = ctx.plan.stage(stage)
     init_state = None
-    if stage > 1 and (stage - 1) in run_stages(cfg):
-        previous, _ = load_model(run.fold_dir(arch, stage - 1, fold))
+    if plan.starts_from is not None:
+        previous, _ = load_model(run.fold_dir(arch, plan.starts_from, fold))
         init_state = previous.state_dict()
-    epochs, lr = stage_epochs_lr(cfg, stage)
-    if cfg.pipeline.mode == "joint":
+    epochs, lr = plan.epochs, plan.lr
+    if not epochs:  # the joint baseline: the warm-up's budget for this fold's clip counts
         epochs = joint_epochs(cfg, int((ctx.curated.fold != fold).sum()), int((ctx.noisy.fold != fold).sum()))
     train = training_clips(ctx, arch, stage, fold)
     log.info("%s stage %d fold %d: %d training clips, %d epochs", arch, stage, fold, len(train), epochs)
@@ -284,7 +200,7 @@ def select_for(ctx: RunContext, arch: str, stage: int) -> pd.DataFrame:
     """
     if (arch, stage) in ctx.selections:
         return ctx.selections[(arch, stage)]
-    sources = (1, 2) if stage == 3 else (3,)
+    sources = ctx.plan.stage(stage).selects_from
     oofs = [stage_oof(ctx, arch, s, "noisy") for s in sources]
     if any(o is None for o in oofs):
         raise RuntimeError(
@@ -306,9 +222,7 @@ def select_for(ctx: RunContext, arch: str, stage: int) -> pd.DataFrame:
 
 def prepare_stage(ctx: RunContext, arch: str, stage: int) -> None:
     """Check that ``stage`` can run; stages 3–4 compute their selection here, once, before any fold."""
-    if stage not in run_stages(ctx.cfg):
-        raise ValueError(f"stage {stage} is not trained in this run (stages: {run_stages(ctx.cfg)})")
-    if stage in (3, 4) and ctx.cfg.pipeline.mode == "warmup":
+    if ctx.plan.stage(stage).selects_from:  # raises, naming the stages, if it is not in the plan
         select_for(ctx, arch, stage)  # fails early, with the reason, if earlier stages are missing
 
 
@@ -369,7 +283,7 @@ def selection_table(ctx: RunContext) -> pd.DataFrame:
     for arch in ctx.cfg.pipeline.architectures:
         for stage in (3, 4):
             path = ctx.run.audit(arch, stage)
-            if stage in run_stages(ctx.cfg) and path.is_file():
+            if stage in ctx.plan.stage_numbers and path.is_file():
                 audit = pd.read_csv(path)
                 kept = audit[audit["selected"]]
                 precision = float(kept["correct"].mean()) if "correct" in audit and len(kept) else np.nan
@@ -385,12 +299,12 @@ def selection_table(ctx: RunContext) -> pd.DataFrame:
 def finish(ctx: RunContext) -> dict:
     """Stage table, test scores, selection audit, per-class scores, submission: written and returned."""
     run = ctx.run
-    folds = range(ctx.cfg.train.folds)
-    n_train = {
-        (arch, stage): sum(len(training_clips(ctx, arch, stage, f)) for f in folds) // len(folds)
-        for arch in ctx.cfg.pipeline.architectures
-        for stage in run_stages(ctx.cfg)
+    n_train = {  # counted once, when each fold model trained (its model.json)
+        (arch, stage): sum(read_meta(d)["n_train"] for d in dirs) // len(dirs)
+        for arch in ctx.plan.architectures
+        for stage in ctx.plan.stage_numbers
         if stage_oof(ctx, arch, stage, "curated") is not None
+        and (dirs := [run.fold_dir(arch, stage, f) for f in range(ctx.plan.folds)])
     }
     table = stage_table(ctx, n_train, run.info().get("timings", {}))
     ensemble, members = ensemble_test(ctx)
@@ -411,9 +325,7 @@ def finish(ctx: RunContext) -> dict:
         write_csv(run.test_scores, test_rows)
         write_csv(run.selection_table, selection)
         write_csv(run.per_class, per_class_table(ctx, ensemble))
-        run.update_info(
-            finished=time.strftime("%Y-%m-%d %H:%M:%S"), ensemble_stages=list(ensemble_stages(ctx.cfg))
-        )
+        run.update_info(finished=time.strftime("%Y-%m-%d %H:%M:%S"), ensemble_stages=list(ctx.plan.ensemble))
     return {"stage_table": table, "selection": selection, "test": test_rows}
 
 
@@ -430,13 +342,12 @@ def run_pipeline(
     Without ``executor`` the folds train one after another in this process (or in this DDP job);
     with one, each stage's folds of every architecture go to it together.
     """
-    check_config(cfg)
     ctx = open_run(data_dir, run_dir, cfg, force=force, progress=progress)
     if executor is None:
-        for arch in cfg.pipeline.architectures:
-            for stage in run_stages(cfg):
+        for arch in ctx.plan.architectures:
+            for stage in ctx.plan.stage_numbers:
                 run_stage(ctx, arch, stage)
     else:
-        for stage in run_stages(cfg):
+        for stage in ctx.plan.stage_numbers:
             run_stage_with(executor, ctx, stage)
     return finish(ctx)

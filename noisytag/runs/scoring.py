@@ -10,24 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from noisytag.config import RunConfig
-from noisytag.runs.context import RunContext
 from noisytag.data.dataset import multi_hot
 from noisytag.metrics import clip_lwlrap, lwlrap, per_class_lwlrap
+from noisytag.runs.context import RunContext
 
 TRUTH_FROM_GIVEN = "given labels"
-
-
-def run_stages(cfg: RunConfig) -> tuple[int, ...]:
-    """The stages a run trains: SPEC §6's warm-up stages, or stage 1 alone in joint mode."""
-    return (1,) if cfg.pipeline.mode == "joint" else tuple(cfg.pipeline.stages)
-
-
-def ensemble_stages(cfg: RunConfig) -> tuple[int, ...]:
-    """Stages averaged into the ensemble: ``infer.stages`` the run trains, else its last stage."""
-    trained = run_stages(cfg)
-    chosen = tuple(s for s in cfg.infer.stages if s in trained)
-    return chosen or trained[-1:]
 
 
 def stage_oof(ctx: RunContext, arch: str, stage: int, split: str) -> np.ndarray | None:
@@ -58,7 +45,7 @@ def noisy_scores(ctx: RunContext, arch: str) -> pd.DataFrame:
     noisy = ctx.noisy
     table = pd.DataFrame({"fname": noisy.fnames, "fold": noisy.fold, "labels": noisy.labels})
     given = noisy.clips.targets > 0.5
-    for stage in run_stages(ctx.cfg):
+    for stage in ctx.plan.stage_numbers:
         oof = stage_oof(ctx, arch, stage, "noisy")
         if oof is not None:
             table[f"s{stage}"] = clip_lwlrap(given, oof)
@@ -98,7 +85,7 @@ def stage_table(
     """
     rows = []
     for arch in ctx.cfg.pipeline.architectures:
-        for stage in run_stages(ctx.cfg):
+        for stage in ctx.plan.stage_numbers:
             oof = {s: stage_oof(ctx, arch, stage, s) for s in ("noisy", "curated")}
             if oof["curated"] is None:
                 continue
@@ -131,7 +118,7 @@ def ensemble_test(ctx: RunContext) -> tuple[np.ndarray | None, list[str]]:
     """Mean test probabilities over the ensemble's stages × folds × architectures (SPEC §7)."""
     preds, members = [], []
     for arch in ctx.cfg.pipeline.architectures:
-        for stage in ensemble_stages(ctx.cfg):
+        for stage in ctx.plan.ensemble:
             test = stage_test(ctx, arch, stage)
             if test is not None:
                 preds.append(test)
@@ -144,7 +131,7 @@ def ensemble_oof(ctx: RunContext, split: str) -> np.ndarray | None:
     preds = [
         oof
         for arch in ctx.cfg.pipeline.architectures
-        for stage in ensemble_stages(ctx.cfg)
+        for stage in ctx.plan.ensemble
         if (oof := stage_oof(ctx, arch, stage, split)) is not None
     ]
     return np.mean(preds, axis=0) if preds else None

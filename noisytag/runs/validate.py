@@ -1,0 +1,39 @@
+"""One check of a whole config before any work starts: the run plan's ranges, then each plug-in axis.
+
+The plan (:mod:`noisytag.plan`, base layer) validates the core sections; each registry (augmentations,
+detectors, treatments, backends, models) validates the options of the entry a config chooses. Both
+raise :class:`noisytag.config.ConfigError` naming the key, so a wrong value never waits until the first
+fold starts, after the feature cache is built.
+"""
+
+from __future__ import annotations
+
+from noisytag.config import ConfigError, RunConfig
+from noisytag.learn.augment import AUGMENTATIONS
+from noisytag.learn.detectors import DETECTORS
+from noisytag.learn.treatments import TREATMENTS
+from noisytag.models import available as model_names
+from noisytag.plan import RunPlan, build_plan
+from noisytag.registry import Registry
+
+# The axes a config chooses from (executors are a command-line choice, checked by the CLI).
+CONFIG_REGISTRIES: tuple[Registry, ...] = (AUGMENTATIONS, DETECTORS, TREATMENTS)
+
+
+def validate_plugins(cfg: RunConfig) -> None:
+    """Each plug-in axis checks the entry the config names and its options."""
+    for registry in CONFIG_REGISTRIES:
+        registry.validate(cfg)
+    known = model_names()
+    for arch in cfg.pipeline.architectures:
+        if arch not in known:
+            raise ConfigError(
+                f"config key 'pipeline.architectures': unknown model '{arch}' (known: {', '.join(known)})"
+            )
+
+
+def checked_plan(cfg: RunConfig) -> RunPlan:
+    """The run plan of ``cfg``, with every range and plug-in option validated."""
+    plan = build_plan(cfg)
+    validate_plugins(cfg)
+    return plan
