@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from noisytag.config import AugmentConfig
+from noisytag.config import AugmentConfig, ConfigError
 from noisytag.learn.augment import (
+    AUGMENTATIONS,
     GALLERY_COLUMNS,
     Lighting,
     Masking,
@@ -23,6 +24,7 @@ from noisytag.learn.augment import (
 )
 
 OFF = AugmentConfig(mixup_p=0, specmix_p=0, zoom_p=0, brightness_p=0, contrast_p=0, mask_p=0)
+ON = AugmentConfig(mixup_p=1, specmix_p=1, zoom_p=1, brightness_p=1, contrast_p=1, mask_p=1)
 
 
 def batch(b=16, k=6, f=32, t=40, seed=0, dtype=torch.float32):
@@ -282,6 +284,44 @@ def test_bad_config_names_the_key():
         build_chain(AugmentConfig(mixup_p=1.5))
     with pytest.raises(ValueError, match="augment.contrast"):
         build_chain(AugmentConfig(contrast=1.0))
+
+
+# the registry ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS.names())
+def test_each_augmentation_alone_keeps_shapes_and_ranges(name):
+    entry = AUGMENTATIONS.get(name)
+    assert entry.meta["enabled"](ON) and not entry.meta["enabled"](OFF)
+    x, y = batch(b=8, f=16, t=20)
+    xo, yo = AUGMENTATIONS.build(name, ON, gen())(x, y)
+    assert xo.shape == x.shape and yo.shape == y.shape and xo.dtype == x.dtype
+    assert xo.min() >= 0 and xo.max() <= 1 and yo.min() >= 0 and yo.max() <= 1
+    assert not torch.equal(xo, x)
+    xo, yo = AUGMENTATIONS.build(name, OFF, gen())(x, y)  # probability 0: the neutral values
+    assert torch.equal(xo, x) and torch.equal(yo, y)
+    fields = [key.removeprefix("augment.") for key in entry.options]
+    alone = dataclasses.replace(OFF, **{f: getattr(ON, f) for f in fields})  # its own keys on, the rest off
+    assert list(build_chain(alone).steps) == [name]
+
+
+OPTIONS = [(name, key) for name in AUGMENTATIONS.names() for key in AUGMENTATIONS.get(name).options]
+
+
+@pytest.mark.parametrize("name, key", OPTIONS, ids=[key for _, key in OPTIONS])
+def test_each_option_out_of_range_names_its_key(name, key):
+    assert key.startswith("augment.")
+    bad = dataclasses.replace(AugmentConfig(), **{key.removeprefix("augment."): -1})
+    with pytest.raises(ConfigError, match=f"config key '{key}': must be"):
+        check_config(bad)
+
+
+def test_every_config_key_belongs_to_one_augmentation():
+    declared = [key for _, key in OPTIONS] + ["augment.mixup_alpha"]  # alpha: mixup's two-key check
+    assert sorted(declared) == sorted(f"augment.{f.name}" for f in dataclasses.fields(AugmentConfig))
+    with pytest.raises(ConfigError, match="augment.mixup_alpha"):
+        check_config(AugmentConfig(mixup_alpha=0.0))
+    check_config(AugmentConfig(mixup_alpha=0.0, mixup_p=0.0))  # alpha unused when mixup is off
 
 
 def test_gallery_columns():

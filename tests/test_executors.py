@@ -16,9 +16,17 @@ import pandas as pd
 import pytest
 from conftest import tiny_config
 
-from noisytag.config import save_config
+from noisytag.config import ConfigError, RunConfig, save_config
 from noisytag.rundir import RunDir
-from noisytag.runs.executors import INSTALL_HINT, KILL_ENV, ExecutorError, RayExecutor, check_shared
+from noisytag.runs import executors
+from noisytag.runs.executors import (
+    EXECUTORS,
+    INSTALL_HINT,
+    KILL_ENV,
+    ExecutorError,
+    RayExecutor,
+    check_shared,
+)
 from noisytag.runs.pipeline import FoldJob, run_pipeline
 
 DDP_SCRIPT = Path(__file__).with_name("ddp_pipeline.py")
@@ -150,6 +158,39 @@ def test_unshared_run_directory_is_refused(tiny_data, tmp_path):
         check_shared(tmp_path / "elsewhere", tmp_path, "abc")
 
 
+SCALE_OUT = {"address": None, "gpus_per_task": 0.5, "cpus_per_task": 1, "max_tasks": 2}
+
+
+@pytest.mark.parametrize("name", EXECUTORS.names())
+def test_every_executor_builds_from_the_cli_options(name):
+    runner = executors.build(name, **SCALE_OUT)
+    executors.validate(RunConfig(), name)
+    if runner is None:  # in-process: run_pipeline's own loop
+        assert name == "local"
+        return
+    assert callable(runner.run_folds) and callable(runner.__enter__) and callable(runner.__exit__)
+
+
+def test_executor_registry_names_and_unknown_one():
+    assert EXECUTORS.names()[0] == "local" and "ray" in EXECUTORS.names()
+    assert isinstance(executors.build("ray", **SCALE_OUT), RayExecutor)
+    executors.validate(RunConfig())  # the config chooses no executor
+    with pytest.raises(ConfigError, match=r"^--executor: unknown executor 'slurm' \(known: local, ray\)$"):
+        executors.build("slurm")
+
+
+def test_unknown_executor_fails_in_one_line_before_any_work(tiny_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+
+    args = ["pipeline", str(tiny_data), "-o", str(tmp_path / "run"), "--executor", "slurm"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "unknown executor 'slurm' (known: local, ray)" in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
+
+
 def test_settings_a_fold_task_cannot_run_are_refused(tmp_path):
     from types import SimpleNamespace
 
@@ -165,7 +206,6 @@ def test_task_on_an_unshared_run_directory_fails_in_one_line(
     ray_cluster, tiny_data, tiny_cache, tmp_path, monkeypatch
 ):
     """A task that does not find the driver's token (another node's disk) stops the run with one line."""
-    import noisytag.runs.executors as executors
     from noisytag.runs.context import open_run
 
     ctx = open_run(

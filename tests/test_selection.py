@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisytag.learn.detectors import cleanlab_verdicts
+from noisytag.config import ConfigError, RunConfig, SelectionConfig
+from noisytag.learn import detectors
+from noisytag.learn.detectors import DETECTORS, cleanlab_verdicts
 from noisytag.learn.selection import (
     cleanlab_selection,
     detector_audit,
@@ -16,7 +18,9 @@ from noisytag.learn.selection import (
     select_noisy,
     stage3_selection,
     stage4_selection,
+    trusted_selection,
 )
+from noisytag.metrics import clip_lwlrap
 
 
 def table(rows):
@@ -151,6 +155,25 @@ def corrupted_case():
     return given, probs, sorted(swapped + dropped + added)
 
 
+def corrupted_table():
+    """:func:`corrupted_case` as a score table (s1 = s2 = s3 = the clip's lwlrap) with the truth."""
+    given, probs, corrupted = corrupted_case()
+    classes = np.array(["a", "b", "c", "d"])
+    s = clip_lwlrap(given, probs)
+    table = pd.DataFrame(
+        {
+            "fname": [f"c{i:02d}.wav" for i in range(len(given))],
+            "fold": np.arange(len(given)) % 3,
+            "labels": [tuple(classes[row]) for row in given],
+            "s1": s,
+            "s2": s,
+            "s3": s,
+            "correct": ~np.isin(np.arange(len(given)), corrupted),
+        }
+    )
+    return table, given, probs
+
+
 def test_cleanlab_flags_exactly_the_corrupted_clips():
     given, probs, corrupted = corrupted_case()
     out = cleanlab_verdicts(given, probs)
@@ -266,23 +289,8 @@ def test_detector_audit_agreement_precision_recall():
 
 
 def test_select_noisy_both_detectors_and_the_method_switch():
-    from noisytag.config import SelectionConfig
-    from noisytag.metrics import clip_lwlrap
-
-    given, probs, corrupted = corrupted_case()
-    classes = np.array(["a", "b", "c", "d"])
-    s = clip_lwlrap(given, probs)
-    table = pd.DataFrame(
-        {
-            "fname": [f"c{i:02d}.wav" for i in range(len(given))],
-            "fold": np.arange(len(given)) % 3,
-            "labels": [tuple(classes[row]) for row in given],
-            "s1": s,
-            "s2": s,
-            "s3": s,
-            "correct": ~np.isin(np.arange(len(given)), corrupted),
-        }
-    )
+    table, given, probs = corrupted_table()
+    corrupted = corrupted_case()[2]
     wide = SelectionConfig(method="cleanlab", stage3_cap=1000)
     audit = select_noisy(table, given, probs, 3, wide)
     assert list(audit.columns) == [
@@ -313,3 +321,51 @@ def test_select_noisy_both_detectors_and_the_method_switch():
     )
     with pytest.raises(ValueError, match="selection.method"):
         select_noisy(table, given, probs, 3, SelectionConfig(method="vote"))
+
+
+# ----------------------------------------------------------------------------------------------
+# the detector registry
+
+
+@pytest.mark.parametrize("stage", [3, 4])
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_every_detector_selects_its_trusted_clips(name, stage):
+    table, given, probs = corrupted_table()
+    selection = SelectionConfig(method=name, stage3_cap=4)
+    judge = detectors.build(name, selection, stage)
+    score, flag = judge.judge(table, given, probs)
+    assert score.shape == flag.shape == (len(table),) and flag.dtype == bool
+    audit = select_noisy(table, given, probs, stage, selection)
+    for other in DETECTORS.names():  # every detector judges every clip for the audit
+        built = detectors.build(other, selection, stage)
+        assert {built.score_column, built.flag_column} <= set(audit.columns)
+    np.testing.assert_array_equal(audit["score"], audit[judge.score_column])
+    kept = audit[audit["selected"]]
+    expected = trusted_selection(table, score, flag, cap=4 if stage == 3 else None)
+    assert list(kept["fname"]) == list(expected["fname"]) and len(kept) > 0
+    assert not kept[judge.flag_column].any()
+    assert kept["correct"].mean() > audit["correct"].mean()  # better than taking every clip
+    if stage == 3:
+        assert kept.explode("labels").groupby(["fold", "labels"]).size().max() <= 4
+
+
+OPTIONS = [(name, key) for name in DETECTORS.names() for key in DETECTORS.get(name).options]
+
+
+@pytest.mark.parametrize("name, key", OPTIONS, ids=[f"{n}-{k}" for n, k in OPTIONS])
+def test_every_detector_option_out_of_range_names_its_key(name, key):
+    bad = SelectionConfig(method=name, **{key.removeprefix("selection."): -1})
+    with pytest.raises(ConfigError, match=f"config key '{key}': must be"):
+        detectors.validate(RunConfig(selection=bad))
+    table, given, probs = corrupted_table()
+    with pytest.raises(ConfigError, match=key):
+        select_noisy(table, given, probs, 3, bad)
+
+
+def test_unknown_method_names_the_key_and_the_detectors():
+    with pytest.raises(
+        ConfigError, match=r"'selection.method': unknown detector 'vote' \(known: oof_lwlrap, cleanlab\)"
+    ):
+        detectors.validate(RunConfig(selection=SelectionConfig(method="vote")))
+    assert DETECTORS.names() == ("oof_lwlrap", "cleanlab")
+    detectors.validate(RunConfig(selection=SelectionConfig(stage3_cap=0)))  # 0: admit none (valid)

@@ -17,8 +17,6 @@ from noisytag.rundir import RunConfigMismatch
 # Heavy (torch, lightning, ray): imported inside the commands so `noisytag --help` stays instant.
 # noisytag.runs.context, noisytag.runs.executors, noisytag.runs.pipeline, noisytag.report.page, noisytag.report.summary, noisytag.data.synth
 
-EXECUTORS = ("local", "ray")
-
 
 def run_config(config: Path | None, out: Path) -> Path | None:
     """Without --config, an existing run directory continues with the config it was made with."""
@@ -64,17 +62,49 @@ def train(
     if extra:
         cfg = with_overrides(cfg, extra)
     from noisytag.runs.context import open_run
-    from noisytag.runs.pipeline import check_config, run_stage
+    from noisytag.runs.pipeline import run_stage
 
     archs = arch or list(cfg.pipeline.architectures)
     try:
-        check_config(cfg)
         ctx = open_run(data_dir, out, cfg, force=force, progress=progress)
         for name in archs:
             run_stage(ctx, name, stage, fold)
     except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
         fail(str(err))
     console.print(f"[green]stage {stage} of {', '.join(archs)} trained[/] -> {out}")
+
+
+def print_plan(cfg) -> None:
+    """The run plan of ``cfg`` as the article's stage table (SPEC §6), one row per stage."""
+    from rich.table import Table
+
+    from noisytag.plan import build_plan
+
+    plan = build_plan(cfg)
+    rows = plan.table()
+    table = Table(title=f"run plan: {plan.kind}, {plan.folds} folds, {', '.join(plan.architectures)}")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    console.print("fold f of a stage: the clips of the other folds, from fold f of its start")
+    console.print(f"ensemble: stages {', '.join(map(str, plan.ensemble))} x folds x architectures")
+
+
+@app.command(name="plan", rich_help_panel="Training")
+def plan_command(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    run: Annotated[
+        Path | None, typer.Option(help="Print the plan saved in this run directory instead.")
+    ] = None,
+) -> None:
+    """Print what a config means: per stage, what it trains on, where it starts, epochs, learning rate,
+    what it selects from, and which stages form the ensemble. Nothing is trained."""
+    if run is not None:
+        config = run_config(config, run)
+    print_plan(load_cfg(config, set_))
 
 
 @app.command(rich_help_panel="Training")
@@ -90,11 +120,15 @@ def pipeline(
     force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
     report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the run plan and stop: nothing is read or trained.")
+    ] = False,
     executor: Annotated[
         str,
         typer.Option(
-            help="local: folds one after another in this process (or DDP job); ray: the folds of a stage "
-            "at once, each a Ray task (pip install 'noisytag\\[ray]').",
+            help="Where folds train (a name of noisytag.runs.executors.EXECUTORS). local: one after "
+            "another in this process (or DDP job); ray: the folds of a stage at once, each a Ray task "
+            "(pip install 'noisytag\\[ray]').",
             rich_help_panel="Scale-out (--executor ray)",
         ),
     ] = "local",
@@ -138,24 +172,32 @@ def pipeline(
     With --executor ray the folds of each stage (of every architecture) train at once as Ray tasks, on
     this machine's GPUs or on a cluster; a task whose worker dies is retried from its fold checkpoint.
     """
-    if executor not in EXECUTORS:
-        fail(f"--executor: expected {' or '.join(EXECUTORS)}, got '{executor}'")
     from rich.markup import escape
 
     from noisytag.report.page import write_report
     from noisytag.report.summary import print_results
+    from noisytag.runs import executors
     from noisytag.runs.context import is_global_zero
-    from noisytag.runs.executors import ExecutorError, RayExecutor
     from noisytag.runs.pipeline import run_pipeline
 
+    try:  # the choices are the registry's names: an unknown one fails naming --executor and them
+        runner = executors.build(
+            executor,
+            address=ray_address,
+            gpus_per_task=gpus_per_task,
+            cpus_per_task=cpus_per_task,
+            max_tasks=max_tasks,
+        )
+    except ValueError as err:
+        fail(escape(str(err)))
     cfg = load_cfg(run_config(config, out), set_)
-    runner = None
-    if executor == "ray":
-        runner = RayExecutor(ray_address, gpus_per_task, cpus_per_task, max_tasks)
+    if dry_run:
+        print_plan(cfg)
+        return
     try:
         with runner if runner is not None else contextlib.nullcontext():
             results = run_pipeline(data_dir, out, cfg, force=force, progress=progress, executor=runner)
-    except (DataError, RunConfigMismatch, ExecutorError, ValueError, RuntimeError) as err:
+    except (DataError, RunConfigMismatch, executors.ExecutorError, ValueError, RuntimeError) as err:
         fail(escape(str(err)))  # messages quote paths and extras ("noisytag[ray]") that are not markup
     if not is_global_zero():
         return  # under DDP the other ranks leave the report and the printout to rank zero

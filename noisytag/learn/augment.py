@@ -11,9 +11,11 @@ device; they are B numbers, so the copy is negligible.
 
 Each module splits into ``sample(x) -> params`` (dict of (B,) tensors) and ``apply(x, y, params)``;
 ``forward`` is ``apply(x, y, sample(x))``. Tests check defining properties through the params, and
-the gallery and benchmarks reuse them. The order of :func:`build_chain` is SPEC §4: mixup → SpecMix →
-zoom-and-crop → brightness/contrast → (optional) SpecAugment masking. A probability of 0 leaves
-the module out of the chain.
+the gallery and benchmarks reuse them. The chain (:func:`build_chain`) is the registry
+:data:`AUGMENTATIONS` in registration order, SPEC §4: mixup → SpecMix → zoom-and-crop →
+brightness/contrast → (optional) SpecAugment masking. Each entry declares the ``augment.*`` keys it
+reads and their valid ranges (checked by :func:`validate`) and when it is switched on; a probability
+of 0 leaves the module out of the chain.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from noisytag.config import AugmentConfig
+from noisytag.config import AugmentConfig, RunConfig
+from noisytag.registry import Registry, in_range, option_error
 
 Params = dict[str, torch.Tensor]
 
@@ -293,46 +296,85 @@ class AugmentChain(nn.Module):
         return x, y
 
 
+# ----------------------------------------------------------------------------------------------
+# the registry: the chain is its entries, in registration order (SPEC §4)
+
+AUGMENTATIONS = Registry("augmentation", "augment", chain=True)
+PROBABILITY = in_range(0, 1)
+
+
+def _mixup_alpha(cfg: RunConfig) -> None:
+    a = cfg.augment
+    if a.mixup_p > 0 and not a.mixup_alpha > 0:
+        raise option_error("augment.mixup_alpha", "must be > 0 when augment.mixup_p > 0", a.mixup_alpha)
+
+
+@AUGMENTATIONS.register(
+    "mixup", options={"augment.mixup_p": PROBABILITY}, validate=_mixup_alpha, enabled=lambda a: a.mixup_p > 0
+)
+def _mixup(a: AugmentConfig, generator: torch.Generator | None) -> Mixup:
+    return Mixup(a.mixup_alpha, a.mixup_p, generator)
+
+
+@AUGMENTATIONS.register(
+    "specmix",
+    options={"augment.specmix_p": PROBABILITY, "augment.specmix_max": in_range(0, 1)},
+    enabled=lambda a: a.specmix_p > 0 and a.specmix_max > 0,
+)
+def _specmix(a: AugmentConfig, generator: torch.Generator | None) -> SpecMix:
+    return SpecMix(a.specmix_max, a.specmix_p, generator)
+
+
+@AUGMENTATIONS.register(
+    "zoom",
+    options={"augment.zoom_p": PROBABILITY, "augment.zoom_max": in_range(1)},
+    enabled=lambda a: a.zoom_p > 0 and a.zoom_max > 1,
+)
+def _zoom(a: AugmentConfig, generator: torch.Generator | None) -> ZoomCrop:
+    return ZoomCrop(a.zoom_max, a.zoom_p, generator)
+
+
+@AUGMENTATIONS.register(
+    "lighting",
+    options={
+        "augment.brightness_p": PROBABILITY,
+        "augment.brightness": in_range(0, 1, open_high=True),
+        "augment.contrast_p": PROBABILITY,
+        "augment.contrast": in_range(0, 1, open_high=True),
+    },
+    enabled=lambda a: (a.brightness_p > 0 and a.brightness > 0) or (a.contrast_p > 0 and a.contrast > 0),
+)
+def _lighting(a: AugmentConfig, generator: torch.Generator | None) -> Lighting:
+    return Lighting(a.brightness, a.contrast, a.brightness_p, a.contrast_p, generator)
+
+
+@AUGMENTATIONS.register(
+    "masking",
+    options={
+        "augment.mask_p": PROBABILITY,
+        "augment.mask_freq": in_range(0),
+        "augment.mask_time": in_range(0),
+    },
+    enabled=lambda a: a.mask_p > 0 and (a.mask_freq > 0 or a.mask_time > 0),
+)
+def _masking(a: AugmentConfig, generator: torch.Generator | None) -> Masking:
+    return Masking(a.mask_freq, a.mask_time, a.mask_p, generator)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ConfigError naming the ``augment.*`` key whose value is out of range (every augmentation)."""
+    AUGMENTATIONS.validate(cfg)
+
+
 def check_config(cfg: AugmentConfig) -> None:
-    """Raise ValueError naming the ``augment.*`` key whose value is out of range."""
-    for key in ("mixup_p", "specmix_p", "zoom_p", "brightness_p", "contrast_p", "mask_p", "specmix_max"):
-        value = getattr(cfg, key)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"config key 'augment.{key}': must be in [0, 1], got {value}")
-    for key in ("brightness", "contrast"):
-        value = getattr(cfg, key)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"config key 'augment.{key}': must be in [0, 1), got {value}")
-    if cfg.mixup_p > 0 and not cfg.mixup_alpha > 0:
-        raise ValueError(f"config key 'augment.mixup_alpha': must be > 0, got {cfg.mixup_alpha}")
-    if cfg.zoom_max < 1.0:
-        raise ValueError(f"config key 'augment.zoom_max': must be ≥ 1, got {cfg.zoom_max}")
-    for key in ("mask_freq", "mask_time"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"config key 'augment.{key}': must be ≥ 0, got {getattr(cfg, key)}")
+    """:func:`validate` for the ``augment`` section alone (what :func:`build_chain` is given)."""
+    validate(RunConfig(augment=cfg))
 
 
 def build_steps(cfg: AugmentConfig, generator: torch.Generator | None = None) -> dict[str, BatchAugment]:
-    """Every augmentation of the config (including those with probability 0), in SPEC §4 order."""
+    """Every augmentation of the registry (including those switched off), in SPEC §4 order."""
     check_config(cfg)
-    return {
-        "mixup": Mixup(cfg.mixup_alpha, cfg.mixup_p, generator),
-        "specmix": SpecMix(cfg.specmix_max, cfg.specmix_p, generator),
-        "zoom": ZoomCrop(cfg.zoom_max, cfg.zoom_p, generator),
-        "lighting": Lighting(cfg.brightness, cfg.contrast, cfg.brightness_p, cfg.contrast_p, generator),
-        "masking": Masking(cfg.mask_freq, cfg.mask_time, cfg.mask_p, generator),
-    }
-
-
-def _enabled(name: str, cfg: AugmentConfig) -> bool:
-    return {
-        "mixup": cfg.mixup_p > 0,
-        "specmix": cfg.specmix_p > 0 and cfg.specmix_max > 0,
-        "zoom": cfg.zoom_p > 0 and cfg.zoom_max > 1,
-        "lighting": (cfg.brightness_p > 0 and cfg.brightness > 0)
-        or (cfg.contrast_p > 0 and cfg.contrast > 0),
-        "masking": cfg.mask_p > 0 and (cfg.mask_freq > 0 or cfg.mask_time > 0),
-    }[name]
+    return {name: AUGMENTATIONS.build(name, cfg, generator) for name in AUGMENTATIONS.names()}
 
 
 def build_chain(cfg: AugmentConfig | None = None, generator: torch.Generator | None = None) -> AugmentChain:
@@ -343,7 +385,7 @@ def build_chain(cfg: AugmentConfig | None = None, generator: torch.Generator | N
     """
     cfg = cfg or AugmentConfig()
     steps = build_steps(cfg, generator)
-    return AugmentChain({k: v for k, v in steps.items() if _enabled(k, cfg)})
+    return AugmentChain({k: v for k, v in steps.items() if AUGMENTATIONS.get(k).meta["enabled"](cfg)})
 
 
 GALLERY_COLUMNS = ("original", "mixup", "SpecMix", "zoom", "lighting", "masking", "full chain")
@@ -370,8 +412,7 @@ def gallery(
     n = x.shape[0]
     shifted = torch.roll(torch.arange(n), 1) if n > 1 else torch.zeros(1, dtype=torch.long)
     out: dict[str, tuple[torch.Tensor, torch.Tensor, Params]] = {"original": (x, y, {})}
-    keys = ("mixup", "specmix", "zoom", "lighting", "masking")
-    for column, key in zip(GALLERY_COLUMNS[1:6], keys, strict=True):
+    for column, key in zip(GALLERY_COLUMNS[1:-1], AUGMENTATIONS.names(), strict=True):
         params = steps[key].sample(x)
         if "perm" in params:
             params["perm"] = shifted

@@ -1,19 +1,32 @@
-"""The second noisy-clip detector (SPEC §6b): confident learning with cleanlab, on the given tags only.
+"""The noisy-clip detectors (SPEC §6, §6b) and their registry: which given label sets look wrong.
 
-:func:`cleanlab_verdicts` judges every clip's given label set against out-of-fold probabilities;
-:mod:`noisytag.learn.selection` turns the verdicts into a selection (same per-label cap as stage 3) and
-compares them with the per-clip OOF lwlrap rule of SPEC §6.
+A detector judges every noisy clip from its out-of-fold scores: a score (higher = more trusted) and a flag
+(True = the detector does not trust the clip's given labels). :data:`DETECTORS` holds them, chosen by
+``selection.method``:
+
+* ``oof_lwlrap`` (SPEC §6): the clip's own lwlrap under the OOF predictions, sqrt(s1 · s2) in stage 3 and
+  s3 in stage 4, flagged below ``selection.stage3_threshold`` / ``selection.stage4_threshold``;
+* ``cleanlab`` (SPEC §6b): confident learning on the given tags only (:func:`cleanlab_verdicts`).
+
+:mod:`noisytag.learn.selection` runs every detector for the audit and lets the chosen one select (its
+trusted clips by descending score, under the per-(fold, label) cap of stage 3).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
+from noisytag.config import RunConfig, SelectionConfig
+from noisytag.registry import Registry, in_range
+
 log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-9  # scores are ratios of small integers: sqrt(3/11 · 11/12) must count as 0.5
 
 
 _EMA_ALPHA = 0.8  # cleanlab's default aggregation of the per-class label qualities
@@ -123,3 +136,97 @@ def _cleanlab_issues(given: np.ndarray, probs: np.ndarray, reasons: list[str]) -
         log.warning("cleanlab: %s", reason)
         reasons.append(reason)
         return predicted_neq_given.any(axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the registry
+
+
+def check_score_table(table: pd.DataFrame, needed: tuple[str, ...]) -> pd.DataFrame:
+    """``table`` with a row per clip: fname (unique), fold, labels and the ``needed`` columns, or ValueError."""
+    missing = [c for c in ("fname", "fold", "labels", *needed) if c not in table.columns]
+    if missing:
+        raise ValueError(f"score table lacks column(s) {', '.join(missing)}")
+    dupes = table["fname"][table["fname"].duplicated()]
+    if len(dupes):
+        raise ValueError(f"score table lists {dupes.iloc[0]} more than once")
+    return table
+
+
+def lwlrap_score(table: pd.DataFrame, stage: int) -> np.ndarray:
+    """(N,) SPEC §6 score: sqrt(s1 · s2) in stage 3, s3 in stage 4 (NaN where a clip has no score)."""
+    if stage not in (3, 4):
+        raise ValueError(f"stage must be 3 or 4, got {stage}")
+    if stage == 3:
+        check_score_table(table, ("s1", "s2"))
+        return np.sqrt(table["s1"].to_numpy(dtype=float) * table["s2"].to_numpy(dtype=float))
+    check_score_table(table, ("s3",))
+    return table["s3"].to_numpy(dtype=float)
+
+
+class Detector(Protocol):
+    """What a registered detector is: built from (selection config, stage); its audit column names."""
+
+    score_column: str  # the audit's column of its score (higher = more trusted)
+    flag_column: str  # the audit's column of its flag (True = not trusted)
+
+    def judge(
+        self, table: pd.DataFrame, given: np.ndarray, probs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(score, flag), each (N,), rows as in ``table``."""
+
+
+DETECTORS = Registry("detector", "selection.method")
+CAP = {"selection.stage3_cap": in_range(0)}  # shared by every detector; 0 admits no clip
+
+
+@DETECTORS.register(
+    "oof_lwlrap",
+    options={
+        "selection.stage3_threshold": in_range(0, 1),
+        "selection.stage4_threshold": in_range(0, 1),
+        **CAP,
+    },
+)
+class OofLwlrap:
+    """SPEC §6: trusted when the clip's own OOF lwlrap ≥ the stage's threshold (tolerance 1e-9)."""
+
+    score_column, flag_column = "lwlrap_score", "lwlrap_flag"
+
+    def __init__(self, selection: SelectionConfig, stage: int):
+        self.stage = stage
+        self.threshold = selection.stage3_threshold if stage == 3 else selection.stage4_threshold
+
+    def judge(
+        self, table: pd.DataFrame, given: np.ndarray, probs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(score, flag), each (N,); a clip without a score (NaN) is flagged."""
+        score = lwlrap_score(table, self.stage)
+        return score, ~(score >= self.threshold - TOLERANCE)
+
+
+@DETECTORS.register("cleanlab", options=CAP)
+class Cleanlab:
+    """SPEC §6b: trusted when confident learning does not flag the given label set; score = label quality."""
+
+    score_column, flag_column = "label_quality", "cleanlab_flag"
+
+    def __init__(self, selection: SelectionConfig, stage: int):
+        self.stage = stage
+
+    def judge(
+        self, table: pd.DataFrame, given: np.ndarray, probs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(label quality, label issue), each (N,), from :func:`cleanlab_verdicts` on ``given`` and ``probs``."""
+        verdicts = cleanlab_verdicts(given, probs)
+        return verdicts["label_quality"].to_numpy(), verdicts["label_issue"].to_numpy()
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ConfigError naming the key: an unknown ``selection.method`` or its options out of range."""
+    DETECTORS.validate(cfg)
+
+
+def build(name: str, selection: SelectionConfig, stage: int) -> Detector:
+    """The detector ``name`` for stage 3 or 4 with the thresholds of ``selection``."""
+    return DETECTORS.build(name, selection, stage)

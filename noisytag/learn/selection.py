@@ -14,6 +14,9 @@ A noisy clip's score s_k is its own lwlrap under the out-of-fold prediction of s
   (:func:`cleanlab_verdicts`): a clip is trusted when cleanlab does not flag its given label set; trusted
   clips are admitted by descending cleanlab label quality under the same per-(fold, label) cap.
 
+The detectors themselves (score and flag per clip) are the registry of :mod:`noisytag.learn.detectors`;
+:func:`select_noisy` runs each of them for the audit and lets ``selection.method`` choose.
+
 Comparisons allow a tolerance of 1e-9 (``score ≥ threshold − 1e-9``): scores are ratios of small
 integers, so e.g. sqrt(3/11 · 11/12) must count as 0.5 although floating point gives 0.49999999999999994.
 Clips without a score (NaN: no label) are never selected.
@@ -26,14 +29,16 @@ import logging
 import numpy as np
 import pandas as pd
 
-from noisytag.config import SelectionConfig
-from noisytag.learn.detectors import cleanlab_verdicts
+from noisytag.config import RunConfig, SelectionConfig
+from noisytag.learn import detectors
+from noisytag.learn.detectors import TOLERANCE, check_score_table, lwlrap_score
 
 __all__ = [
     "TOLERANCE",
     "stage3_selection",
     "stage4_selection",
     "cleanlab_selection",
+    "trusted_selection",
     "oof_lwlrap_flags",
     "select_noisy",
     "detector_audit",
@@ -41,18 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TOLERANCE = 1e-9
 OUT_COLUMNS = ["fname", "fold", "labels", "score"]
-
-
-def _check_table(table: pd.DataFrame, needed: tuple[str, ...]) -> pd.DataFrame:
-    missing = [c for c in ("fname", "fold", "labels", *needed) if c not in table.columns]
-    if missing:
-        raise ValueError(f"score table lacks column(s) {', '.join(missing)}")
-    dupes = table["fname"][table["fname"].duplicated()]
-    if len(dupes):
-        raise ValueError(f"score table lists {dupes.iloc[0]} more than once")
-    return table
 
 
 def _ordered(candidates: pd.DataFrame) -> pd.DataFrame:
@@ -108,7 +102,7 @@ def stage3_selection(table: pd.DataFrame, threshold: float = 0.5, cap: int | Non
     Returns:
         DataFrame(fname, fold, labels, score = sqrt(s1 · s2)), sorted by fold, descending score, fname.
     """
-    _check_table(table, ("s1", "s2"))
+    check_score_table(table, ("s1", "s2"))
     _check_cap(cap)
     score = np.sqrt(table["s1"].to_numpy(dtype=float) * table["s2"].to_numpy(dtype=float))
     keep = score >= threshold - TOLERANCE  # NaN compares False
@@ -124,35 +118,42 @@ def stage4_selection(table: pd.DataFrame, threshold: float = 1.0) -> pd.DataFram
     Returns:
         DataFrame(fname, fold, labels, score = s3), sorted by fold, descending score, fname.
     """
-    _check_table(table, ("s3",))
+    check_score_table(table, ("s3",))
     score = table["s3"].to_numpy(dtype=float)
     keep = score >= threshold - TOLERANCE
     return _ordered(table.loc[keep].assign(score=score[keep]))
 
 
-def cleanlab_selection(
-    table: pd.DataFrame, quality: np.ndarray, issue: np.ndarray, cap: int | None = None
+def trusted_selection(
+    table: pd.DataFrame, score: np.ndarray, flag: np.ndarray, cap: int | None = None
 ) -> pd.DataFrame:
-    """The noisy clips that cleanlab does not flag, admitted by descending label quality under the cap.
+    """The clips a detector trusts, admitted by descending score under the cap (any detector's selection).
 
     Args:
         table: one row per noisy clip with columns fname, fold, labels (other columns ignored).
-        quality: (N,) cleanlab label quality of each row (:func:`cleanlab_verdicts`).
-        issue: (N,) bool, True = cleanlab flags the row's label set (never selected).
+        score: (N,) the detector's score of each row (higher = more trusted; NaN never selected).
+        flag: (N,) bool, True = the detector does not trust the row's label set (never selected).
         cap: at most this many clips per (fold, label), the same rule as :func:`stage3_selection`;
             None = no cap.
 
     Returns:
-        DataFrame(fname, fold, labels, score = label quality), sorted by fold, descending score, fname.
+        DataFrame(fname, fold, labels, score), sorted by fold, descending score, fname.
     """
-    _check_table(table, ())
+    check_score_table(table, ())
     _check_cap(cap)
-    quality = np.asarray(quality, dtype=float)
-    issue = np.asarray(issue, dtype=bool)
-    if quality.shape != (len(table),) or issue.shape != (len(table),):
-        raise ValueError(f"quality {quality.shape} and issue {issue.shape} must have one value per row")
-    keep = ~issue & np.isfinite(quality)
-    return _capped(_ordered(table.loc[keep].assign(score=quality[keep])), cap)
+    score = np.asarray(score, dtype=float)
+    flag = np.asarray(flag, dtype=bool)
+    if score.shape != (len(table),) or flag.shape != (len(table),):
+        raise ValueError(f"score {score.shape} and flag {flag.shape} must have one value per row")
+    keep = ~flag & np.isfinite(score)
+    return _capped(_ordered(table.loc[keep].assign(score=score[keep])), cap)
+
+
+def cleanlab_selection(
+    table: pd.DataFrame, quality: np.ndarray, issue: np.ndarray, cap: int | None = None
+) -> pd.DataFrame:
+    """:func:`trusted_selection` by cleanlab's label quality (score) and label issue (flag)."""
+    return trusted_selection(table, quality, issue, cap)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,17 +166,9 @@ def oof_lwlrap_flags(table: pd.DataFrame, stage: int = 3, threshold: float | Non
     Stage 3: sqrt(s1 · s2) below ``threshold`` (default 0.5); stage 4: s3 below ``threshold`` (default
     1.0); both with the module's 1e-9 tolerance. A clip without a score (NaN) is flagged.
     """
-    if stage not in (3, 4):
-        raise ValueError(f"stage must be 3 or 4, got {stage}")
-    if stage == 3:
-        _check_table(table, ("s1", "s2"))
-        score = np.sqrt(table["s1"].to_numpy(dtype=float) * table["s2"].to_numpy(dtype=float))
-        threshold = 0.5 if threshold is None else threshold
-    else:
-        _check_table(table, ("s3",))
-        score = table["s3"].to_numpy(dtype=float)
-        threshold = 1.0 if threshold is None else threshold
-    return ~(score >= threshold - TOLERANCE)
+    default = {3: 0.5, 4: 1.0}.get(stage)
+    score = lwlrap_score(table, stage)
+    return ~(score >= (default if threshold is None else threshold) - TOLERANCE)
 
 
 def _kappa(a: np.ndarray, b: np.ndarray) -> float:
@@ -195,7 +188,11 @@ def _precision_recall(flagged: np.ndarray, wrong: np.ndarray) -> tuple[float, fl
 def select_noisy(
     table: pd.DataFrame, given: np.ndarray, probs: np.ndarray, stage: int, selection: SelectionConfig
 ) -> pd.DataFrame:
-    """Both detectors judge every noisy clip; ``selection.method`` decides which one selects (stage 3 or 4).
+    """Every registered detector judges every noisy clip; ``selection.method`` picks the one that selects.
+
+    Dispatch is by :data:`noisytag.learn.detectors.DETECTORS`: an unknown method or a threshold or cap out
+    of range raises :class:`~noisytag.config.ConfigError` naming the key. The chosen detector's trusted
+    clips (unflagged, finite score) are admitted by :func:`trusted_selection`, under the cap in stage 3.
 
     Args:
         table: one row per noisy clip: fname, fold, labels, s1, s2 (stage 3) or s3 (stage 4); true_labels
@@ -204,7 +201,7 @@ def select_noisy(
         probs: (N, K) out-of-fold probabilities cleanlab judges (stage 3: the mean of stages 1 and 2;
             stage 4: stage 3).
         stage: 3 (threshold and cap of SPEC §6) or 4 (threshold, no cap).
-        selection: thresholds, cap and method (``oof_lwlrap`` or ``cleanlab``).
+        selection: thresholds, cap and method (a name of ``DETECTORS``: ``oof_lwlrap`` or ``cleanlab``).
 
     Returns:
         The audit, one row per clip: fname, fold, labels, score (the selecting method's: sqrt(s1 · s2) / s3,
@@ -215,35 +212,20 @@ def select_noisy(
     """
     if stage not in (3, 4):
         raise ValueError(f"stage must be 3 or 4, got {stage}")
-    if selection.method not in ("oof_lwlrap", "cleanlab"):
-        raise ValueError(
-            f"config key 'selection.method': 'oof_lwlrap' or 'cleanlab', got {selection.method!r}"
-        )
-    threshold = selection.stage3_threshold if stage == 3 else selection.stage4_threshold
-    cap = selection.stage3_cap if stage == 3 else None
-    lwlrap_flag = oof_lwlrap_flags(table, stage, threshold)
-    if stage == 3:
-        lwlrap_score = np.sqrt(table["s1"].to_numpy(dtype=float) * table["s2"].to_numpy(dtype=float))
-        by_lwlrap = stage3_selection(table, threshold=threshold, cap=cap)
-    else:
-        lwlrap_score = table["s3"].to_numpy(dtype=float)
-        by_lwlrap = stage4_selection(table, threshold=threshold)
-    verdicts = cleanlab_verdicts(given, probs)
-    quality, issue = verdicts["label_quality"].to_numpy(), verdicts["label_issue"].to_numpy()
-    if selection.method == "cleanlab":
-        chosen = cleanlab_selection(table, quality, issue, cap=cap)
-        score = quality
-    else:
-        chosen, score = by_lwlrap, lwlrap_score
+    detectors.validate(RunConfig(selection=selection))  # ConfigError naming the key
+    judges = {name: detectors.build(name, selection, stage) for name in detectors.DETECTORS.names()}
+    verdicts = {name: judge.judge(table, given, probs) for name, judge in judges.items()}
+    score, flag = verdicts[selection.method]
+    chosen = trusted_selection(table, score, flag, cap=selection.stage3_cap if stage == 3 else None)
     extra = [c for c in ("true_labels", "correct") if c in table]
     audit = table[["fname", "fold", "labels", *extra]].copy()
     audit["labels"] = [_as_tuple(x) for x in audit["labels"]]
     audit.insert(3, "score", score)
-    audit.insert(4, "lwlrap_score", lwlrap_score)
-    audit.insert(5, "label_quality", quality)
-    audit.insert(6, "lwlrap_flag", lwlrap_flag)
-    audit.insert(7, "cleanlab_flag", issue)
-    audit.insert(8, "selected", audit["fname"].isin(set(chosen["fname"])).to_numpy())
+    columns = [(j.score_column, verdicts[n][0]) for n, j in judges.items()]
+    columns += [(j.flag_column, verdicts[n][1]) for n, j in judges.items()]
+    for at, (column, values) in enumerate(columns, start=4):
+        audit.insert(at, column, values)
+    audit.insert(4 + len(columns), "selected", audit["fname"].isin(set(chosen["fname"])).to_numpy())
     audit = audit.assign(_neg=-audit["score"]).sort_values(["fold", "_neg", "fname"], kind="stable")
     return audit.drop(columns="_neg").reset_index(drop=True)
 

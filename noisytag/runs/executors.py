@@ -12,6 +12,10 @@ that has its done-marker. The run directory (and the data set with its feature c
 storage every node sees at the same path; each task checks that first, against a token the driver
 wrote. Ray is optional (``pip install 'noisytag[ray]'``) and imported only inside this module's
 functions.
+
+:data:`EXECUTORS` is the registry the CLI's ``--executor`` choices come from: ``local`` (the default: the
+pipeline's own in-process loop, built as None, which is what ``run_pipeline(executor=None)`` runs) and
+``ray``. ``build(name, address=..., gpus_per_task=..., cpus_per_task=..., max_tasks=...)`` makes one.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from noisytag.config import config_from_dict
-from noisytag.runs.context import RunContext, open_run
+from noisytag.config import RunConfig, config_from_dict
 from noisytag.fileio import write_json, write_text
-from noisytag.runs.pipeline import FoldJob, run_fold
+from noisytag.registry import Registry
 from noisytag.rundir import RunDir
+from noisytag.runs.context import RunContext, open_run
+from noisytag.runs.pipeline import FoldExecutor, FoldJob, run_fold
 
 log = logging.getLogger(__name__)
 
@@ -308,3 +313,38 @@ class RayExecutor:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# the registry (chosen on the command line, not in the config)
+
+EXECUTORS = Registry("executor", "--executor")
+
+
+@EXECUTORS.register("local")
+def _local(**ray_options: Any) -> None:
+    """In-process: None, so :func:`~noisytag.runs.pipeline.run_pipeline` runs its own loop of folds (or
+    joins this DDP job); the Ray options mean nothing here and are ignored."""
+    return None
+
+
+@EXECUTORS.register("ray")
+def _ray(
+    address: str | None = None,
+    gpus_per_task: float | None = None,
+    cpus_per_task: int | None = None,
+    max_tasks: int | None = None,
+    **more: Any,
+) -> RayExecutor:
+    """Every fold a Ray task (:class:`RayExecutor`; entering it checks the options and that Ray is there)."""
+    return RayExecutor(address, gpus_per_task, cpus_per_task, max_tasks, **more)
+
+
+def build(name: str, **options: Any) -> FoldExecutor | None:
+    """The executor ``name`` (ConfigError naming --executor and the known names if there is none)."""
+    return EXECUTORS.build(name, **options)
+
+
+def validate(cfg: RunConfig, name: str | None = None) -> None:
+    """Check executor ``name`` (the config names none, so without a name there is nothing to check)."""
+    EXECUTORS.validate(cfg, name)
