@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from noisytag.audio import cache as cache_mod
+from noisytag.audio import extract as extract_mod
 from noisytag.audio.cache import CacheError, FeatureCache, build_cache, split_dir
 from noisytag.audio.decode import load
 from noisytag.audio.features import log_mel
@@ -137,12 +137,13 @@ def test_parameter_change_builds_a_new_cache(data, tmp_path):
 _SLOW_BUILD = """
 import sys, time
 import noisytag.audio.cache as c
+import noisytag.audio.extract as e
 from noisytag.config import FrontendConfig
-work = c._work
+work = e.work
 def slow(path, cfg=None):
     time.sleep(0.25)
     return work(path, cfg)
-c._work = slow
+e.work = slow
 c.build_cache(sys.argv[1], sys.argv[2], FrontendConfig(), splits=("curated",), workers=1, progress=False)
 """
 
@@ -167,8 +168,8 @@ def test_resume_after_kill_equals_uninterrupted_build(data, tmp_path, monkeypatc
     with open(log, "a") as f:
         f.write('{"fname": "c09.w')
     calls = []
-    work = cache_mod._work
-    monkeypatch.setattr(cache_mod, "_work", lambda p, cfg=None: calls.append(p) or work(p, cfg))
+    work = extract_mod.work
+    monkeypatch.setattr(extract_mod, "work", lambda p, cfg=None: calls.append(p) or work(p, cfg))
     build_cache(data, tmp_path / "cache", CFG, splits=("curated",), workers=1, progress=False)
     assert len(calls) == 10 - logged  # finished clips (and logged failures) are not redone
     assert _files(out) == _files(reference / "train_curated")

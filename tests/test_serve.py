@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
+import json
 import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,7 +21,9 @@ import soundfile as sf
 from conftest import write_model_run
 
 from noisytag.data.synth import CLASSES
-from noisytag.serve.service import WEB_DIR, ServeSettings, TagService, create_app, open_service, running
+from noisytag.serve import service as service_mod
+from noisytag.serve.app import WEB_DIR, create_app, running
+from noisytag.serve.service import ServeSettings, TagService, UploadError, open_service
 
 
 def tone(seconds: float, sr: int = 44100, freq: float = 440.0, seed: int = 0) -> np.ndarray:
@@ -83,8 +88,10 @@ def test_tag_wav_answers_labels_timeline_logmel_and_model(client, service, wav_f
     probs = [lab["prob"] for lab in body["labels"]]
     assert len(probs) == 5 and probs == sorted(probs, reverse=True)
     # the same labels as `noisytag tag` on the file
-    record = service.tagger.tag([wav_file], top_k=5)[0]
-    assert [(lab["label"], lab["prob"]) for lab in body["labels"]] == record.labels
+    record = service.tagger.tag([wav_file], top_k=5, frames=True)[0]
+    assert body["labels"] == record.to_dict()["labels"]
+    assert body["timeline"] == record.to_dict()["timeline"]
+    assert "error" not in body
     tl = body["timeline"]
     assert tl["classes"] == [lab["label"] for lab in body["labels"]]
     assert np.asarray(tl["probs"]).shape == (len(tl["windows"]), 5) and len(tl["windows"]) >= 3
@@ -177,18 +184,77 @@ def test_too_large_and_too_long_uploads(service):
         assert client.get("/api/health").json()["status"] == "ok"  # still serving
 
 
+def test_too_long_audio_whose_header_does_not_say_so(service, monkeypatch, tmp_path):
+    """When the header gives no length, the decoded length is checked before any model runs."""
+    strict = TagService(service.tagger, service.info, ServeSettings(max_seconds=2.0))
+    path = tmp_path / "long.flac"
+    sf.write(path, tone(3.0, 8000), 8000)
+    monkeypatch.setattr(service_mod.sf, "info", lambda *a, **k: 1 / 0)
+    with pytest.raises(UploadError) as refused:
+        strict.tag_file(path, "long.flac")
+    assert refused.value.status == 413 and "lasts 3.0 s" in refused.value.message
+
+
 @pytest.mark.parametrize("backend, mode", [("onnx", "exact"), ("torch", "fast")])
 def test_onnx_backend_and_fast_mode_agree_with_torch(model_run, client, wav_file, backend, mode):
     reference = post_file(client, "warble.wav", wav_file.read_bytes()).json()
     other = open_service(model_run, backend=backend, mode=mode)
     with running(create_app(other)) as url, httpx.Client(base_url=url, timeout=60) as c:
         body = post_file(c, "warble.wav", wav_file.read_bytes()).json()
+    other.close()
     assert body["model"]["backend"] == backend and body["model"]["mode"] == mode
     assert body["labels"][0]["label"] == reference["labels"][0]["label"]
     tol = 1e-4 if mode == "exact" else 0.05  # fast mode: windows see their neighbours at the edges
     ref = {lab["label"]: lab["prob"] for lab in reference["labels"]}
     for lab in body["labels"][:3]:
         assert lab["prob"] == pytest.approx(ref.get(lab["label"], lab["prob"]), abs=tol)
+
+
+def listing(root):
+    """Every file under ``root`` with its size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def test_onnx_backend_never_writes_into_the_run(model_run, wav_file, tmp_path):
+    """No RUN/onnx: the members are exported to a temporary folder for the service's life; a current
+    RUN/onnx is used as it is. Either way the run directory's files stay as they were."""
+    before = listing(model_run)
+    service = open_service(model_run, backend="onnx", warm_up=False)
+    try:
+        assert listing(model_run) == before
+        workdir = Path(service.workdir.name)
+        assert (workdir / "manifest.json").is_file() and model_run.resolve() not in workdir.resolve().parents
+        assert {type(m).__name__ for m in service.tagger.ensemble.members} == {"OnnxMember"}
+        assert service.tag_file(wav_file, "warble.wav").labels
+        exported = tmp_path / "run"
+        shutil.copytree(model_run, exported)
+        shutil.copytree(workdir, exported / "onnx")  # as `noisytag export RUN --onnx RUN/onnx` leaves it
+    finally:
+        service.close()
+    assert not workdir.exists() and listing(model_run) == before
+    kept = listing(exported)
+    again = open_service(exported, backend="onnx", warm_up=False)
+    assert again.workdir is None and listing(exported) == kept  # read from RUN/onnx, nothing exported
+    assert {type(m).__name__ for m in again.tagger.ensemble.members} == {"OnnxMember"}
+
+
+def test_page_header_reads_well_for_a_run_named_run(model_run, tmp_path):
+    """The page's header line names the run once, as a label: "run: run · …", not "run run · …"."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node on PATH to run the page's script")
+    run = shutil.copytree(model_run, tmp_path / "run")
+    info = open_service(run, warm_up=False).info
+    assert info.run == "run"
+    script = (
+        "const fs = require('fs'), vm = require('vm');"
+        "const ctx = vm.createContext({document: {addEventListener() {}}, window: {}});"
+        "vm.runInContext(fs.readFileSync(process.argv[1], 'utf8'), ctx);"
+        "process.stdout.write(ctx.describeModel(JSON.parse(process.argv[2])));"
+    )
+    args = [node, "-e", script, str(WEB_DIR / "app.js"), json.dumps(dataclasses.asdict(info))]
+    header = subprocess.run(args, capture_output=True, text=True, check=True, timeout=30).stdout
+    assert header.startswith("run: run · cnn1 · stages 2, 3 · 2 models") and "run run" not in header
 
 
 def test_concurrency_eight_clients_none_fails(service):
@@ -250,7 +316,10 @@ def test_labels_health_docs_and_openapi(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/tag"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "audio/*"} <= set(body)
-    assert "PNG" in spec["components"]["schemas"]["LogMel"]["properties"]["png"]["description"]
+    assert "PNG" in spec["components"]["schemas"]["LogMelImage"]["properties"]["png"]["description"]
+    assert spec["paths"]["/api/tag"]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TagResponse"
+    }
     assert {"413", "415", "503"} <= set(spec["paths"]["/api/tag"]["post"]["responses"])
 
 

@@ -62,15 +62,22 @@ def test_tag_records_and_bad_files(run_dir, audio):
     good = {f: r for f, r in zip(files, records, strict=True) if not r.error}
     assert good["long.flac"].duration == pytest.approx(9.0, abs=0.01)
     for r in good.values():
-        assert len(r.labels) == 3 and {lab for lab, _ in r.labels} <= set(CLASSES)
-        probs = [p for _, p in r.labels]
+        assert len(r.labels) == 3 and {lab.label for lab in r.labels} <= set(CLASSES)
+        probs = [lab.prob for lab in r.labels]
         assert probs == sorted(probs, reverse=True) and all(0 < p < 1 for p in probs)
     # timeline: windows of SPEC §7 over the trimmed clip, in file seconds
-    long = good["long.flac"].timeline
+    long = good["long.flac"].timeline.windows
     assert len(long) == 11  # 9 s → 1 + 396900 // 694 = 572 frames → ceil(444 / 48) + 1 windows
     assert long[0].start_s == pytest.approx(0.0, abs=0.05) and long[-1].end_s == pytest.approx(9.0, abs=0.05)
     assert [s.start_s for s in long] == sorted(s.start_s for s in long)
-    assert len(good["short.wav"].timeline) == 1
+    assert len(good["short.wav"].timeline.windows) == 1
+    # the timeline's columns are the file's top labels; a file's windows average to its probabilities
+    tl = good["long.flac"].timeline
+    assert tl.classes == [lab.label for lab in good["long.flac"].labels]
+    assert np.asarray(tl.probs).shape == (11, 3)
+    np.testing.assert_allclose(
+        np.mean(tl.probs, axis=0), [lab.prob for lab in good["long.flac"].labels], atol=1e-4
+    )
 
 
 def test_clip_probs_match_window_mean(run_dir, audio):
@@ -95,15 +102,18 @@ def test_clip_probs_match_window_mean(run_dir, audio):
 
 
 def test_output_formats():
-    from noisytag.infer.tag import Segment, TagRecord, to_csv, to_json, to_table
+    from noisytag.infer.tag import Label, Segment, TagRecord, Timeline, to_csv, to_json, to_table
 
+    timeline = Timeline(["bark", "hum"], [Segment(0.0, 2.0, "bark", 0.9)], [[0.9, 0.2]])
     records = [
-        TagRecord("a.wav", 3.5, [("bark", 0.9), ("hum", 0.2)], [Segment(0.0, 2.0, "bark", 0.9)]),
+        TagRecord("a.wav", 3.5, [Label("bark", 0.9), Label("hum", 0.2)], timeline),
         TagRecord("b.wav", error="b.wav: cannot decode audio (bad header)"),
     ]
     data = json.loads(to_json(records))
     assert data[0]["labels"][0] == {"label": "bark", "prob": 0.9}
-    assert data[0]["timeline"][0]["end_s"] == 2.0 and data[1]["error"].startswith("b.wav")
+    assert data[0]["timeline"]["windows"][0]["end_s"] == 2.0 and data[1]["error"].startswith("b.wav")
+    assert data[0]["timeline"]["classes"] == ["bark", "hum"] and "logmel" not in data[0]
+    assert "timeline" not in data[1]
     rows = list(csv.DictReader(io.StringIO(to_csv(records))))
     assert [(r["file"], r["rank"], r["label"]) for r in rows] == [
         ("a.wav", "1", "bark"),
@@ -138,7 +148,7 @@ def test_cli_tag_formats(run_dir, audio):
     assert len(res.stdout.splitlines()) == 3
     res = runner.invoke(app, ["tag", str(run_dir), str(audio / "sub"), "--frames", "--json"])
     assert res.exit_code == 0
-    assert [len(r["timeline"]) for r in json.loads(res.stdout)] == [
+    assert [len(r["timeline"]["windows"]) for r in json.loads(res.stdout)] == [
         11,
         3,
     ]  # long.flac 9 s, mid.ogg 3 s (191 frames)
@@ -152,5 +162,28 @@ def test_timeline_of_a_short_padded_clip(run_dir, audio):
 
     (record,) = Tagger(run_dir, stages=[2]).tag([audio / "short.wav"], frames=True)
     assert record.duration == pytest.approx(0.7, abs=1e-3)
-    ((seg),) = record.timeline
+    ((seg),) = record.timeline.windows
     assert seg.start_s == 0.0 and seg.end_s == pytest.approx(0.7, abs=1e-3)
+
+
+def test_longer_files_than_max_seconds_are_not_tagged(run_dir, audio):
+    """``max_seconds``: the file is decoded (its duration is known) but not tagged."""
+    from noisytag.infer.tag import Tagger
+
+    long, short = Tagger(run_dir, stages=[2]).tag(
+        [audio / "sub" / "long.flac", audio / "short.wav"], max_seconds=5
+    )
+    assert long.error and "lasts 9.0 s" in long.error and long.duration == pytest.approx(9.0, abs=0.01)
+    assert not long.labels and short.error is None and short.labels
+
+
+def test_logmel_picture_when_asked(run_dir, audio):
+    import base64
+
+    from noisytag.infer.tag import Tagger
+
+    (record,) = Tagger(run_dir, stages=[2]).tag([audio / "sub" / "mid.ogg"], logmel=True)
+    pic = record.logmel
+    assert base64.b64decode(pic.png).startswith(b"\x89PNG") and pic.height == 128 and pic.width == 191
+    assert pic.db_min < pic.db_max and record.timeline is None
+    assert "logmel" in record.to_dict() and "timeline" not in record.to_dict()

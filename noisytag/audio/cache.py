@@ -21,8 +21,8 @@ added or changed later are appended (their old rows stay in ``frames.f16`` but l
 normalisation maps every stored value into [0, 1] exactly. float16 keeps ≥ 0.03 dB resolution over
 −100…+128 dB — ten times finer than the original 8-bit images (SPEC §2.6).
 
-(Longer than ~400 lines on purpose: the builder, its crash-isolating worker pool and the reader share
-the on-disk format above, which is clearer in one file than spread over three.)
+What a clip's rows hold is :func:`noisytag.audio.model_input.extract_clip`'s (the one owner of clip →
+model input); :mod:`noisytag.audio.extract` runs it over many files in a crash-isolating process pool.
 """
 
 from __future__ import annotations
@@ -36,14 +36,16 @@ import logging
 import mmap
 import os
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from noisytag.audio.decode import AudioError, audio_files, decode, prepare
-from noisytag.audio.features import LogMel, log_mel_frames, mel_filters
+from noisytag.audio.decode import audio_files
+from noisytag.audio.extract import init_worker as _init_worker  # noqa: F401  (benchmarks/bench_features.py)
+from noisytag.audio.extract import ordered_results
+from noisytag.audio.extract import work as _work  # noqa: F401  (benchmarks/bench_features.py)
+from noisytag.audio.model_input import widen
 from noisytag.config import FrontendConfig
 from noisytag.data.dataset import SPLITS, Dataset
 from noisytag.data.manifest import is_manifest, load_manifest
@@ -93,107 +95,6 @@ def split_folder(split: str) -> str:
 def split_dir(cache_dir: str | Path, cfg: FrontendConfig, split: str) -> Path:
     """``cache_dir/<cfg.key()>/<split folder>``: the directory of one split's features."""
     return Path(cache_dir) / cfg.key() / split_folder(split)
-
-
-# ----------------------------------------------------------------------------------------------
-# extraction of one clip (runs in worker processes)
-
-
-def extract_clip(path: str | Path, cfg: FrontendConfig = FrontendConfig(), module=None):
-    """Audio file → (dB float16 (T, n_mels), lo, hi, seconds of decoded audio before trimming).
-
-    ``module``: a ready :class:`noisytag.audio.features.LogMel` for ``cfg`` (default: a shared one).
-    Raises :class:`noisytag.audio.decode.AudioError` for a file that cannot be used.
-    """
-    import torch
-
-    y, sr = decode(path)
-    seconds = len(y) / sr
-    db = log_mel_frames(prepare(y, sr, cfg), cfg, module)
-    # Rounding is monotonic, so the min/max of the float16 values are the rounded float32 min/max;
-    # torch converts with F16C, ~10× faster than numpy's astype(float16) (same round-to-nearest-even).
-    lo, hi = float(np.float16(db.min())), float(np.float16(db.max()))
-    return torch.from_numpy(db).half().numpy(), lo, hi, seconds
-
-
-_WORKER: tuple | None = None  # (cfg, LogMel) of a pool worker process
-
-
-def _init_worker(cfg_fields: dict, filters: np.ndarray) -> None:
-    """Process-pool initialiser: one torch thread per process (the pool is the parallelism)."""
-    import torch
-
-    global _WORKER
-    torch.set_num_threads(1)
-    cfg = FrontendConfig(**cfg_fields)
-    _WORKER = (cfg, LogMel(cfg, filters=filters))
-
-
-def _work(path: str, cfg: FrontendConfig | None = None) -> tuple:
-    """("ok", db, lo, hi, seconds) or ("error", reason) — never raises for a bad file."""
-
-    try:
-        if cfg is None:
-            return ("ok", *extract_clip(path, *_WORKER))
-        return ("ok", *extract_clip(path, cfg))
-    except AudioError as err:
-        return ("error", err.reason)
-    except Exception as err:  # a decoder crash on one file must not stop 30,000 others
-        return ("error", f"{type(err).__name__}: {err}")
-
-
-def _resolve_workers(workers: int) -> int:
-    return max(1, os.cpu_count() or 1) if workers <= 0 else workers
-
-
-def _ordered_results(paths: Sequence[str], cfg: FrontendConfig, workers: int) -> Iterator[tuple]:
-    """``_work`` results in input order; at most ``4 · workers`` clips in flight (flat memory).
-
-    ``workers <= 1`` runs in this process. Pools use "spawn": forking a process that has already
-    started torch's thread pools can deadlock. If a worker process dies (a decoder crash on a
-    malformed file), the clips in flight are retried one by one in fresh processes, so only the
-    culprit is reported as failed and the rest of the data set is still extracted.
-    """
-    workers = _resolve_workers(workers)
-    if workers == 1 or len(paths) <= 1:
-        for p in paths:
-            yield _work(p, cfg)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    ctx = multiprocessing.get_context("spawn")
-    init = (dataclasses.asdict(cfg), mel_filters(cfg))
-    todo = deque(paths)
-    while todo:
-        pending: deque = deque()
-        pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, _init_worker, init)
-        try:
-            while todo or pending:
-                while todo and len(pending) < 4 * workers:
-                    path = todo.popleft()
-                    pending.append((path, pool.submit(_work, path)))
-                result = pending[0][1].result()
-                pending.popleft()
-                yield result
-        except BrokenProcessPool:
-            for path, _ in pending:
-                yield _isolated(path, ctx, init)
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _isolated(path: str, ctx, init: tuple) -> tuple:
-    """``_work(path)`` in a process of its own; a crash of that process becomes the file's error."""
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    with ProcessPoolExecutor(1, ctx, _init_worker, init) as pool:
-        try:
-            return pool.submit(_work, path).result()
-        except BrokenProcessPool:
-            return ("error", "the decoder crashed on this file (its worker process died)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,7 +167,7 @@ def _build_group(
         advance = bar(len(todo))
         with open(out / FRAMES, "ab") as data, open(out / PROGRESS, "a") as log:
             synced = time.monotonic()
-            results = _ordered_results([str(p) for _, p, _ in todo], cfg, workers)
+            results = ordered_results([str(p) for _, p, _ in todo], cfg, workers)
             for (key, path, st), res in zip(todo, results, strict=True):
                 entry = {"fname": key, "size": st.st_size, "mtime": st.st_mtime_ns}
                 if res[0] == "ok":
@@ -489,7 +390,7 @@ class FeatureCache:
     def clip(self, i: int) -> np.ndarray:
         """Whole clip ``i`` as float32 dB (n_mels, T)."""
         o, n = int(self._offset[i]), int(self._n_frames[i])
-        out = _to_float32_transposed(self.frames[o : o + n][None])[0]
+        out = widen(self.frames[o : o + n][None])[0]
         self._account(n * self.n_mels * _DTYPE.itemsize + _FAULT_AROUND)
         return out
 
@@ -508,21 +409,8 @@ class FeatureCache:
         valid = t < self._n_frames[idx][:, None]
         rows = self._offset[idx][:, None] + np.where(valid, t, 0)
         gathered = self.frames[rows.ravel()].reshape(len(idx), width, self.n_mels)
-        out = _to_float32_transposed(gathered)
+        out = widen(gathered)
         if not valid.all():
             np.copyto(out, self._lo[idx][:, None, None], where=~valid[:, None, :])
         self._account(rows.size * self.n_mels * _DTYPE.itemsize + len(idx) * _FAULT_AROUND)
         return out
-
-
-def _to_float32_transposed(frames: np.ndarray) -> np.ndarray:
-    """float16 (B, T, n_mels) → float32 (B, n_mels, T) in one pass (torch's F16C copy; numpy's float16
-    casts are several times slower)."""
-    import torch
-
-    if not frames.flags.writeable or not frames.flags.c_contiguous:  # torch wants a writable buffer
-        frames = np.array(frames)
-    src = torch.from_numpy(frames)
-    out = torch.empty(src.shape[0], src.shape[2], src.shape[1], dtype=torch.float32)
-    out.copy_(src.transpose(1, 2))
-    return out.numpy()

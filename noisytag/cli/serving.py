@@ -16,7 +16,10 @@ def serve(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with finished fold models.")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free port).", min=0, max=65535)] = 8000,
-    backend: Annotated[str, typer.Option(help="torch or onnx (onnxruntime; exports once).")] = "torch",
+    backend: Annotated[
+        str,
+        typer.Option(help="torch or onnx (onnxruntime; RUN/onnx, else exported to a temporary folder)."),
+    ] = "torch",
     mode: Annotated[
         str, typer.Option(help="exact (SPEC §7 windows) or fast (conv body once per clip).")
     ] = "exact",
@@ -45,7 +48,8 @@ def serve(
     """
     import uvicorn  # heavy (torch via noisytag.serve.service): imported when the command runs
 
-    from noisytag.serve.service import ServeSettings, create_app, open_service
+    from noisytag.serve.app import create_app
+    from noisytag.serve.service import ServeSettings, open_service
 
     check_model_options(run_dir, mode, backend)
     settings = ServeSettings(top_k, max_seconds, max_mb, max_in_flight, wait_seconds)
@@ -58,7 +62,7 @@ def serve(
     info = service.info
     where = f"http://{host}:{port}/ (API docs at /docs)" if port else "a free port (uvicorn names it below)"
     console.print(
-        f"[green]serving[/] {info['run']}: {info['members']} model(s), {info['n_classes']} classes, "
+        f"[green]serving[/] {info.run}: {info.members} model(s), {info.n_classes} classes, "
         f"{backend}/{mode}, on {where}",
         highlight=False,
     )

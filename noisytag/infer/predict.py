@@ -1,7 +1,8 @@
 """The window engine (SPEC §7): clips → windows → batched member forward → per-clip mean.
 
-Flow: clips (cached log-mels or decoded audio) → per-clip min-max normalisation → the evenly spread
-128-frame windows of :func:`noisytag.audio.windows.window_offsets` → batches of ``cfg.batch_size`` windows
+Flow: clips (cached log-mels or decoded audio, both from :mod:`noisytag.audio.model_input`, the one owner
+of clip → model input) → the run's normalisation → the evenly spread 128-frame windows of
+:func:`noisytag.audio.windows.window_offsets` → batches of ``cfg.batch_size`` windows
 taken from as many clips as needed → every ensemble member → sigmoid → mean over members (per
 window) → mean over the clip's windows. Clips stream through: memory holds one batch of windows and
 the (N, K) result, whatever the number of clips.
@@ -30,9 +31,14 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from noisytag.audio.decode import load_clip
-from noisytag.audio.features import log_mel
-from noisytag.audio.features import normalize as minmax_scale
+from noisytag.audio.model_input import (
+    Clip,
+    cached_clips,
+    check_normalize,
+    file_clip,
+    model_input,
+    take_windows,
+)
 from noisytag.audio.windows import window_offsets
 from noisytag.config import FrontendConfig, InferConfig
 from noisytag.infer.members import as_members
@@ -42,37 +48,6 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # the streaming engine
-
-
-@dataclass
-class Clip:
-    """One clip's log-mel in dB ``(F, T)`` with its min-max range; ``key`` identifies it to the caller."""
-
-    key: object
-    db: np.ndarray
-    lo: float
-    hi: float
-
-
-def model_input(db: np.ndarray, lo: float, hi: float, width: int, normalize: str = "minmax") -> np.ndarray:
-    """(F, T) dB → (F, max(T, width)) float32 model input: min-max scaled, right-padded with ``lo``.
-
-    The padding value is the clip's own minimum (0 after scaling), as ``FeatureCache.windows``.
-    """
-    db = np.asarray(db, dtype=np.float32)
-    if db.shape[1] < width:
-        db = np.pad(db, ((0, 0), (0, width - db.shape[1])), constant_values=np.float32(lo))
-    if normalize == "minmax":
-        return np.asarray(minmax_scale(db, np.float32(lo), np.float32(hi)), dtype=np.float32)
-    if normalize == "none":
-        return db
-    raise ValueError(f"unknown normalisation '{normalize}' (expected minmax or none)")
-
-
-def take_windows(x: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
-    """(F, T) → (n, F, width) copies of the windows starting at ``starts``."""
-    view = np.lib.stride_tricks.sliding_window_view(x, width, axis=1)  # (F, T − width + 1, width)
-    return np.ascontiguousarray(view[:, starts].transpose(1, 0, 2))
 
 
 def ensemble_probs(members: Sequence, x: np.ndarray) -> np.ndarray:
@@ -101,8 +76,10 @@ def iter_window_probs(
     Windows of consecutive clips share batches of exactly ``cfg.batch_size`` windows (the last one
     smaller); a clip is yielded as soon as all its windows are scored. In fast mode, clips of more
     than one window are scored on their own (body once per clip); one-window clips still share
-    batches. Clips may therefore come back out of order in fast mode; use ``key``.
+    batches. Clips may therefore come back out of order in fast mode; use ``key``. ``normalize``: the
+    run's ``data.normalize`` (ValueError naming the key for an unknown one, before any clip is read).
     """
+    check_normalize(normalize)
     if cfg.mode not in ("exact", "fast"):
         raise ValueError(f"unknown inference mode '{cfg.mode}' (expected exact or fast)")
     members = as_members(members)
@@ -152,14 +129,6 @@ def _track(items: Iterable, total: int, progress: bool, label: str) -> Iterable:
 # cached clips
 
 
-def cache_clips(cache, indices: Sequence[int]) -> Iterator[Clip]:
-    """Clips of a ``FeatureCache`` at positions ``indices``, with the lo/hi of its index."""
-    lo = cache.index["lo"].to_numpy()
-    hi = cache.index["hi"].to_numpy()
-    for row, i in enumerate(indices):
-        yield Clip(row, cache.clip(int(i)), float(lo[i]), float(hi[i]))
-
-
 def predict_cache(
     models,
     cache,
@@ -174,10 +143,11 @@ def predict_cache(
     ``models``: nn.Modules built by ``noisytag.models.build`` (or members). Mean over models per
     window, then over the clip's windows (SPEC §7). ``normalize``: the run's input normalisation.
     """
+    check_normalize(normalize)
     members = as_members(models, device)
     indices = np.asarray(indices, dtype=np.int64)
     out = np.zeros((len(indices), members[0].n_classes), dtype=np.float32)
-    results = iter_window_probs(members, cache_clips(cache, indices), cfg, normalize)
+    results = iter_window_probs(members, cached_clips(cache, indices), cfg, normalize)
     for row, _starts, probs in _track(results, len(indices), progress, "predicting"):
         out[row] = probs.mean(axis=0)
     return out
@@ -193,7 +163,8 @@ class FileResult:
 
     ``duration``: seconds of the decoded file. ``offset``: file time (s) of the first sample of the
     processed clip (after silence trimming, minus any 2-s padding on the left), so window ``w`` spans
-    ``offset + starts[w] · hop / sr`` seconds of the file onwards.
+    ``offset + starts[w] · hop / sr`` seconds of the file onwards. ``error``: one line, ``"PATH: reason"``.
+    ``clip``: the clip's log-mel (:class:`~noisytag.audio.model_input.Clip`), kept only when asked.
     """
 
     path: Path
@@ -202,6 +173,7 @@ class FileResult:
     starts: np.ndarray | None = None
     window_probs: np.ndarray | None = None
     error: str | None = None
+    clip: Clip | None = None
 
     @property
     def probs(self) -> np.ndarray | None:
@@ -217,17 +189,6 @@ class FilePredictions:
     failures: list[str] = field(default_factory=list)
 
 
-def file_clip(path: str | Path, frontend: FrontendConfig, key: object = None) -> tuple[Clip, float, float]:
-    """Audio file → (its :class:`Clip`, duration s, offset s) via :func:`noisytag.audio.decode.load_clip`.
-
-    The log-mel is rounded through float16 like the feature cache, so a file and its cached clip
-    give identical model inputs. Raises ``noisytag.audio.decode.AudioError`` for a file that cannot be used.
-    """
-    loaded = load_clip(path, frontend)
-    db = log_mel(loaded.samples, frontend).astype(np.float16).astype(np.float32)
-    return Clip(key, db, float(db.min()), float(db.max())), loaded.duration, loaded.offset
-
-
 def iter_files(
     members: Sequence,
     paths: Sequence[str | Path],
@@ -236,11 +197,15 @@ def iter_files(
     normalize: str = "minmax",
     progress: bool = False,
     prefetch: int = 2,
+    keep_clips: bool = False,
+    max_seconds: float | None = None,
 ) -> Iterator[FileResult]:
     """Yield a :class:`FileResult` per path, in order; unreadable files carry ``error`` and are skipped.
 
-    Decoding and feature extraction run ``prefetch`` files ahead in a background thread (soundfile,
-    soxr and torch release the GIL), so they overlap with the models.
+    Decoding and feature extraction (:func:`noisytag.audio.model_input.file_clip`) run ``prefetch`` files
+    ahead in a background thread (soundfile, soxr and torch release the GIL), so they overlap with the
+    models. ``keep_clips``: each result also holds its clip's log-mel (memory grows with the files).
+    ``max_seconds``: a longer file is not scored; its result has its ``duration`` and an ``error``.
     """
     paths = [Path(p) for p in paths]
     results: dict[int, FileResult] = {i: FileResult(p) for i, p in enumerate(paths)}
@@ -259,11 +224,19 @@ def iter_files(
         try:
             clip, seconds, offset = future.result()
         except Exception as err:  # AudioError and anything a decoder may raise: report, keep going
-            reason = str(err) if str(err).startswith(str(paths[i])) else f"{paths[i]}: {err}"
+            reason = " ".join(str(err).split()) or type(err).__name__
+            if not reason.startswith(str(paths[i])):
+                reason = f"{paths[i]}: {reason}"
             results[i].error = reason
             log.warning("skipped %s", reason)
             return
         results[i].duration, results[i].offset = seconds, offset
+        if max_seconds is not None and seconds > max_seconds:
+            results[i].error = f"{paths[i]}: the audio lasts {seconds:.1f} s, more than {max_seconds:g} s"
+            log.warning("skipped %s", results[i].error)
+            return
+        if keep_clips:
+            results[i].clip = clip
         yield clip
 
     next_out = 0
@@ -291,6 +264,7 @@ def predict_files(
     progress: bool = False,
 ) -> FilePredictions:
     """Clip probabilities for arbitrary audio files (decode → log-mel → the same windows as the cache)."""
+    check_normalize(normalize)
     members = as_members(models, device)
     paths = [Path(p) for p in paths]
     probs = np.full((len(paths), members[0].n_classes), np.nan, dtype=np.float32)

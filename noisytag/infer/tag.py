@@ -1,14 +1,16 @@
-"""Apply a trained run to anyone's audio: top-k labels per file (with an optional per-window timeline),
-or a submission CSV for a folder of clips.
+"""Apply a trained run to anyone's audio: top-k labels per file (with an optional per-window timeline and
+log-mel picture), or a submission CSV for a folder of clips.
 
-``Tagger(run_dir).tag(paths)`` returns plain :class:`TagRecord` objects; the CLI prints them as a rich
-table, JSON or CSV (:func:`to_json`, :func:`to_csv`, :func:`to_table`). Folders are expanded
-recursively to supported audio files; a file that cannot be decoded becomes a record with ``error``
-set, and the other files are still tagged. :func:`predict_run` writes the submission of a test folder.
+``Tagger(run_dir).tag(paths)`` is the one tagging entry: it returns a :class:`TagRecord` per file, which the
+CLI prints as a rich table, JSON or CSV (:func:`to_json`, :func:`to_csv`, :func:`to_table`) and ``noisytag
+serve`` answers as JSON (the same record, plus the model and the time taken). Folders are expanded
+recursively to supported audio files; a file that cannot be decoded becomes a record with ``error`` set,
+and the other files are still tagged. :func:`predict_run` writes the submission of a test folder.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import io
@@ -21,39 +23,105 @@ import numpy as np
 from rich.table import Table
 
 from noisytag.audio.decode import audio_files
-from noisytag.config import InferConfig
+from noisytag.audio.image import gray_image, png_gray
+from noisytag.audio.model_input import check_normalize
+from noisytag.config import FrontendConfig, InferConfig
 from noisytag.data.manifest import is_manifest, load_manifest
-from noisytag.infer.ensemble import Ensemble, load_ensemble, run_infer_config, select_model_dirs
-from noisytag.infer.export import refresh_onnx
+from noisytag.infer.ensemble import (
+    Ensemble,
+    load_ensemble,
+    load_members,
+    member_name,
+    onnx_current,
+    run_infer_config,
+    select_model_dirs,
+    shared_settings,
+)
+from noisytag.infer.export import export_models, refresh_onnx
 from noisytag.infer.predict import FileResult, iter_files, predict_files
 from noisytag.infer.submission import write_submission
+from noisytag.models.weights import read_meta
+
+# The records below are also the HTTP API's schema (noisytag serve): field descriptions come from the
+# docstrings under the fields.
+_SCHEMA = {"use_attribute_docstrings": True}
+
+
+@dataclass
+class Label:
+    """One of a file's top labels."""
+
+    __pydantic_config__ = _SCHEMA
+    label: str
+    prob: float
+    """Clip probability: mean over the ensemble's members and the clip's windows."""
 
 
 @dataclass
 class Segment:
     """One inference window: file time span, its top label and probability."""
 
+    __pydantic_config__ = _SCHEMA
     start_s: float
+    """Window start in the file, seconds."""
     end_s: float
     label: str
+    """The window's most probable label."""
     prob: float
 
 
 @dataclass
-class TagRecord:
-    """Tags of one file. ``labels``: top-k (label, probability), best first; ``timeline``: per window."""
+class Timeline:
+    """A file window by window: each window's span and top label, and each top label's probability."""
 
+    __pydantic_config__ = _SCHEMA
+    classes: list[str]
+    """Classes of the ``probs`` columns: the file's top labels, best first."""
+    windows: list[Segment]
+    probs: list[list[float]]
+    """(windows, classes) probability of each class per window."""
+
+
+@dataclass
+class LogMelImage:
+    """The clip's log-mel as a picture, placed in file time."""
+
+    __pydantic_config__ = _SCHEMA
+    png: str
+    """Base64 8-bit grayscale PNG of the log-mel in dB: row 0 is the highest mel band, 0 = db_min and
+    255 = db_max; time max-pooled to at most 600 columns."""
+    width: int
+    height: int
+    start_s: float
+    """File time of column 0 (negative when the clip was padded)."""
+    seconds_per_column: float
+    db_min: float
+    db_max: float
+    fmin: float
+    fmax: float
+
+
+@dataclass
+class TagRecord:
+    """Tags of one file: ``labels`` best first; ``timeline`` and ``logmel`` only when asked for."""
+
+    __pydantic_config__ = _SCHEMA
     file: str
+    """The file as given (the API: the uploaded file's name as the client gave it, only echoed)."""
     duration: float | None = None
-    labels: list[tuple[str, float]] = field(default_factory=list)
-    timeline: list[Segment] | None = None
+    """Seconds of the decoded file."""
+    labels: list[Label] = field(default_factory=list)
+    timeline: Timeline | None = None
+    logmel: LogMelImage | None = None
     error: str | None = None
+    """Why the file could not be tagged (one line, starting with the file)."""
 
     def to_dict(self) -> dict:
+        """JSON-ready fields; ``timeline`` and ``logmel`` are left out when they were not asked for."""
         out = dataclasses.asdict(self)
-        out["labels"] = [{"label": lab, "prob": p} for lab, p in self.labels]
-        if self.timeline is None:
-            out.pop("timeline")
+        for key in ("timeline", "logmel"):
+            if out[key] is None:
+                out.pop(key)
         return out
 
 
@@ -69,38 +137,81 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def best_labels(probs: np.ndarray, classes: Sequence[str], k: int) -> list[tuple[str, float]]:
-    """(K,) probabilities → the k best (label, probability) pairs, ties broken by class order."""
+def best_labels(probs: np.ndarray, classes: Sequence[str], k: int) -> list[Label]:
+    """(K,) probabilities → the k best labels with their probabilities, ties broken by class order."""
     order = np.argsort(-probs, kind="stable")[: max(int(k), 0)]
-    return [(classes[i], round(float(probs[i]), 6)) for i in order]
+    return [Label(classes[i], round(float(probs[i]), 6)) for i in order]
 
 
-def timeline(result: FileResult, classes: Sequence[str], hop_seconds: float, width: int) -> list[Segment]:
-    """Per-window (start, end, top label, probability) in file seconds (see ``FileResult.offset``)."""
+def timeline(
+    result: FileResult, classes: Sequence[str], labels: Sequence[Label], hop_seconds: float, width: int
+) -> Timeline:
+    """Per-window span in file seconds (see ``FileResult.offset``), top label, and the probabilities of
+    the file's top ``labels``."""
     segments = []
     for start, probs in zip(result.starts, result.window_probs, strict=True):
         best = int(np.argmax(probs))
         t0 = max(result.offset + start * hop_seconds, 0.0)
         t1 = min(result.offset + (start + width) * hop_seconds, max(result.duration, t0))
         segments.append(Segment(round(t0, 3), round(t1, 3), classes[best], round(float(probs[best]), 6)))
-    return segments
+    columns = [list(classes).index(lab.label) for lab in labels]
+    probs = np.round(result.window_probs[:, columns], 4).tolist()
+    return Timeline([lab.label for lab in labels], segments, probs)
+
+
+def logmel_image(result: FileResult, frontend: FrontendConfig) -> LogMelImage:
+    """The picture of a result's clip (``iter_files(…, keep_clips=True)``)."""
+    clip = result.clip
+    image, per = gray_image(clip.db, clip.lo, clip.hi)
+    return LogMelImage(
+        png=base64.b64encode(png_gray(image)).decode("ascii"),
+        width=int(image.shape[1]),
+        height=int(image.shape[0]),
+        start_s=round(result.offset, 4),
+        seconds_per_column=per * frontend.hop_length / frontend.sample_rate,
+        db_min=round(clip.lo, 2),
+        db_max=round(clip.hi, 2),
+        fmin=float(frontend.fmin),
+        fmax=float(frontend.fmax or frontend.sample_rate / 2),
+    )
 
 
 def open_ensemble(
-    run_dir: str | Path, stages=None, archs=None, device: str = "cpu", backend: str = "torch"
+    run_dir: str | Path,
+    stages=None,
+    archs=None,
+    device: str = "cpu",
+    backend: str = "torch",
+    onnx_dir: str | Path | None = None,
 ) -> Ensemble:
-    """:func:`~noisytag.infer.ensemble.load_ensemble`; with the onnx backend the members are exported to
-    ``RUN_DIR/onnx`` first when they are missing there or stale (once per set of weights)."""
+    """:func:`~noisytag.infer.ensemble.load_ensemble`. With the onnx backend, members missing or stale in
+    ``RUN_DIR/onnx`` are exported first: into ``RUN_DIR/onnx`` (once per set of weights), or into
+    ``onnx_dir`` when given, so that the run directory is only read."""
     if backend == "onnx":
-        refresh_onnx(run_dir, select_model_dirs(run_dir, stages, archs))
+        dirs = select_model_dirs(run_dir, stages, archs)
+        if onnx_dir is not None and not onnx_current(run_dir, dirs):
+            return _exported_ensemble(run_dir, dirs, Path(onnx_dir))
+        refresh_onnx(run_dir, dirs)
     return load_ensemble(run_dir, stages, archs, device, backend)
+
+
+def _exported_ensemble(run_dir: str | Path, dirs: Sequence[Path], out_dir: Path) -> Ensemble:
+    """Export ``dirs`` into ``out_dir`` (outside the run) and load them from there as ONNX members."""
+    cfg = run_infer_config(run_dir)
+    export_models(dirs, out_dir, cfg.window, cfg.max_stride)
+    metas = [read_meta(d) for d in dirs]
+    classes, frontend, normalize = shared_settings(metas, list(dirs))
+    names = [member_name(m, Path(d)) for m, d in zip(metas, dirs, strict=True)]
+    return Ensemble(load_members(out_dir, names), classes, frontend, normalize)
 
 
 class Tagger:
     """A run's ensemble ready to tag audio files.
 
-    ``stages``/``archs`` choose the members (default: the run's infer.stages, all architectures);
-    ``backend`` torch or onnx; ``mode`` exact (SPEC §7 windows) or fast (body once per clip).
+    ``stages``/``archs`` choose the members (default: the run's ensemble, all architectures);
+    ``backend`` torch or onnx; ``mode`` exact (SPEC §7 windows) or fast (body once per clip);
+    ``onnx_dir``: where the onnx backend exports members the run does not hold exported (default
+    ``RUN_DIR/onnx``; see :func:`open_ensemble`).
     """
 
     def __init__(
@@ -112,6 +223,7 @@ class Tagger:
         archs: Sequence[str] | None = None,
         device: str = "cpu",
         batch_size: int | None = None,
+        onnx_dir: str | Path | None = None,
     ):
         cfg = run_infer_config(run_dir)
         changes = {"backend": backend, "mode": mode}
@@ -119,26 +231,49 @@ class Tagger:
             changes["batch_size"] = int(batch_size)
         self.cfg = dataclasses.replace(cfg, **changes)
         self.device = device
-        self.ensemble = open_ensemble(run_dir, stages or cfg.stages, archs, device, backend)
+        self.ensemble = open_ensemble(run_dir, stages, archs, device, backend, onnx_dir)
+        check_normalize(self.ensemble.normalize)
         self.classes = self.ensemble.classes
 
     def tag(
-        self, paths: Sequence[str | Path], top_k: int = 5, frames: bool = False, progress: bool = False
+        self,
+        paths: Sequence[str | Path],
+        top_k: int = 5,
+        frames: bool = False,
+        progress: bool = False,
+        logmel: bool = False,
+        max_seconds: float | None = None,
     ) -> list[TagRecord]:
-        """Tag files and folders → one record per file (errors included), in input order."""
+        """Tag files and folders → one record per file (errors included), in input order.
+
+        ``frames``: fill each record's ``timeline``; ``logmel``: its log-mel picture. ``max_seconds``:
+        longer files are decoded but not tagged (their record has the duration and an error).
+        """
         ens = self.ensemble
         files = expand_paths(paths)
         hop_seconds = ens.frontend.hop_length / ens.frontend.sample_rate
+        results = iter_files(
+            ens.members,
+            files,
+            self.cfg,
+            ens.frontend,
+            ens.normalize,
+            progress,
+            keep_clips=logmel,
+            max_seconds=max_seconds,
+        )
         records = []
-        for res in iter_files(ens.members, files, self.cfg, ens.frontend, ens.normalize, progress):
+        for res in results:
             if res.error is not None:
-                records.append(TagRecord(str(res.path), error=res.error))
+                duration = round(res.duration, 3) if res.duration else None
+                records.append(TagRecord(str(res.path), duration, error=res.error))
                 continue
-            record = TagRecord(
-                str(res.path), round(res.duration, 3), best_labels(res.probs, self.classes, top_k)
-            )
+            labels = best_labels(res.probs, self.classes, top_k)
+            record = TagRecord(str(res.path), round(res.duration, 3), labels)
             if frames:
-                record.timeline = timeline(res, self.classes, hop_seconds, self.cfg.window)
+                record.timeline = timeline(res, self.classes, labels, hop_seconds, self.cfg.window)
+            if logmel:
+                record.logmel = logmel_image(res, ens.frontend)
             records.append(record)
         return records
 
@@ -161,7 +296,7 @@ def predict_run(
     submission still lists every file. A manifest's clips are named by their ``path`` as written.
     """
     cfg = cfg or run_infer_config(run_dir)
-    ens = open_ensemble(run_dir, stages or cfg.stages, archs, device, cfg.backend)
+    ens = open_ensemble(run_dir, stages, archs, device, cfg.backend)
     test_dir = Path(test_dir)
     sample = test_dir.parent / "sample_submission.csv"
     if is_manifest(test_dir) and test_dir.suffix.lower() == ".csv":
@@ -185,7 +320,8 @@ def predict_run(
 
 
 def to_json(records: Sequence[TagRecord]) -> str:
-    """A JSON list with one object per file (file, duration, labels [{label, prob}], timeline?, error)."""
+    """A JSON list with one object per file (file, duration, labels [{label, prob}], timeline?, logmel?,
+    error): :meth:`TagRecord.to_dict`."""
     return json.dumps([r.to_dict() for r in records], indent=2)
 
 
@@ -201,15 +337,15 @@ def to_csv(records: Sequence[TagRecord], frames: bool = False) -> str:
         for r in records:
             if r.error is not None:
                 writer.writerow([r.file, "", "", "", "", r.error])
-            for s in r.timeline or []:
+            for s in r.timeline.windows if r.timeline else []:
                 writer.writerow([r.file, s.start_s, s.end_s, s.label, s.prob, ""])
         return buf.getvalue()
     writer.writerow(["file", "duration", "rank", "label", "prob", "error"])
     for r in records:
         if r.error is not None:
             writer.writerow([r.file, "", "", "", "", r.error])
-        for rank, (label, prob) in enumerate(r.labels, 1):
-            writer.writerow([r.file, r.duration, rank, label, prob, ""])
+        for rank, lab in enumerate(r.labels, 1):
+            writer.writerow([r.file, r.duration, rank, lab.label, lab.prob, ""])
     return buf.getvalue()
 
 
@@ -225,11 +361,12 @@ def to_table(records: Sequence[TagRecord], frames: bool = False):
         if r.error is not None:
             row = [r.file, "", f"[red]error:[/] {r.error}"]
         else:
-            row = [r.file, f"{r.duration:.1f}", "\n".join(f"{p:.3f}  {lab}" for lab, p in r.labels)]
+            row = [r.file, f"{r.duration:.1f}", "\n".join(f"{lab.prob:.3f}  {lab.label}" for lab in r.labels)]
         if frames:
             row.append(
                 "\n".join(
-                    f"{s.start_s:6.1f}–{s.end_s:6.1f}: {s.label} {s.prob:.2f}" for s in r.timeline or []
+                    f"{s.start_s:6.1f}–{s.end_s:6.1f}: {s.label} {s.prob:.2f}"
+                    for s in (r.timeline.windows if r.timeline else [])
                 )
             )
         table.add_row(*row)

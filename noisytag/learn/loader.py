@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from noisytag.audio.features import normalize as minmax
+from noisytag.audio.model_input import cache_windows, check_normalize
 from noisytag.audio.windows import window_offsets
 
 Caches = Mapping[str, object]  # split name → FeatureCache
@@ -65,34 +65,27 @@ class ClipSet:
         )
 
 
-def _read_window(cache, position: int, start: int, width: int, normalize: str) -> np.ndarray:
-    """(1, n_mels, width) float32 input of one window, normalised as the model expects."""
-    db = cache.windows(np.array([position]), np.array([start]), width)[0]
-    if normalize == "minmax":
-        row = cache.index.iloc[position]
-        db = minmax(db, np.float32(row["lo"]), np.float32(row["hi"]))
-    return db[None].astype(np.float32, copy=False)
-
-
 class _ClipWindows(Dataset):
-    """Shared part of the window datasets: the clips, their caches, lengths and window reads."""
+    """Shared part of the window datasets: the clips, their caches, lengths and window reads.
+
+    ``normalize``: the run's ``data.normalize`` (ValueError naming the key for an unknown one).
+    """
 
     def __init__(self, caches: Caches, clips: ClipSet, width: int, normalize: str):
         self.caches = caches
         self.clips = clips
         self.width = width
-        self.normalize = normalize
+        self.normalize = check_normalize(normalize)
         self.n_frames = np.array(
             [caches[s].index["n_frames"].iat[p] for s, p in zip(clips.split, clips.position, strict=True)],
             dtype=np.int64,
         )
 
     def window(self, i: int, start: int) -> torch.Tensor:
-        """(1, n_mels, width) model input of clip i's window starting at frame ``start``."""
+        """(1, n_mels, width) float32 model input of clip i's window starting at frame ``start``."""
         cache = self.caches[self.clips.split[i]]
-        return torch.from_numpy(
-            _read_window(cache, int(self.clips.position[i]), start, self.width, self.normalize)
-        )
+        position = int(self.clips.position[i])
+        return torch.from_numpy(cache_windows(cache, [position], [start], self.width, self.normalize))
 
 
 class RandomWindowDataset(_ClipWindows):

@@ -26,9 +26,7 @@ function rgb(p) {
 async function init() {
   const info = $("#model-info");
   try {
-    const m = (await (await fetch("api/health")).json()).model;
-    info.textContent = `run ${m.run} · ${m.architectures.join(", ")} · stages ${m.stages.join(", ")} · ` +
-      `${m.members} models · ${m.n_classes} classes · ${m.backend}, ${m.mode} mode`;
+    info.textContent = describeModel((await (await fetch("api/health")).json()).model);
   } catch (err) {
     info.textContent = "the model's description is unavailable";
   }
@@ -51,6 +49,12 @@ async function init() {
     addFiles(e.dataTransfer.files);
   });
   setupRecorder();
+}
+
+// The header line: the run directory's name as a label ("run: demo"), so a run named "run" reads "run: run".
+function describeModel(m) {
+  return `run: ${m.run} · ${m.architectures.join(", ")} · stages ${m.stages.join(", ")} · ` +
+    `${m.members} models · ${m.n_classes} classes · ${m.backend}, ${m.mode} mode`;
 }
 
 function addFiles(files) {
