@@ -158,6 +158,26 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """One student trained on a finished run's ensemble (``noisytag distill``): every clip, soft targets.
+
+    ``targets``: "oof" — each labelled clip of fold f gets the predictions of fold f's models, which did
+    not train on it; "insample" — every model's. ``label_weight``: share of a curated clip's target that
+    is its given labels (the rest is the teacher's). ``unlabelled``: a folder of audio without labels
+    that only the student learns from (teacher targets), or "" for none.
+    """
+
+    arch: str = "mobilenet"
+    width: float = 1.0
+    epochs: int = 30
+    lr: float = 3e-3
+    label_weight: float = 0.1
+    targets: str = "oof"
+    unlabelled: str = ""
+    teacher: str = ""  # the teacher run directory (set by noisytag distill)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -168,6 +188,7 @@ class RunConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     noisy: NoisyConfig = field(default_factory=NoisyConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

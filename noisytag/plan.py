@@ -19,7 +19,7 @@ from typing import Any
 
 from noisytag.config import ConfigError, RunConfig, config_from_dict, stable_hash
 
-KINDS = ("warmup", "joint")
+KINDS = ("warmup", "joint", "student")
 STAGES = (1, 2, 3, 4)
 # Stage k of the warm-up selects its trusted noisy clips from these earlier stages' OOF (SPEC §6).
 SELECTS_FROM = {3: (1, 2), 4: (3,)}
@@ -45,12 +45,17 @@ COMMON_INPUTS = (
     "infer.mode",
     "pipeline.mode",
 )
+# The inputs a student reads instead of the pipeline's stages (its model, recipe and teacher).
+STUDENT_INPUTS = ("frontend", "data.normalize", "augment", "model.in_channels", "train", "infer.window",
+                  "infer.max_stride", "pipeline.mode")  # fmt: skip
 # What the parts of a training set mean (the "trains on" column).
 PART_TEXT = {
     "noisy": "noisy (given labels)",
     "curated": "curated",
     "selected": "selected noisy",
     "untrusted": "other noisy",
+    "teacher": "every clip (teacher targets)",
+    "unlabelled": "unlabelled audio (teacher)",
 }
 
 
@@ -160,6 +165,12 @@ def validate(cfg: RunConfig) -> None:
     _check(t.lr > 0, "train.lr", "must be > 0")
     _check(0 < t.pct_start < 1, "train.pct_start", "must be in (0, 1)")
     _check(t.folds >= 2, "train.folds", "k-fold training needs ≥ 2 folds")
+    d = cfg.distill
+    _check(d.epochs >= 1, "distill.epochs", "must be ≥ 1")
+    _check(d.lr > 0, "distill.lr", "must be > 0")
+    _check(d.width > 0, "distill.width", "must be > 0")
+    _check(0 <= d.label_weight <= 1, "distill.label_weight", "must be in [0, 1]")
+    _check(d.targets in ("oof", "insample"), "distill.targets", f"'oof' or 'insample', got {d.targets!r}")
     _check(t.window >= 1, "train.window", "must be ≥ 1 frame")
     _check(t.weight_decay >= 0, "train.weight_decay", "must be ≥ 0")
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1", "Adam betas must be in [0, 1)")
@@ -248,7 +259,8 @@ def _value(data: dict, dotted: str) -> Any:
 
 def _result_keys(cfg: RunConfig, stages: list[StagePlan], arch: str) -> list[str]:
     data = cfg.to_dict()
-    common = {k: _value(data, k) for k in COMMON_INPUTS} | {"arch": arch}
+    inputs = STUDENT_INPUTS if cfg.pipeline.mode == "student" else COMMON_INPUTS
+    common = {k: _value(data, k) for k in inputs} | {"arch": arch}
     key, keys = stable_hash(common), []
     for s in stages:
         own = {k: _value(data, k) for k in s.inputs} | {"stage": s.stage, "epochs_lr": [s.epochs, s.lr]}
@@ -257,9 +269,29 @@ def _result_keys(cfg: RunConfig, stages: list[StagePlan], arch: str) -> list[str
     return keys
 
 
+def _student_stage(cfg: RunConfig) -> StagePlan:
+    """One model on every clip of the teacher's data set (and unlabelled audio), teacher targets."""
+    d = cfg.distill
+    return StagePlan(
+        stage=1,
+        trains_on=("teacher",) + (("unlabelled",) if d.unlabelled else ()),
+        starts_from=None,
+        epochs=d.epochs,
+        lr=d.lr,
+        treatment="drop",
+        selects_from=(),
+        inputs=("distill",),
+    )
+
+
 def build_plan(cfg: RunConfig) -> RunPlan:
     """Validate ``cfg`` and turn it into the plan of its run."""
     validate(cfg)
+    if cfg.pipeline.mode == "student":
+        stage = _student_stage(cfg)
+        keys = _result_keys(cfg, [stage], cfg.distill.arch)
+        stage = dataclasses.replace(stage, keys={cfg.distill.arch: keys[0]})
+        return RunPlan("student", (cfg.distill.arch,), 1, (stage,), (1,))
     if cfg.pipeline.mode == "joint":
         stages = [_joint_stage(cfg)]
     else:

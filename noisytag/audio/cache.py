@@ -288,6 +288,21 @@ def build_cache(
     return root
 
 
+def build_folder_cache(
+    folder: str | Path, cache_dir: str | Path, cfg: FrontendConfig, name: str, workers: int = 0
+) -> FeatureCache:
+    """Extract every audio file under ``folder`` (recursively; keyed by resolved path) into
+    ``cache_dir/<cfg.key()>/<name>`` and open it: audio outside any data set (distillation's unlabelled
+    clips). Resumable like :func:`build_cache`; CacheError when the folder holds no audio."""
+    folder = Path(folder)
+    files = audio_files(folder, recursive=True) if folder.is_dir() else []
+    if not files:
+        raise CacheError(f"{folder}: no audio files (.wav, .flac, .ogg, .mp3) in this folder")
+    out = Path(cache_dir) / cfg.key() / name
+    _build_group([(str(p.resolve()), p) for p in files], out, cfg, workers, lambda total: lambda: None, False)
+    return FeatureCache(out, split=name)
+
+
 # ----------------------------------------------------------------------------------------------
 # reading
 

@@ -207,6 +207,43 @@ def pipeline(
 
 
 @app.command(rich_help_panel="Training")
+def distill(
+    run: Annotated[Path, typer.Argument(help="The finished run whose ensemble teaches (the teacher).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Student run directory (created or resumed).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: Annotated[
+        bool, typer.Option(help="Continue a student directory made with another config.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    report: Annotated[bool, typer.Option(help="Write report.html at the end.")] = True,
+) -> None:
+    """Distil a run's ensemble into one compact student trained on every clip, selected or not.
+
+    The teacher scores every window of every clip once (a clip of fold f only by fold f's models,
+    which never trained on it); the student (distill.arch, default mobilenet) learns those window
+    probabilities, mixed with the given labels of curated clips (distill.label_weight). Audio without
+    labels can teach too: --set distill.unlabelled=FOLDER. The student directory is a normal run:
+    predict, tag, serve, export and report work on it. Resumable after a kill.
+    """
+    from rich.markup import escape
+
+    from noisytag.config import ConfigError
+    from noisytag.report.page import write_report
+    from noisytag.report.summary import print_results
+    from noisytag.runs.distill import load_student_config, run_distill
+
+    try:
+        cfg = load_student_config(run, out, config, set_ or [])
+        results = run_distill(run, out, cfg, force=force, progress=progress)
+    except (ConfigError, DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
+        fail(escape(str(err)))
+    if report:
+        results["report"] = write_report(out)
+    print_results(console, results, out)
+
+
+@app.command(rich_help_panel="Training")
 def demo(
     data: Annotated[Path, typer.Option(help="Where the demo data set is (generated if missing).")] = Path(
         "data/demo"

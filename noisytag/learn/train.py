@@ -295,8 +295,13 @@ def make_trainer(cfg: RunConfig, max_epochs: int, fold_dir: Path | None, progres
     )
 
 
-def train_loader(cfg: RunConfig, caches: Mapping, clips: ClipSet, seed: int) -> DataLoader:
-    data = RandomWindowDataset(caches, clips, cfg.train.window, seed, cfg.data.normalize)
+def train_loader(cfg: RunConfig, caches: Mapping, clips: ClipSet, seed: int, data=None) -> DataLoader:
+    """Seeded epochs over ``data`` (default: one random window of each clip per epoch)."""
+    data = (
+        data
+        if data is not None
+        else RandomWindowDataset(caches, clips, cfg.train.window, seed, cfg.data.normalize)
+    )
     return DataLoader(
         data,
         batch_size=cfg.train.batch_size,
@@ -347,11 +352,13 @@ def fit_fold(
     init_state: Mapping[str, torch.Tensor] | None = None,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    train_data=None,
 ) -> TaggerModule:
     """Train one fold model, resuming from ``fold_dir/last.ckpt`` when it exists.
 
     ``init_state``: weights of the previous stage's model of the same fold (warm start); ignored
-    when resuming, since the checkpoint already holds the weights.
+    when resuming, since the checkpoint already holds the weights. ``train_data``: a dataset of the
+    training loader's kind (keys ``epoch * N + i``) instead of random windows of ``train`` (distillation).
     """
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -367,7 +374,7 @@ def fit_fold(
         log.info("resuming %s from %s", fold_dir, resume)
     trainer.fit(
         module,
-        train_dataloaders=train_loader(cfg, caches, train, seed),
+        train_dataloaders=train_loader(cfg, caches, train, seed, train_data),
         val_dataloaders=val_loader(cfg, caches, val) if len(val) else None,
         ckpt_path=str(resume) if resume is not None else None,
     )

@@ -1,0 +1,268 @@
+"""``noisytag distill RUN -o STUDENT``: a finished run's ensemble → one student run directory.
+
+The student run is a normal run directory whose plan (kind ``student``) has one stage and one member
+(``{arch}/stage1/fold0``), so predict, tag, serve, export and report work on it unchanged. Steps, each
+kill-safe: the teacher's window probabilities per split (``teacher/{split}.npz``, written once), the
+student's training (Lightning checkpoint per epoch, resumed like a fold), then its test predictions
+and the student-vs-teacher tables (``test_scores.csv``, ``per_class.csv``, ``stage_table.csv``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from noisytag.audio.cache import build_folder_cache
+from noisytag.config import ConfigError, RunConfig, load_config, with_overrides
+from noisytag.data.dataset import DataError
+from noisytag.fileio import write_csv, write_npy, write_text
+from noisytag.infer.predict import predict_cache
+from noisytag.infer.submission import write_submission
+from noisytag.learn.distill import TeacherWindowDataset, WindowTargets, student_targets, teach
+from noisytag.learn.loader import ClipSet
+from noisytag.learn.train import fit_fold, inference_device
+from noisytag.metrics import lwlrap, per_class_lwlrap
+from noisytag.models.weights import load_model, save_model
+from noisytag.rundir import RunDir
+from noisytag.runs.context import RunContext, open_run
+from noisytag.runs.scoring import ensemble_test, test_scores
+from noisytag.runs.validate import checked_plan
+
+log = logging.getLogger(__name__)
+
+STAGE, FOLD = 1, 0  # where the student's one model lives in its run directory
+STUDENT_SETS = {"model.width", "pipeline.mode", "pipeline.architectures"}  # set from distill.*
+
+
+def student_config(teacher: RunDir, overrides: RunConfig | None, sets: list[str]) -> RunConfig:
+    """The student's config: the teacher's (or ``overrides``) with ``--set``s, as a student run."""
+    cfg = overrides if overrides is not None else teacher.saved_config()
+    d = with_overrides(cfg, sets).distill
+    cfg = with_overrides(
+        cfg,
+        [*sets, "pipeline.mode=student", f"pipeline.architectures=[{d.arch}]", f"model.width={d.width}"]
+        + [f"distill.teacher={teacher.root.resolve()}"],
+    )
+    checked_plan(cfg)
+    return cfg
+
+
+def check_teacher(teacher: RunDir, cfg: RunConfig) -> None:
+    """One line for a teacher that cannot teach this student: unfinished, or another front end."""
+    if not teacher.config.is_file():
+        raise DataError(f"{teacher.root}: not a run directory (no config.yaml)")
+    plan, saved = teacher.plan(), teacher.saved_config()
+    if plan.kind == "student":
+        raise DataError(f"{teacher.root}: a student run; distil its teacher instead")
+    missing = [
+        f"{a}/stage{s}/fold{f}"
+        for a in plan.architectures
+        for s in plan.ensemble
+        for f in range(plan.folds)
+        if not teacher.fold_done(a, s, f).is_file()
+    ]
+    if missing:
+        raise DataError(
+            f"{teacher.root}: the run is not finished ({len(missing)} ensemble model(s) missing, e.g. "
+            f"{missing[0]}); finish it with noisytag pipeline first"
+        )
+    for key in ("frontend", "data.normalize", "infer.window"):
+        a, b = saved.to_dict(), cfg.to_dict()
+        for part in key.split("."):
+            a, b = a[part], b[part]
+        if a != b:
+            raise ConfigError(
+                f"config key '{key}': the student must read the teacher's input ({a!r}), got {b!r}"
+            )
+
+
+def _members(teacher: RunDir, plan, folds, device: str) -> dict[int, list]:
+    """Fold → the ensemble's models of that fold (every stage and architecture of the ensemble)."""
+    out: dict[int, list] = {}
+    for f in folds:
+        out[f] = [
+            load_model(teacher.fold_dir(a, s, f))[0].to(device).eval()
+            for a in plan.architectures
+            for s in plan.ensemble
+        ]
+    return out
+
+
+def teacher_targets(
+    ctx: RunContext, student: RunDir, cfg: RunConfig, extra: dict
+) -> dict[str, WindowTargets]:
+    """Per split: the teacher's window probabilities (out-of-fold or in-sample), computed once."""
+    teacher = RunDir(cfg.distill.teacher)
+    plan, device = teacher.plan(), inference_device(cfg)
+    out, members = {}, None
+    for split in ("curated", "noisy", "test", *extra):
+        path = student.root / "teacher" / f"{split}.npz"
+        if path.is_file():
+            out[split] = WindowTargets.load(path)
+            continue
+        if members is None:
+            members = _members(teacher, plan, range(plan.folds), device)
+        if split in extra:
+            cache, positions = extra[split], np.arange(len(extra[split]))
+            group = np.full(len(positions), -1)
+        else:
+            cache, positions = ctx.caches[split], ctx.splits[split].clips.position
+            labelled = split != "test" and cfg.distill.targets == "oof"
+            group = ctx.splits[split].fold if labelled else np.full(len(positions), -1)
+        by_group = {g: members[g] for g in range(plan.folds)} | {
+            -1: [m for ms in members.values() for m in ms]
+        }
+        log.info("teacher: scoring %d %s clips", len(positions), split)
+        with torch.no_grad():
+            out[split] = teach(by_group, group, cache, positions, cfg.infer, cfg.data.normalize)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        out[split].save(tmp)
+        tmp.replace(path)  # whole or absent: a kill never leaves half a file
+    return out
+
+
+def _training_set(ctx: RunContext, cfg: RunConfig, teacher: dict, extra: dict):
+    """Every curated, noisy (and unlabelled) clip, with per-window targets mixed as configured."""
+    parts, windows, targets = [], [], []
+    splits = [s for s in ("curated", "noisy", *extra)]
+    for split in splits:
+        if split in extra:
+            n = len(extra[split])
+            clips = ClipSet(
+                np.full(n, split, dtype=object),
+                np.arange(n, dtype=np.int64),
+                np.zeros((n, len(ctx.classes)), np.float32),
+            )
+        else:
+            clips = ctx.splits[split].clips
+        w = np.full(len(clips), cfg.distill.label_weight if split == "curated" else 0.0, np.float32)
+        parts.append(clips)
+        windows.append(teacher[split])
+        targets.append(student_targets(teacher[split], clips.targets, w))
+    return ClipSet.concat(parts), WindowTargets.concat(windows), np.concatenate(targets)
+
+
+def run_distill(
+    teacher_dir: str | Path,
+    student_dir: str | Path,
+    cfg: RunConfig,
+    force: bool = False,
+    progress: bool = True,
+    callbacks=(),
+) -> dict:
+    """Distil the finished run ``teacher_dir`` into one model in ``student_dir``; resumable.
+
+    ``callbacks``: extra Lightning callbacks of the student's training (tests interrupt it with one).
+    """
+    teacher = RunDir(teacher_dir)
+    check_teacher(teacher, cfg)
+    data_dir = Path(teacher.info().get("data_dir", ""))
+    if not data_dir.exists():
+        raise DataError(f"{teacher.root}: its data set {str(data_dir)!r} is not there (run.json data_dir)")
+    student = RunDir(student_dir)
+    if not student.folds.is_file():  # out-of-fold teaching needs the teacher's folds, not new ones
+        student.root.mkdir(parents=True, exist_ok=True)
+        write_text(student.folds, teacher.folds.read_text())
+    ctx = open_run(data_dir, student.root, cfg, force=force, progress=progress)
+    extra = {}
+    if cfg.distill.unlabelled:
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else data_dir / ".noisytag-cache"
+        extra["unlabelled"] = build_folder_cache(
+            cfg.distill.unlabelled, cache_dir, cfg.frontend, "unlabelled", cfg.data.workers
+        )
+    caches = {**ctx.caches, **extra}
+    teacher_probs = teacher_targets(ctx, student, cfg, extra)
+    arch, fold_dir = cfg.distill.arch, student.fold_dir(cfg.distill.arch, STAGE, FOLD)
+    if not student.fold_done(arch, STAGE, FOLD).is_file():
+        clips, windows, targets = _training_set(ctx, cfg, teacher_probs, extra)
+        seed = cfg.train.seed + 7919
+        data = TeacherWindowDataset(
+            caches, clips, windows, targets, cfg.train.window, seed, cfg.data.normalize
+        )
+        started = time.perf_counter()
+        module = fit_fold(
+            cfg, arch=arch, n_classes=len(ctx.classes), caches=caches, train=clips,
+            val=clips.subset(np.zeros(len(clips), bool)), fold_dir=fold_dir, epochs=cfg.distill.epochs,
+            lr=cfg.distill.lr, seed=seed, progress=progress, train_data=data, callbacks=callbacks,
+        )  # fmt: skip
+        model = module.model.eval().cpu()
+        test = predict_cache(
+            [model], ctx.caches["test"], ctx.test.clips.position, cfg.infer, cfg.data.normalize
+        )
+        write_npy(student.fold_test(arch, STAGE, FOLD), test.astype(np.float32))
+        meta = {
+            "arch": arch, "stage": STAGE, "fold": FOLD, "classes": ctx.classes,
+            "frontend": cfg.to_dict()["frontend"], "normalize": cfg.data.normalize,
+            "config_hash": cfg.hash(), "n_train": len(clips), "teacher": str(teacher.root.resolve()),
+        }  # fmt: skip
+        save_model(fold_dir, model, meta)
+        student.fold_checkpoint(arch, STAGE, FOLD).unlink(missing_ok=True)
+        write_text(student.fold_done(arch, STAGE, FOLD), f"{round(time.perf_counter() - started, 2)}\n")
+    return finish_student(ctx, teacher, student, cfg, teacher_probs)
+
+
+def finish_student(ctx: RunContext, teacher: RunDir, student: RunDir, cfg: RunConfig, probs: dict) -> dict:
+    """Student vs teacher on the test set (overall, per class), the student's submission."""
+    arch = cfg.distill.arch
+    test = np.load(student.fold_test(arch, STAGE, FOLD), allow_pickle=False)
+    tctx = dataclasses.replace(ctx, cfg=teacher.saved_config(), plan=teacher.plan(), run=teacher)
+    teacher_test, members = ensemble_test(tctx)
+    seconds = float(student.fold_done(arch, STAGE, FOLD).read_text())
+    n_train = int(len(ctx.curated.fnames) + len(ctx.noisy.fnames) + len(probs.get("unlabelled", [])))
+    rows = [
+        {"model": f"teacher: ensemble {'+'.join(members)} ({len(members) * teacher.plan().folds} models)",
+         "arch": "+".join(teacher.plan().architectures), "stage": 0} | test_scores(ctx, teacher_test),
+        {"model": f"student: {arch}", "arch": arch, "stage": STAGE} | test_scores(ctx, test)
+        | {"n_train": n_train, "seconds": seconds},
+    ]  # fmt: skip
+    table = pd.DataFrame(rows)
+    # How closely the student follows its teacher on the test windows it never trained on.
+    table["agreement_lwlrap"] = [
+        1.0,
+        lwlrap(teacher_test > 0.5, test) if (teacher_test > 0.5).any() else np.nan,
+    ]
+    per_class = []
+    truth = ctx.truth_test
+    if truth is not None:
+        for name, p in (("teacher", teacher_test), ("student", test)):
+            scores, weights = per_class_lwlrap(truth > 0.5, p)
+            per_class.append(
+                pd.DataFrame({"label": ctx.classes, "lwlrap": scores, "weight": weights, "source": name})
+            )
+    write_csv(student.stage_table, table)
+    write_csv(
+        student.test_scores,
+        table[[c for c in table.columns if c in ("model", "arch") or c.startswith("test_lwlrap")]],
+    )
+    write_csv(
+        student.per_class,
+        pd.concat(per_class) if per_class else pd.DataFrame(columns=["label", "lwlrap", "weight", "source"]),
+    )
+    sample = ctx.data_dir / "sample_submission.csv"
+    write_submission(
+        student.submission, ctx.test.fnames, test, ctx.classes, sample if sample.is_file() else None
+    )
+    student.update_info(
+        finished=time.strftime("%Y-%m-%d %H:%M:%S"), ensemble_stages=[STAGE], teacher=str(teacher.root)
+    )
+    return {"stage_table": table, "test": table, "selection": pd.DataFrame()}
+
+
+def load_student_config(
+    teacher_dir: str | Path, student_dir: str | Path, config: str | Path | None, sets: list[str]
+) -> RunConfig:
+    """The config a distillation runs with: a resumed student keeps its own unless given another."""
+    student, teacher = RunDir(student_dir), RunDir(teacher_dir)
+    if config is None and student.config.is_file():
+        return with_overrides(student.saved_config(), sets)
+    base = load_config(config) if config is not None else None
+    if not teacher.config.is_file():
+        raise DataError(f"{teacher.root}: not a run directory (no config.yaml)")
+    return student_config(teacher, base, sets)

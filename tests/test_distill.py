@@ -1,0 +1,130 @@
+"""noisytag distill: a finished run's ensemble → one student run that every inference command reads."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from lightning.pytorch.callbacks import Callback
+from typer.testing import CliRunner
+
+from noisytag.audio.cache import CacheError
+from noisytag.cli import app
+from noisytag.config import ConfigError
+from noisytag.data.dataset import DataError
+from noisytag.infer.ensemble import select_model_dirs
+from noisytag.infer.export import export_run
+from noisytag.infer.tag import Tagger
+from noisytag.learn.distill import WindowTargets, student_targets
+from noisytag.rundir import RunDir
+from noisytag.runs.context import open_run
+from noisytag.runs.distill import load_student_config, run_distill
+from noisytag.runs.scoring import stage_oof
+
+pytestmark = pytest.mark.slow
+
+SETS = ["distill.epochs=2", "distill.width=0.25", "train.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def student(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("student") / "student"
+    cfg = load_student_config(tiny_run, out, None, SETS)
+    results = run_distill(tiny_run, out, cfg, progress=False)
+    return out, results
+
+
+def test_the_student_is_a_normal_run_with_one_member(student, tiny_data, tmp_path):
+    out, results = student
+    run = RunDir(out)
+    assert run.plan().kind == "student" and run.plan().ensemble == (1,)
+    assert [d.relative_to(out).as_posix() for d in select_model_dirs(out)] == ["mobilenet/stage1/fold0"]
+    wavs = sorted((tiny_data / "test").glob("*.wav"))[:2]
+    records = Tagger(out).tag(wavs)
+    assert len(records) == 2 and all(r.labels for r in records)
+    assert len(export_run(out, tmp_path / "onnx")["members"]) == 1
+    table = results["stage_table"]
+    assert list(table["model"].str.split(":").str[0]) == ["teacher", "student"]
+    assert np.isfinite(table["test_lwlrap"]).all()
+    per_class = pd.read_csv(run.per_class)
+    assert set(per_class["source"]) == {"teacher", "student"}
+    assert len(pd.read_csv(run.submission)) == len(list((tiny_data / "test").glob("*.wav")))
+    report = CliRunner().invoke(app, ["report", str(out)])
+    assert report.exit_code == 0, report.output
+
+
+def test_out_of_fold_targets_are_the_runs_own_oof(student, tiny_run, tiny_data):
+    """A curated clip of fold f is taught by fold f's models alone: its window mean is the run's OOF."""
+    out, _ = student
+    targets = WindowTargets.load(out / "teacher" / "curated.npz")
+    teacher = RunDir(tiny_run)
+    ctx = open_run(tiny_data, tiny_run, teacher.saved_config(), progress=False, writer=False)
+    oof = np.mean([stage_oof(ctx, "cnn1", s, "curated") for s in teacher.plan().ensemble], axis=0)
+    np.testing.assert_allclose(targets.clip_means(), oof, atol=2e-5)
+
+
+def test_curated_targets_mix_in_their_labels():
+    teacher = WindowTargets(
+        np.array([0, 2]), np.array([2, 1]), np.array([0, 48, 0]), np.full((3, 2), 0.5, np.float32)
+    )
+    labels = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    out = student_targets(teacher, labels, np.array([0.1, 0.0], np.float32))
+    np.testing.assert_allclose(out, [[0.55, 0.45], [0.55, 0.45], [0.5, 0.5]])
+
+
+class StopAtEpoch(Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated interruption")
+
+
+def test_a_killed_distillation_resumes(tiny_run, tmp_path, caplog):
+    out = tmp_path / "student"
+    cfg = load_student_config(tiny_run, out, None, SETS)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run_distill(tiny_run, out, cfg, progress=False, callbacks=[StopAtEpoch()])
+    run = RunDir(out)
+    assert run.fold_checkpoint("mobilenet", 1, 0).is_file() and not run.fold_done("mobilenet", 1, 0).exists()
+    teacher_files = {p.name: p.stat().st_mtime_ns for p in (out / "teacher").glob("*.npz")}
+    with caplog.at_level("INFO"):
+        run_distill(tiny_run, out, load_student_config(tiny_run, out, None, []), progress=False)
+    assert any("resuming" in r.message for r in caplog.records)
+    assert run.fold_done("mobilenet", 1, 0).is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "teacher").glob("*.npz")} == teacher_files
+
+
+def test_unlabelled_audio_teaches_the_student(tiny_run, tiny_data, tmp_path):
+    folder = tmp_path / "field"
+    folder.mkdir()
+    for wav in sorted((tiny_data / "test").glob("*.wav"))[:3]:
+        shutil.copy(wav, folder / wav.name)
+    out = tmp_path / "student"
+    cfg = load_student_config(
+        tiny_run, out, None, [*SETS, "distill.epochs=1", f"distill.unlabelled={folder}"]
+    )
+    run_distill(tiny_run, out, cfg, progress=False)
+    assert len(WindowTargets.load(out / "teacher" / "unlabelled.npz")) == 3
+    assert RunDir(out).plan().stage(1).trains_on == ("teacher", "unlabelled")
+
+
+def test_bad_input_is_one_line(tiny_run, tmp_path):
+    unfinished = shutil.copytree(tiny_run, tmp_path / "unfinished")
+    (unfinished / "cnn1" / "stage4" / "fold1" / "done").unlink()
+    with pytest.raises(DataError, match="not finished"):
+        run_distill(unfinished, tmp_path / "s1", load_student_config(unfinished, tmp_path / "s1", None, SETS))
+    with pytest.raises(ConfigError, match=r"frontend"):
+        cfg = load_student_config(tiny_run, tmp_path / "s2", None, [*SETS, "frontend.n_mels=64"])
+        run_distill(tiny_run, tmp_path / "s2", cfg, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CacheError, match="no audio files"):
+        cfg = load_student_config(
+            tiny_run, tmp_path / "s3", None, [*SETS, f"distill.unlabelled={tmp_path / 'empty'}"]
+        )
+        run_distill(tiny_run, tmp_path / "s3", cfg, progress=False)
+    result = CliRunner().invoke(
+        app, ["distill", str(unfinished), "-o", str(tmp_path / "s4"), "--set", "distill.epochs=1"]
+    )
+    assert result.exit_code == 2 and "not finished" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) <= 2
