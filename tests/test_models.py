@@ -14,16 +14,24 @@ def n_trainable(model: nn.Module) -> int:
 
 
 def test_registry_lists_builtins():
-    assert {"cnn1", "vgg16"} <= set(available())
+    assert {"cnn1", "mobilenet", "vgg16"} <= set(available())
     assert options_of("cnn1") == {"width": 1.0}
+    assert options_of("mobilenet") == {"width": 1.0, "hidden": 256}
 
 
-@pytest.mark.parametrize(("name", "count"), [("cnn1", 5_258_128), ("vgg16", 15_292_048)])
+@pytest.mark.parametrize(
+    ("name", "count"), [("cnn1", 5_258_128), ("vgg16", 15_292_048), ("mobilenet", 1_386_144)]
+)
 def test_parameter_counts_match_spec(name, count):
     assert n_trainable(build(name, n_classes=80, in_channels=3)) == count
 
 
-@pytest.fixture(scope="module", params=["cnn1", "vgg16"])
+@pytest.mark.parametrize(("width", "count"), [(1.0, 1_385_632), (0.5, 454_352)])
+def test_mobilenet_parameter_counts(width, count):
+    assert n_trainable(build("mobilenet", 80, width=width)) == count  # 1 input channel, hidden 256
+
+
+@pytest.fixture(scope="module", params=["cnn1", "mobilenet", "vgg16"])
 def full_model(request):
     torch.manual_seed(0)
     return build(request.param, n_classes=7, in_channels=1).eval()
@@ -48,6 +56,7 @@ def test_any_number_of_frames(full_model, frames):
 def test_time_reduction_values():
     assert build("cnn1", 3).time_reduction == 16
     assert build("vgg16", 3).time_reduction == 32
+    assert build("mobilenet", 3).time_reduction == 32
 
 
 def test_pool_is_max_then_mean():
@@ -69,6 +78,31 @@ def test_width_multiplier_and_spec_round_trip(name):
     slim.train()
     loss = slim(torch.rand(3, 1, 128, 160)).sum()
     loss.backward()  # trains on odd lengths too
+
+
+def test_mobilenet_options_and_spec_round_trip():
+    slim = build("mobilenet", n_classes=10, in_channels=1, width=0.5, hidden=64)
+    assert slim.spec == {
+        "name": "mobilenet",
+        "n_classes": 10,
+        "in_channels": 1,
+        "options": {"width": 0.5, "hidden": 64},
+    }
+    again = build(**slim.spec)
+    assert [p.shape for p in again.parameters()] == [p.shape for p in slim.parameters()]
+    assert slim.body(torch.rand(1, 1, 128, 128)).shape[1] == 256  # last width 512 * 0.5
+    assert slim.head.classify[2].out_features == 64
+    assert n_trainable(slim) < n_trainable(build("mobilenet", 10)) / 2
+    slim.train()
+    slim(torch.rand(2, 1, 128, 100)).sum().backward()  # trains on odd lengths too
+    with pytest.raises(ValueError, match="hidden"):
+        build("mobilenet", 10, hidden=0)
+
+
+def test_mobilenet_channels_are_multiples_of_8():
+    model = build("mobilenet", 10, width=0.3)
+    widths = {m.out_channels for m in model.body.modules() if isinstance(m, nn.Conv2d)}
+    assert min(widths) >= 8 and all(c % 8 == 0 for c in widths)
 
 
 def test_init_kaiming_and_zero_biases():
@@ -110,3 +144,19 @@ def test_register_new_model():
         from noisytag import models
 
         models._REGISTRY.pop("tiny_test_net", None)
+
+
+def test_mobilenet_init_kaiming_zero_biases_and_identity_residuals():
+    from noisytag.models.mobile import InvertedResidual
+
+    torch.manual_seed(0)
+    model = build("mobilenet", 80, 1)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            assert m.bias is not None and torch.count_nonzero(m.bias) == 0
+    conv = model.body[-1][0]  # last 1×1 conv, 160 → 512: fan_in = 160
+    assert conv.weight.std().item() == pytest.approx((2.0 / 160) ** 0.5, rel=0.05)
+    blocks = [m for m in model.body if isinstance(m, InvertedResidual)]
+    assert sum(b.residual for b in blocks) == 6
+    for block in blocks:  # residual blocks start as the identity: the last BN scale is zero
+        assert (torch.count_nonzero(block.block[-1][1].weight) == 0) == block.residual

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
-_BUILTIN = ("noisytag.models.cnn1", "noisytag.models.vgg")
+_BUILTIN = ("noisytag.models.cnn1", "noisytag.models.mobile", "noisytag.models.vgg")
 
 
 def register(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -1,40 +1,48 @@
-"""mobilenet: a compact student for fast CPU inference (MobileNetV2-style inverted residuals).
+"""mobilenet: a compact student for fast CPU inference (MobileNetV2/V3-style inverted residuals).
 
-Body: a 3×3 stride-2 stem → BN → ReLU, then the rows of :data:`BLOCKS` (MobileNetV2's table as
-data), each ``repeats`` inverted residual blocks [1×1 expand → BN → ReLU → 3×3 depthwise (stride on
-the first block of the row) → BN → ReLU → 1×1 project → BN, + the input when the shape is kept], and
-a 1×1 conv → BN → ReLU to :data:`LAST` channels; then the shared head. Channel counts are scaled by
+Body: a stride-2 stem conv → BN → ReLU, then the rows of :data:`BLOCKS` (the MobileNet table as data),
+each ``repeats`` inverted residual blocks [1×1 expand → BN → ReLU → depthwise conv (stride on the
+first block of the row) → BN → ReLU → 1×1 project → BN, + the input when the shape is kept], and a
+1×1 conv → BN → ReLU to :data:`LAST` channels; then the shared head. Channel counts are scaled by
 ``width`` and rounded to multiples of 8 (at least 8).
 
-Choices for distillation into one fast CPU model: ReLU everywhere (no hardswish) and only conv, batch
-norm, ReLU, add and zero padding, which onnxruntime's static int8 QDQ quantisation handles well; no
-squeeze-excitation, whose global pooling would make a window's features depend on the whole clip in
-the fast inference mode (and costs latency for little at this size). Stride-2 convolutions pad by one
-on the bottom/right only (TensorFlow's "same" for even sizes), so the body maps T frames to exactly
-``T // 32`` steps, step k seeing frames from 32·k onwards, as the pooled bodies of cnn1 and vgg16 do.
+Choices for one fast CPU model distilled from an ensemble:
 
-With 1 input channel and 80 classes: 1,004,512 trainable parameters and ≈ 30 M multiply-adds per
-128×128 window at width 1 (385,128 and ≈ 9 M at width 0.5).
+* ReLU everywhere (no hardswish) and only conv, batch norm, ReLU and add in the body: what
+  onnxruntime's static int8 QDQ quantisation handles best. No squeeze-excitation: its global pooling
+  would make a window's features depend on the whole clip in the fast inference mode (body once over
+  the clip), and its small ops cost more latency than they are worth at this size.
+* The body leaves the 64×64 resolution right after the stem: at batch 32 those activations no longer
+  fit the CPU caches and every op over them is memory-bound.
+* Stride-2 convolutions use a 4×4 kernel with padding 1 instead of 3×3: each maps n to exactly n // 2
+  and its step k is centred on the inputs 2k, 2k + 1 that a 2×2 pooling merges, so the body maps T
+  frames to T // 32 steps, step k centred on the span 32k … 32k + 31 that step k of a pooled body
+  (cnn1, vgg16) covers, which fast-mode window slicing assumes. A 3×3 kernel with symmetric padding
+  would round up and shift every step by half of one; an explicit pad operator would cost a copy.
+
+With 1 input channel and 80 classes: 1,385,632 trainable parameters and 48.4 M multiply-adds per
+128×128 window at width 1 (454,352 and 13.8 M at width 0.5).
 """
 
 from __future__ import annotations
 
-from torch import nn
-from torch import Tensor
+from torch import Tensor, nn
 
 from noisytag.models import register
 from noisytag.models.blocks import init_weights
 from noisytag.models.heads import Head, TaggingNet
 
-STEM = 32
-# (expand ratio, out channels, repeats, stride of the first block)
+STEM = 16
+# MobileNetV3-Large's rows (expansion ratios rounded to 4 or 6, repeats trimmed), the first one
+# striding too. (expand ratio, out channels, repeats, stride of the first block) → output size of a
+# 128 × 128 window, mel bins × frames (the stem makes 64 × 64).
 BLOCKS = (
-    (1, 16, 1, 1),
-    (4, 24, 2, 2),
-    (4, 32, 3, 2),
-    (4, 64, 3, 2),
-    (4, 96, 2, 1),
-    (4, 160, 2, 2),
+    (1, 16, 1, 2),  # 32 × 32
+    (4, 24, 2, 2),  # 16 × 16
+    (4, 40, 2, 2),  # 8 × 8
+    (6, 80, 3, 1),
+    (6, 112, 2, 1),
+    (6, 160, 2, 2),  # 4 × 4
 )
 LAST = 512
 
@@ -50,20 +58,14 @@ def divisible(channels: int, width: float, divisor: int = 8) -> int:
 def conv_bn(
     in_channels: int, out_channels: int, kernel: int = 1, stride: int = 1, groups: int = 1, relu: bool = True
 ) -> nn.Sequential:
-    """Conv (no bias) → BatchNorm2d (→ ReLU): (B, C_in, F, T) → (B, C_out, F // stride, T // stride).
+    """Conv (padding (kernel − 1) // 2) → BatchNorm2d (→ ReLU).
 
-    A 3×3 kernel pads by one on each side at stride 1, and by one on the bottom/right only at stride 2,
-    so that odd sizes are floored like a 2×2 pooling's.
+    The conv keeps its bias (zero at init), redundant before batch norm: the ONNX export (dynamo,
+    unoptimised) builds a missing bias from ops onnxruntime cannot constant-fold, which stops it fusing
+    conv + batch norm and using its blocked conv kernels (≈ 2.5× slower there).
     """
-    layers: list[nn.Module] = []
-    padding = kernel // 2
-    if stride == 2 and kernel == 3:
-        layers.append(nn.ZeroPad2d((0, 1, 0, 1)))
-        padding = 0
-    elif stride != 1:
-        raise ValueError(f"stride {stride} with kernel {kernel}: only 3×3 convolutions may stride (by 2)")
-    layers += [
-        nn.Conv2d(in_channels, out_channels, kernel, stride, padding, groups=groups, bias=False),
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, kernel, stride, (kernel - 1) // 2, groups=groups, bias=True),
         nn.BatchNorm2d(out_channels),
     ]
     if relu:
@@ -71,20 +73,32 @@ def conv_bn(
     return nn.Sequential(*layers)
 
 
+def spatial_conv(in_channels: int, out_channels: int, stride: int, groups: int = 1) -> nn.Sequential:
+    """(B, C_in, F, T) → (B, C_out, F // stride, T // stride): 3×3 conv → BN → ReLU at stride 1; at
+    stride 2 a 4×4 kernel (padding 1), so any size n maps to exactly n // 2 and output step k covers
+    inputs 2k − 1 … 2k + 2, centred on the steps 2k, 2k + 1 a 2×2 pooling would merge (no pad operator)."""
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    return conv_bn(in_channels, out_channels, 3 if stride == 1 else 4, stride, groups)
+
+
 class InvertedResidual(nn.Module):
-    """(B, C_in, F, T) → (B, C_out, F // s, T // s): 1×1 expand (skipped at ratio 1) → 3×3 depthwise
-    (stride s) → 1×1 linear projection; the input is added when s = 1 and C_in = C_out."""
+    """(B, C_in, F, T) → (B, C_out, F // s, T // s): 1×1 expand (skipped at ratio 1) → depthwise
+    :func:`spatial_conv` (stride s) → 1×1 linear projection; the input is added when s = 1 and C_in = C_out, and then the
+    projection's batch-norm scale starts at zero (timm's ``zero_init_last``)."""
 
     def __init__(self, in_channels: int, out_channels: int, expand: int, stride: int):
         super().__init__()
         hidden = in_channels * expand
         layers = [conv_bn(in_channels, hidden)] if expand != 1 else []
         layers += [
-            conv_bn(hidden, hidden, kernel=3, stride=stride, groups=hidden),
+            spatial_conv(hidden, hidden, stride, groups=hidden),
             conv_bn(hidden, out_channels, relu=False),
         ]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and in_channels == out_channels
+        if self.residual:  # the block starts as the identity, so activations do not grow with depth
+            nn.init.zeros_(self.block[-1][1].weight)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.block(x)
@@ -94,7 +108,7 @@ class InvertedResidual(nn.Module):
 def mobile_body(in_channels: int, width: float = 1.0) -> tuple[nn.Sequential, int]:
     """The body for ``width`` and the channel count D of its feature map."""
     channels = divisible(STEM, width)
-    modules: list[nn.Module] = [conv_bn(in_channels, channels, kernel=3, stride=2)]
+    modules: list[nn.Module] = [spatial_conv(in_channels, channels, stride=2)]
     for expand, out, repeats, stride in BLOCKS:
         out = divisible(out, width)
         for i in range(repeats):
@@ -114,6 +128,8 @@ def time_reduction() -> int:
 def mobilenet(n_classes: int, in_channels: int = 1, width: float = 1.0, hidden: int = 256) -> TaggingNet:
     """The inverted-residual body (channels scaled by ``width``) + the shared head with ``hidden``
     units (not scaled)."""
+    if int(hidden) < 1:
+        raise ValueError(f"model 'mobilenet': hidden must be ≥ 1, got {hidden}")
     body, channels = mobile_body(in_channels, width)
     head = Head(channels, n_classes, hidden=int(hidden))
     spec = {
