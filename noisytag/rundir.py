@@ -4,6 +4,9 @@ A run directory is what users keep and share; everything needed to tag new audio
 
     config.yaml                      resolved RunConfig of the run
     plan.json                        the run plan (noisytag.plan): stages, result keys, ensemble
+    .prepared                        rank zero's note that config, caches and folds are ready (others wait)
+    .prepare-failed                  under a multi-rank launch: rank zero's one-line error, so no rank hangs
+    teacher/{split}.npz              student runs: the teacher's window probabilities (noisytag distill)
     run.json                         software versions, data set, start/resume times, per-fold timings
     folds.csv                        fname, split (curated|noisy), fold
     stage_table.csv                  model (stage k), arch, stage, lwlrap_noisy, lwlrap_curated,
@@ -29,7 +32,7 @@ A run directory is what users keep and share; everything needed to tag new audio
     executor.json                    with --executor ray: Ray's start-up and each task's wall, start-up and
                                      training seconds (the overhead per task)
 
-Only global rank zero writes run-level files; callers decide that (``noisytag.learn.train.is_global_zero``).
+Only global rank zero writes run-level files; callers decide that (``noisytag.runs.context.is_global_zero``).
 """
 
 from __future__ import annotations

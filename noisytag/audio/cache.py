@@ -288,6 +288,18 @@ def build_cache(
     return root
 
 
+def build_signatures(
+    data_dir: str | Path, cfg: FrontendConfig, splits: Sequence[str], data: Dataset | None = None
+) -> dict[str, str]:
+    """``{"<cfg.key()>/<cache folder>": signature}``: what each ``done`` holds once built for the audio
+    files on disk now (only their sizes and times are read): a reader compares it, never building."""
+    out = {}
+    for folder, clips in _groups(Path(data_dir), splits, data):
+        files = [(key, st.st_size, st.st_mtime_ns) for key, st in ((k, p.stat()) for k, p in clips)]
+        out[f"{cfg.key()}/{folder}"] = _signature(files, cfg)
+    return out
+
+
 def build_folder_cache(
     folder: str | Path, cache_dir: str | Path, cfg: FrontendConfig, name: str, workers: int = 0
 ) -> FeatureCache:

@@ -19,7 +19,7 @@ import pandas as pd
 from noisytag.data.dataset import multi_hot
 from noisytag.fileio import write_csv
 
-__all__ = ["FoldsError", "make_folds", "assign_folds", "load_or_make_folds", "FOLD_SPLITS"]
+__all__ = ["FoldsError", "make_folds", "assign_folds", "load_folds", "load_or_make_folds", "FOLD_SPLITS"]
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,16 @@ def load_or_make_folds(path: str | Path, dataset, n_folds: int, seed: int) -> pd
         write_csv(path, folds)  # a killed run never leaves half a folds.csv behind
         log.info("made %d folds for %d clips: %s", n_folds, len(folds), path)
         return folds
+    return load_folds(path, dataset, n_folds)
+
+
+def load_folds(path: str | Path, dataset, n_folds: int) -> pd.DataFrame:
+    """The saved fold assignment at ``path``, checked as :func:`load_or_make_folds` checks it; never
+    written (for processes that only read a run: DDP ranks other than zero, Ray tasks).
+    :class:`FoldsError` when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FoldsError(f"{path}: no folds table (the run's writer makes it first)")
     saved = _read_folds(path)
     _check_matches(path, saved, dataset, n_folds)
     return saved
