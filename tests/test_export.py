@@ -154,3 +154,193 @@ def test_onnx_backend_exports_on_first_use(tmp_path):
     sf.write(tmp_path / "a.wav", wave, 44100)
     (record,) = tagger.tag([tmp_path / "a.wav"], top_k=2)
     assert record.error is None and len(record.labels) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# int8: members for the tiny data set's classes, calibrated on its curated/noisy clips, checked on its
+# test clips
+
+# Largest |int8 - float| probability accepted. uint8 activations have 256 levels over each tensor's
+# calibrated range, so each quantised layer adds up to half a step of error; after 7 int8 convolutions and
+# the head this member differs by ~0.005 (random weights with batch-norm statistics), a tiny cnn1 trained
+# for 5 epochs by 0.04 (the sigmoid's slope is <= 0.25). A broken quantisation (wrong input scale, ranges
+# from other data) is off by > 0.1, and one that left the float graph unchanged by 0 (hence 0 < diff).
+INT8_TOL = 0.05
+
+
+@pytest.fixture(scope="module")
+def int8_run(tiny_data, tiny_cache, tmp_path_factory):
+    """A one-member run for the tiny data set's classes whose config.yaml and run.json name that data set
+    and its cache (as a pipeline run's do), exported with --int8 into RUN/onnx (where --backend onnx looks):
+    calibrated on its curated/noisy clips, checked on its 12 test clips."""
+    from conftest import tiny_config
+
+    from noisytag.config import save_config
+    from noisytag.data.dataset import load_dataset
+    from noisytag.infer.export import export_run
+
+    run = tmp_path_factory.mktemp("int8_run")
+    write_model_run(run, load_dataset(tiny_data).classes, ((2, 0),), bn_stats=True)
+    save_config(tiny_config(**{"data.cache_dir": str(tiny_cache)}), run / "config.yaml")
+    (run / "run.json").write_text(json.dumps({"data_dir": str(tiny_data)}))
+    return run, export_run(run, run / "onnx", stages=[2], int8=True)
+
+
+def _op_types(path):
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.slow
+def test_int8_graphs_are_qdq_with_int8_weights(int8_run):
+    import onnx
+    from onnx import numpy_helper
+
+    run, manifest = int8_run
+    (member,) = manifest["members"]
+    for kind in ("model", "fast"):
+        path = run / "onnx" / member["int8"][kind]
+        assert path.name == f"{kind}.int8.onnx"
+        graph = onnx.load(str(path)).graph
+        assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+        inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        produced = {o: n for n in graph.node for o in n.output}
+        convs = [n for n in graph.node if n.op_type == "Conv"]
+        assert len(convs) == 8  # cnn1: 4 blocks x 2 convolutions, batch norms folded in
+        assert convs[0].input[1] in inits  # the first stays float (it sees the log-mel itself)
+        for conv in convs[1:]:
+            dq = produced[conv.input[1]]  # weights reach the convolution dequantised from int8, per channel
+            assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int8
+            assert inits[dq.input[1]].shape == (inits[dq.input[0]].shape[0],)
+        assert _op_types(run / "onnx" / member[kind]).isdisjoint({"QuantizeLinear", "DequantizeLinear"})
+
+
+@pytest.mark.slow
+def test_int8_manifest_records_parity(int8_run):
+    run, manifest = int8_run
+    assert json.loads((run / "onnx" / "manifest.json").read_text()) == manifest
+    info = manifest["int8"]
+    assert info["activations"] == "uint8" and "QDQ" in info["format"]
+    assert info["calibration"]["source"].startswith("data set ") and 0 < info["calibration"]["windows"] <= 256
+    assert "test clips with truth" in info["heldout"]["source"] and info["heldout"]["clips"] == 12
+    (member,) = manifest["members"]
+    p = member["int8"]["parity"]
+    assert member["int8"]["weights_sha256"] == member["weights_sha256"]
+    assert p["clips"] == 12 and p["windows"] >= 12
+    for key in ("max_abs_diff", "clip_max_abs_diff", "fast_max_abs_diff"):
+        assert 0 < p[key] < INT8_TOL, (key, p)
+    assert p["mean_abs_diff"] <= p["max_abs_diff"]
+    assert 0 < p["lwlrap_float"] <= 1 and abs(p["lwlrap_int8"] - p["lwlrap_float"]) < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_int8_members_load_and_match_float(int8_run, tiny_data, tiny_cache, mode):
+    from noisytag.audio.cache import FeatureCache
+    from noisytag.audio.model_input import cached_clips
+    from noisytag.config import FrontendConfig
+    from noisytag.infer.ensemble import load_members, onnx_current, onnx_members
+    from noisytag.infer.export import refresh_onnx
+    from noisytag.infer.predict import iter_window_probs
+
+    run, _ = int8_run
+    dirs = sorted(run.glob("cnn1/stage*/fold*"))
+    assert onnx_current(run, dirs) and onnx_current(run, dirs, precision="int8")
+    stamp = (run / "onnx" / "cnn1_stage2_fold0" / "model.int8.onnx").stat().st_mtime_ns
+    refresh_onnx(run, dirs, precision="int8")  # current: nothing to do
+    assert (run / "onnx" / "cnn1_stage2_fold0" / "model.int8.onnx").stat().st_mtime_ns == stamp
+    (int8,) = onnx_members(run, dirs, precision="int8")
+    (flt,) = load_members(run / "onnx")
+    assert int8.precision == "int8" and flt.precision == "float32" and int8.name == flt.name
+    cache = FeatureCache.open(tiny_cache, FrontendConfig(), "curated")
+    cfg = InferConfig(batch_size=8, mode=mode)
+    clips = list(cached_clips(cache, range(len(cache))))
+    a = {k: p for k, _, p in iter_window_probs([flt], clips, cfg)}
+    b = {k: p for k, _, p in iter_window_probs([int8], clips, cfg)}
+    diff = max(np.abs(a[k] - b[k]).max() for k in a)
+    assert 0 < diff < INT8_TOL
+
+
+@pytest.mark.slow
+def test_refresh_quantises_stale_int8_members(int8_run, tmp_path):
+    """What tag/serve call for int8 members: quantise those whose int8 graphs are missing or stale."""
+    import shutil
+
+    from noisytag.infer.ensemble import onnx_current
+    from noisytag.infer.export import refresh_onnx
+
+    run = shutil.copytree(int8_run[0], tmp_path / "run")
+    dirs = sorted(run.glob("cnn1/stage*/fold*"))
+    manifest = json.loads((run / "onnx" / "manifest.json").read_text())
+    manifest["members"][0]["int8"]["weights_sha256"] = "of other weights"
+    (run / "onnx" / "manifest.json").write_text(json.dumps(manifest))
+    assert onnx_current(run, dirs) and not onnx_current(run, dirs, precision="int8")
+    refresh_onnx(run, dirs, precision="int8")
+    assert onnx_current(run, dirs, precision="int8")
+
+
+def test_int8_members_missing_is_one_clear_error(tmp_path):
+    from noisytag.infer.ensemble import load_members
+    from noisytag.infer.members import ExportError
+    from noisytag.infer.quantize import calibration_set
+
+    entry = {"name": "cnn1_stage2_fold0", "n_classes": 3, "model": "a/model.onnx", "fast": "a/fast.onnx"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"window": 128, "members": [entry]}))
+    with pytest.raises(ExportError, match=r"no int8 graphs for cnn1_stage2_fold0 \(run `noisytag export"):
+        load_members(tmp_path, precision="int8")
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        load_members(tmp_path, precision="int4")
+    (tmp_path / "run.json").write_text(json.dumps({"data_dir": str(tmp_path / "gone")}))
+    with pytest.raises(ExportError, match="data set is not available .* pass --calibration DIR"):
+        calibration_set(tmp_path, FrontendConfig(), CLASSES)
+
+
+@pytest.mark.slow
+def test_int8_cli_with_calibration_folder(int8_run, tiny_data, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+
+    run, before = int8_run
+    out = shutil.copytree(run / "onnx", tmp_path / "onnx")
+    stamps = {k: (out / before["members"][0][k]).stat().st_mtime_ns for k in ("model", "fast")}
+    res = CliRunner().invoke(app, ["export", str(run), "--onnx", str(out), "--calibration", str(tiny_data)])
+    assert res.exit_code != 0 and "--calibration only applies with --int8" in res.output
+    args = ["export", str(run), "--onnx", str(out), "--stages", "2", "--int8"]
+    res = CliRunner().invoke(app, [*args, "--calibration", str(tiny_data / "test")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "exported 1 member(s)" in text and "calibrated on audio folder" in text
+    assert "cnn1_stage2_fold0: max |int8 - float|" in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    (member,) = manifest["members"]
+    assert (
+        member["int8"]["calibration"].startswith("audio folder")
+        and "lwlrap_float" not in member["int8"]["parity"]
+    )
+    assert member["int8"]["parity"]["max_abs_diff"] < INT8_TOL
+    assert {k: (out / member[k]).stat().st_mtime_ns for k in ("model", "fast")} == stamps  # float kept
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_tagger_and_service_with_the_int8_backend(int8_run, tiny_data, mode):
+    """--backend onnx-int8: tag reads the int8 graphs of RUN/onnx, within INT8_TOL of the float ones."""
+    from noisytag.infer.tag import Tagger
+    from noisytag.serve.service import open_service
+
+    run, _ = int8_run
+    wavs = sorted((tiny_data / "test").glob("*.wav"))[:3]
+    int8 = Tagger(run, stages=[2], backend="onnx-int8", mode=mode)
+    assert {m.precision for m in int8.ensemble.members} == {"int8"}
+    floats = Tagger(run, stages=[2], backend="onnx", mode=mode).tag(wavs, top_k=3)
+    for a, b in zip(int8.tag(wavs, top_k=3), floats, strict=True):
+        assert a.error is None
+        assert max(abs(x.prob - y.prob) for x, y in zip(a.labels, b.labels, strict=True)) < INT8_TOL
+    service = open_service(run, backend="onnx-int8", mode=mode, stages=[2], warm_up=False)
+    try:
+        assert service.tagger.cfg.backend == "onnx-int8"
+    finally:
+        service.close()

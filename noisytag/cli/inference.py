@@ -32,8 +32,11 @@ def check_model_options(run_dir: Path, mode: str | None, backend: str | None) ->
     """The one-line refusals predict, tag and serve share (None: the run's own setting)."""
     if mode is not None and mode not in ("exact", "fast"):
         fail(f"--mode: expected exact or fast, got '{mode}'")
-    if backend is not None and backend not in ("torch", "onnx"):
-        fail(f"--backend: expected torch or onnx, got '{backend}'")
+    if backend is not None:
+        from noisytag.infer.ensemble import BACKENDS  # the registry names the backends
+
+        if backend not in BACKENDS.names():
+            fail(f"--backend: expected {', '.join(BACKENDS.names())}, got '{backend}'")
     if not run_dir.is_dir():
         fail(f"run directory '{run_dir}' does not exist")
 
@@ -51,7 +54,11 @@ ModeOpt = Annotated[
     typer.Option("--mode", help="exact: one forward per window (SPEC §7); fast: conv body once per clip."),
 ]
 BackendOpt = Annotated[
-    str | None, typer.Option("--backend", help="torch, or onnx (onnxruntime; exports to RUN_DIR/onnx once).")
+    str | None,
+    typer.Option(
+        "--backend",
+        help="torch, onnx (onnxruntime; exports to RUN_DIR/onnx once) or onnx-int8 (also quantises there once).",
+    ),
 ]
 
 
@@ -158,7 +165,7 @@ def tag(
     mode: Annotated[
         str, typer.Option(help="exact (SPEC §7 windows) or fast (conv body once per clip).")
     ] = "exact",
-    backend: Annotated[str, typer.Option(help="torch or onnx (onnxruntime).")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8 (onnxruntime).")] = "torch",
     device: Annotated[str, typer.Option(help="torch device (cpu, cuda).")] = "cpu",
 ) -> None:
     """Tag audio files (WAV/FLAC/OGG/MP3, any rate) with a run's ensemble: top-k labels per file.
@@ -202,18 +209,46 @@ def export(
         bool,
         typer.Option(help="Also write tagger.onnx: mono 44.1 kHz waveform -> ensemble probabilities."),
     ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="Also write int8 graphs (static QDQ quantisation), checked on held-out clips."
+        ),
+    ] = False,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            help="With --int8: clips to calibrate on, a data set or a folder of audio files "
+            "(default: the run's data set).",
+        ),
+    ] = None,
 ) -> None:
     """Export the ensemble members as ONNX (dynamic batch and time axes) + manifest.json.
 
     Each member gets model.onnx (normalised log-mel windows -> probabilities) and fast.onnx (whole clip +
     window starts -> probabilities); every member is checked against PyTorch (max difference <= 1e-4).
+    With --int8 also model.int8.onnx and fast.int8.onnx (int8 weights per channel, uint8 activations),
+    calibrated on a few hundred windows and compared with the float graphs on other clips (largest
+    probability difference; lwlrap of both when those clips have labels), recorded in manifest.json.
     """
     from noisytag.infer.export import export_run  # heavy (torch, onnx): imported when the command runs
 
     if not run_dir.is_dir():
         fail(f"run directory '{run_dir}' does not exist")
+    if calibration is not None and not int8:
+        fail("--calibration only applies with --int8")
     try:
-        manifest = export_run(run_dir, onnx, _stage_list(stages), _names(arch), with_frontend, progress=True)
+        manifest = export_run(
+            run_dir,
+            onnx,
+            _stage_list(stages),
+            _names(arch),
+            with_frontend,
+            progress=True,
+            int8=int8,
+            calibration=calibration,
+        )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
         fail(str(err))
     worst = max(m["parity_max_abs_diff"] for m in manifest["members"])
@@ -226,3 +261,29 @@ def export(
         console.print(
             f"waveform tagger: {onnx / t['file']} (max |diff| vs PyTorch path = {t['parity_max_abs_diff']:.1e})"
         )
+    if int8 and manifest.get("int8"):
+        info = manifest["int8"]
+        console.print(
+            f"[green]int8[/] {info['format']}\n  calibrated on {info['calibration']['source']} "
+            f"({info['calibration']['windows']} windows)\n  parity on {info['heldout']['source']}:",
+            highlight=False,
+        )
+        for m in manifest["members"]:
+            p = (m.get("int8") or {}).get("parity")
+            if p is None:
+                continue
+            line = (
+                f"  {m['name']}: max |int8 - float| {p['max_abs_diff']:.4f} (windows), "
+                f"{p['clip_max_abs_diff']:.4f} (clips), {p['fast_max_abs_diff']:.4f} (fast)"
+            )
+            if "lwlrap_float" in p:
+                line += f"; lwlrap {p['lwlrap_float']:.4f} float, {p['lwlrap_int8']:.4f} int8"
+            console.print(line, highlight=False)
+        ens = info.get("ensemble") or {}
+        if ens.get("members", 0) > 1:
+            line = (
+                f"  ensemble of {ens['members']}: max |int8 - float| {ens['clip_max_abs_diff']:.4f} (clips)"
+            )
+            if "lwlrap_float" in ens:
+                line += f"; lwlrap {ens['lwlrap_float']:.4f} float, {ens['lwlrap_int8']:.4f} int8"
+            console.print(line, highlight=False)

@@ -18,7 +18,10 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port (0: any free port).", min=0, max=65535)] = 8000,
     backend: Annotated[
         str,
-        typer.Option(help="torch or onnx (onnxruntime; RUN/onnx, else exported to a temporary folder)."),
+        typer.Option(
+            help="torch, onnx or onnx-int8 (onnxruntime; RUN/onnx, else exported and quantised to a "
+            "temporary folder)."
+        ),
     ] = "torch",
     mode: Annotated[
         str, typer.Option(help="exact (SPEC §7 windows) or fast (conv body once per clip).")

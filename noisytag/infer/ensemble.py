@@ -17,6 +17,7 @@ from pathlib import Path
 from noisytag.config import FrontendConfig, InferConfig, load_config
 from noisytag.infer.members import ExportError, OnnxMember, TorchMember
 from noisytag.models.weights import load_model, read_meta
+from noisytag.registry import Registry
 from noisytag.rundir import RunDir
 
 MANIFEST = "manifest.json"  # the index of an export directory (written by noisytag.infer.export)
@@ -38,12 +39,20 @@ def run_infer_config(run_dir: str | Path) -> InferConfig:
     return load_config(path).infer if path.is_file() else InferConfig()
 
 
+def ensemble_stages(run_dir: str | Path) -> tuple[int, ...]:
+    """The stages of the run's ensemble, as its run plan says (the config's defaults without one)."""
+    run = RunDir(run_dir)
+    if run.plan_file.is_file() or run.config.is_file():
+        return run.plan().ensemble
+    return InferConfig().stages
+
+
 def select_model_dirs(run_dir: str | Path, stages=None, archs=None) -> list[Path]:
-    """Finished fold models of the run for ``stages`` (default: the run's infer.stages) and ``archs``."""
+    """Finished fold models of the run for ``stages`` (default: the run plan's ensemble) and ``archs``."""
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise FileNotFoundError(f"{run.root}: run directory does not exist")
-    stages = tuple(stages) if stages else run_infer_config(run_dir).stages
+    stages = tuple(stages) if stages else ensemble_stages(run_dir)
     dirs = run.model_dirs(stages=stages, archs=list(archs) if archs else None)
     if not dirs:
         found = sorted({(p.parent.parent.name, p.parent.name) for p in run.model_dirs()})
@@ -81,27 +90,44 @@ def member_name(meta: dict, directory: Path) -> str:
     return Path(directory).name
 
 
+BACKENDS = Registry("inference backend", "infer.backend")
+
+
+@BACKENDS.register("torch", precision=None)
+def torch_members(run_dir, dirs: Sequence[Path], metas: Sequence[dict], device: str = "cpu") -> list:
+    """PyTorch modules loaded from the run's safetensors weights."""
+    return [
+        TorchMember(load_model(d, device)[0], device, name=member_name(meta, d))
+        for d, meta in zip(dirs, metas, strict=True)
+    ]
+
+
+@BACKENDS.register("onnx", precision="float32")
+def onnx_float_members(run_dir, dirs: Sequence[Path], metas: Sequence[dict], device: str = "cpu") -> list:
+    """onnxruntime sessions of the graphs exported to ``RUN_DIR/onnx`` (float32)."""
+    return onnx_members(run_dir, dirs)
+
+
+@BACKENDS.register("onnx-int8", precision="int8")
+def onnx_int8_members(run_dir, dirs: Sequence[Path], metas: Sequence[dict], device: str = "cpu") -> list:
+    """onnxruntime sessions of the int8 (static QDQ) graphs quantised in ``RUN_DIR/onnx``."""
+    return onnx_members(run_dir, dirs, precision="int8")
+
+
 def load_ensemble(
     run_dir: str | Path, stages=None, archs=None, device: str = "cpu", backend: str = "torch"
 ) -> Ensemble:
     """Load the chosen stages × folds × architectures of a run (SPEC §7 default: the run's infer.stages).
 
-    ``backend="onnx"`` runs the members with onnxruntime from ``RUN_DIR/onnx``, which must hold them
+    ``backend``: a name of :data:`BACKENDS` (torch, onnx, onnx-int8). The onnx backends run the members
+    with onnxruntime from ``RUN_DIR/onnx``, which must hold them
     exported from the current weights (:func:`onnx_current`; ``noisytag.infer.tag.open_ensemble`` exports
     them first when needed).
     """
     dirs = select_model_dirs(run_dir, stages, archs)
     metas = [read_meta(d) for d in dirs]
     classes, frontend, normalize = shared_settings(metas, dirs)
-    if backend == "torch":
-        members = []
-        for d, meta in zip(dirs, metas, strict=True):
-            model, _ = load_model(d, device)
-            members.append(TorchMember(model, device, name=member_name(meta, d)))
-    elif backend == "onnx":
-        members = onnx_members(run_dir, dirs)
-    else:
-        raise ValueError(f"unknown backend '{backend}' (expected torch or onnx)")
+    members = BACKENDS.build(backend, run_dir, dirs, metas, device)
     return Ensemble(members, classes, frontend, normalize)
 
 
@@ -120,8 +146,14 @@ def read_manifest(out_dir: str | Path) -> dict:
         raise ExportError(f"{path}: corrupt JSON ({err})") from None
 
 
-def load_members(out_dir: str | Path, names: Sequence[str] | None = None, threads: int = 0) -> list:
-    """:class:`OnnxMember` objects of an export directory (all, or those named, in that order)."""
+def load_members(
+    out_dir: str | Path, names: Sequence[str] | None = None, threads: int = 0, precision: str = "float32"
+) -> list:
+    """:class:`OnnxMember` objects of an export directory (all, or those named, in that order).
+
+    ``precision="int8"``: the quantised graphs that ``noisytag export --int8`` added (ExportError naming
+    the members without them).
+    """
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     entries = {m["name"]: m for m in manifest["members"]}
@@ -129,17 +161,27 @@ def load_members(out_dir: str | Path, names: Sequence[str] | None = None, thread
     missing = [n for n in names if n not in entries]
     if missing:
         raise ExportError(f"{out_dir / MANIFEST}: no member(s) {', '.join(missing)}")
-    return [OnnxMember(out_dir, entries[n], manifest["window"], threads) for n in names]
+    lacking = [n for n in names if OnnxMember.graphs(entries[n], precision) is None]
+    if lacking:
+        raise ExportError(
+            f"{out_dir / MANIFEST}: no {precision} graphs for {', '.join(lacking)} "
+            f"(run `noisytag export RUN --onnx {out_dir} --int8`)"
+        )
+    return [OnnxMember(out_dir, entries[n], manifest["window"], threads, precision) for n in names]
 
 
-def onnx_current(run_dir: str | Path, model_dirs: Sequence[Path]) -> bool:
+def onnx_current(run_dir: str | Path, model_dirs: Sequence[Path], precision: str = "float32") -> bool:
     """Whether ``RUN_DIR/onnx`` holds every model of ``model_dirs``, exported from its current weights
-    (sha256) for the run's window width."""
+    (sha256) for the run's window width; ``precision="int8"``: and quantised from those weights."""
     metas = [read_meta(d) for d in model_dirs]
     names = [member_name(m, Path(d)) for m, d in zip(metas, model_dirs, strict=True)]
     try:
         manifest = read_manifest(RunDir(run_dir).onnx_dir)
-        have = {m["name"]: m.get("weights_sha256") for m in manifest["members"]}
+        have = {}
+        for m in manifest["members"]:
+            graphs = OnnxMember.graphs(m, precision)
+            if graphs is not None and m.get("weights_sha256") == graphs.get("weights_sha256"):
+                have[m["name"]] = m.get("weights_sha256")
         return manifest.get("window") == run_infer_config(run_dir).window and all(
             have.get(n) == m.get("weights_sha256") for n, m in zip(names, metas, strict=True)
         )
@@ -147,16 +189,20 @@ def onnx_current(run_dir: str | Path, model_dirs: Sequence[Path]) -> bool:
         return False
 
 
-def onnx_members(run_dir: str | Path, model_dirs: Sequence[Path], threads: int = 0) -> list:
-    """ONNX members for ``model_dirs`` of a run, read from ``RUN_DIR/onnx``.
+def onnx_members(
+    run_dir: str | Path, model_dirs: Sequence[Path], threads: int = 0, precision: str = "float32"
+) -> list:
+    """ONNX members for ``model_dirs`` of a run, read from ``RUN_DIR/onnx`` (``precision``: float32 or int8).
 
     Raises :class:`~noisytag.infer.members.ExportError` when they are missing or were exported from other
     weights or for another window width (see :func:`onnx_current`).
     """
     out_dir = RunDir(run_dir).onnx_dir
-    if not onnx_current(run_dir, model_dirs):
+    if not onnx_current(run_dir, model_dirs, precision):
+        int8 = precision == "int8"
         raise ExportError(
-            f"{out_dir}: ONNX members missing or stale; run `noisytag export {run_dir} --onnx {out_dir}`"
+            f"{out_dir}: {'int8 ' if int8 else ''}ONNX members missing or stale; "
+            f"run `noisytag export {run_dir} --onnx {out_dir}{' --int8' if int8 else ''}`"
         )
     names = [member_name(read_meta(d), Path(d)) for d in model_dirs]
-    return load_members(out_dir, names, threads)
+    return load_members(out_dir, names, threads, precision)

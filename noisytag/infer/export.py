@@ -10,6 +10,8 @@
 plus ``manifest.json`` (classes, front-end parameters, normalisation, window arithmetic, members and
 their measured parity with PyTorch). ``--with-frontend`` adds ``tagger.onnx``, one graph from a mono
 44.1 kHz waveform to the ensemble's clip probabilities (:class:`noisytag.infer.onnx_frontend.WaveformTagger`).
+``--int8`` adds ``{member}/model.int8.onnx`` and ``{member}/fast.int8.onnx``, statically quantised and
+checked on held-out clips (:mod:`noisytag.infer.quantize`).
 This module only writes; :mod:`noisytag.infer.ensemble` and :mod:`noisytag.infer.members` read and run the files.
 
 Export is slow per graph (torch.export), but members of one architecture differ only in their
@@ -48,6 +50,7 @@ from noisytag.infer.ensemble import (
 from noisytag.infer.members import ExportError, OnnxMember, ProbsModel, TorchMember, WindowedHead, session
 from noisytag.infer.onnx_frontend import WaveformTagger
 from noisytag.infer.predict import Clip, iter_window_probs
+from noisytag.infer.quantize import calibration_set, int8_current, quantize_members
 from noisytag.models.weights import load_model, read_meta
 from noisytag.rundir import RunDir
 
@@ -238,6 +241,7 @@ def export_models(
         "outputs": "probs float32 (rows, n_classes): sigmoid probabilities, columns in 'classes' order",
         "members": sorted(known.values(), key=lambda m: m["name"]),
         "tagger": manifest.get("tagger"),
+        "int8": manifest.get("int8"),  # how the members' int8 graphs were made (noisytag.infer.quantize)
     }
     write_json(out_dir / MANIFEST, manifest)
     return manifest
@@ -250,25 +254,61 @@ def export_run(
     archs=None,
     with_frontend: bool = False,
     progress: bool = False,
+    int8: bool = False,
+    calibration: str | Path | None = None,
 ) -> dict:
-    """Export the chosen stages × folds × architectures of a run (default: its infer.stages)."""
+    """Export the chosen stages × folds × architectures of a run (default: its infer.stages).
+
+    ``int8``: also quantise them, calibrated on ``calibration`` (a data set or a folder of audio files;
+    default: the run's data set) — see :func:`noisytag.infer.quantize.quantize_members`.
+    """
     cfg = run_infer_config(run_dir)
     dirs = select_model_dirs(run_dir, stages, archs)
     manifest = export_models(dirs, out_dir, cfg.window, cfg.max_stride, progress)
     if with_frontend:
         manifest["tagger"] = export_tagger(dirs, Path(out_dir), cfg.window, cfg.max_stride)
         write_json(Path(out_dir) / MANIFEST, manifest)
+    if int8:
+        names = [member_name(read_meta(d), Path(d)) for d in dirs]
+        manifest = quantize_int8(run_dir, out_dir, names, calibration, progress)
     return manifest
 
 
-def refresh_onnx(run_dir: str | Path, model_dirs: Sequence[Path]) -> None:
-    """Export ``model_dirs`` of a run into ``RUN_DIR/onnx`` unless they are there and current."""
-    if onnx_current(run_dir, model_dirs):
+def quantize_int8(
+    run_dir: str | Path, out_dir: str | Path, names=None, calibration=None, progress: bool = False
+) -> dict:
+    """Quantise members ``names`` of export directory ``out_dir``, calibrated on ``calibration`` (default:
+    the run's data set) → the manifest."""
+    manifest = read_manifest(out_dir)
+    frontend = FrontendConfig(**(manifest.get("frontend") or {}))
+    calib = calibration_set(run_dir, frontend, manifest["classes"], calibration)
+    return quantize_members(out_dir, calib, names, progress=progress)
+
+
+def refresh_onnx(run_dir: str | Path, model_dirs: Sequence[Path], precision: str = "float32") -> None:
+    """Export ``model_dirs`` of a run into ``RUN_DIR/onnx`` unless they are there and current.
+
+    ``precision="int8"``: and quantise those without current int8 graphs, calibrated on the run's data set.
+    """
+    if onnx_current(run_dir, model_dirs, precision):
         return
     out_dir = RunDir(run_dir).onnx_dir
-    cfg = run_infer_config(run_dir)
-    log.info("exporting %d model(s) to %s", len(model_dirs), out_dir)
-    export_models(model_dirs, out_dir, cfg.window, cfg.max_stride)
+    if not onnx_current(run_dir, model_dirs):
+        cfg = run_infer_config(run_dir)
+        log.info("exporting %d model(s) to %s", len(model_dirs), out_dir)
+        export_models(model_dirs, out_dir, cfg.window, cfg.max_stride)
+    if precision == "int8":
+        ensure_int8(run_dir, out_dir, [member_name(read_meta(d), Path(d)) for d in model_dirs])
+
+
+def ensure_int8(run_dir: str | Path, out_dir: str | Path, names) -> None:
+    """Quantise those members ``names`` of export directory ``out_dir`` that lack int8 graphs of their
+    current weights (from any calibration), calibrated on the run's data set."""
+    entries = {m["name"]: m for m in read_manifest(out_dir)["members"]}
+    stale = [n for n in names if not int8_current(entries[n])]
+    if stale:
+        log.info("quantising %d model(s) in %s", len(stale), out_dir)
+        quantize_int8(run_dir, out_dir, stale)
 
 
 # ----------------------------------------------------------------------------------------------

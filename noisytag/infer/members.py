@@ -9,7 +9,9 @@ A member maps normalised log-mel input to sigmoid probabilities:
 
 :class:`TorchMember` runs :class:`ProbsModel` and :class:`WindowedHead` with PyTorch; :class:`OnnxMember`
 runs their exported graphs (``noisytag.infer.export`` writes them) with onnxruntime, so both backends compute
-the same thing. Inputs always have one channel; a model that wants more expands it itself.
+the same thing; with ``precision="int8"`` it runs their quantised copies (``noisytag.infer.quantize``),
+within a few hundredths in probability (the export measures it). Inputs always have one channel; a model
+that wants more expands it itself.
 """
 
 from __future__ import annotations
@@ -111,20 +113,39 @@ def session(path: str | Path, threads: int = 0):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+PRECISIONS = ("float32", "int8")  # graphs of an export directory: float, or int8 (``noisytag export --int8``)
+
+
 class OnnxMember:
     """One exported member (``model.onnx`` + ``fast.onnx`` of a manifest entry) run by onnxruntime (CPU).
 
     ``entry``: the member's manifest entry (``name``, ``n_classes``, ``model``, ``fast`` paths relative to
-    ``root``); ``window``: the window width ``fast.onnx`` was traced for. Sessions open on first use.
+    ``root``); ``window``: the window width ``fast.onnx`` was traced for. ``precision="int8"`` runs the
+    quantised graphs of the entry's ``int8`` section instead (same inputs and outputs; ExportError when the
+    member has none). Sessions open on first use.
     """
 
-    def __init__(self, root: Path, entry: dict, window: int, threads: int = 0):
+    def __init__(self, root: Path, entry: dict, window: int, threads: int = 0, precision: str = "float32"):
+        files = self.graphs(entry, precision)
+        if files is None:
+            raise ExportError(
+                f"{Path(root) / entry['name']}: no {precision} graphs (run `noisytag export` with --int8)"
+            )
         self.name = entry["name"]
+        self.precision = precision
         self.n_classes = int(entry["n_classes"])
         self.window = int(window)
-        self._paths = {"model": Path(root) / entry["model"], "fast": Path(root) / entry["fast"]}
+        self._paths = {"model": Path(root) / files["model"], "fast": Path(root) / files["fast"]}
         self._sessions: dict = {}
         self._threads = threads
+
+    @staticmethod
+    def graphs(entry: dict, precision: str = "float32") -> dict | None:
+        """The fields of a manifest entry for ``precision``: ``model``, ``fast`` (paths) and
+        ``weights_sha256`` (of the weights they were made from); None when not exported at that precision."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision '{precision}' (expected {' or '.join(PRECISIONS)})")
+        return entry if precision == "float32" else entry.get("int8")
 
     def _session(self, kind: str):
         if kind not in self._sessions:

@@ -28,6 +28,7 @@ from noisytag.audio.model_input import check_normalize
 from noisytag.config import FrontendConfig, InferConfig
 from noisytag.data.manifest import is_manifest, load_manifest
 from noisytag.infer.ensemble import (
+    BACKENDS,
     Ensemble,
     load_ensemble,
     load_members,
@@ -37,7 +38,7 @@ from noisytag.infer.ensemble import (
     select_model_dirs,
     shared_settings,
 )
-from noisytag.infer.export import export_models, refresh_onnx
+from noisytag.infer.export import ensure_int8, export_models, refresh_onnx
 from noisytag.infer.predict import FileResult, iter_files, predict_files
 from noisytag.infer.submission import write_submission
 from noisytag.models.weights import read_meta
@@ -187,22 +188,26 @@ def open_ensemble(
     """:func:`~noisytag.infer.ensemble.load_ensemble`. With the onnx backend, members missing or stale in
     ``RUN_DIR/onnx`` are exported first: into ``RUN_DIR/onnx`` (once per set of weights), or into
     ``onnx_dir`` when given, so that the run directory is only read."""
-    if backend == "onnx":
+    precision = BACKENDS.get(backend).meta["precision"]
+    if precision is not None:  # an onnxruntime backend
         dirs = select_model_dirs(run_dir, stages, archs)
-        if onnx_dir is not None and not onnx_current(run_dir, dirs):
-            return _exported_ensemble(run_dir, dirs, Path(onnx_dir))
-        refresh_onnx(run_dir, dirs)
+        if onnx_dir is not None and not onnx_current(run_dir, dirs, precision):
+            return _exported_ensemble(run_dir, dirs, Path(onnx_dir), precision)
+        refresh_onnx(run_dir, dirs, precision)
     return load_ensemble(run_dir, stages, archs, device, backend)
 
 
-def _exported_ensemble(run_dir: str | Path, dirs: Sequence[Path], out_dir: Path) -> Ensemble:
-    """Export ``dirs`` into ``out_dir`` (outside the run) and load them from there as ONNX members."""
+def _exported_ensemble(run_dir: str | Path, dirs: Sequence[Path], out_dir: Path, precision: str) -> Ensemble:
+    """Export ``dirs`` into ``out_dir`` (outside the run; int8: quantised there, calibrated on the run's
+    data set) and load them from there as ONNX members."""
     cfg = run_infer_config(run_dir)
     export_models(dirs, out_dir, cfg.window, cfg.max_stride)
     metas = [read_meta(d) for d in dirs]
     classes, frontend, normalize = shared_settings(metas, list(dirs))
     names = [member_name(m, Path(d)) for m, d in zip(metas, dirs, strict=True)]
-    return Ensemble(load_members(out_dir, names), classes, frontend, normalize)
+    if precision == "int8":
+        ensure_int8(run_dir, out_dir, names)
+    return Ensemble(load_members(out_dir, names, precision=precision), classes, frontend, normalize)
 
 
 class Tagger:

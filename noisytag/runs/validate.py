@@ -9,6 +9,7 @@ fold starts, after the feature cache is built.
 from __future__ import annotations
 
 from noisytag.config import ConfigError, RunConfig
+from noisytag.infer.ensemble import BACKENDS
 from noisytag.learn.augment import AUGMENTATIONS
 from noisytag.learn.detectors import DETECTORS
 from noisytag.learn.treatments import TREATMENTS
@@ -17,7 +18,7 @@ from noisytag.plan import RunPlan, build_plan
 from noisytag.registry import Registry
 
 # The axes a config chooses from (executors are a command-line choice, checked by the CLI).
-CONFIG_REGISTRIES: tuple[Registry, ...] = (AUGMENTATIONS, DETECTORS, TREATMENTS)
+CONFIG_REGISTRIES: tuple[Registry, ...] = (AUGMENTATIONS, DETECTORS, TREATMENTS, BACKENDS)
 
 
 def validate_plugins(cfg: RunConfig) -> None:
@@ -25,11 +26,11 @@ def validate_plugins(cfg: RunConfig) -> None:
     for registry in CONFIG_REGISTRIES:
         registry.validate(cfg)
     known = model_names()
-    for arch in cfg.pipeline.architectures:
+    chosen = [("distill.arch", cfg.distill.arch)] if cfg.pipeline.mode == "student" else []
+    chosen += [("pipeline.architectures", a) for a in cfg.pipeline.architectures]
+    for key, arch in chosen:
         if arch not in known:
-            raise ConfigError(
-                f"config key 'pipeline.architectures': unknown model '{arch}' (known: {', '.join(known)})"
-            )
+            raise ConfigError(f"config key '{key}': unknown model '{arch}' (known: {', '.join(known)})")
 
 
 def checked_plan(cfg: RunConfig) -> RunPlan:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from noisytag.infer.ensemble import select_model_dirs
+from noisytag.infer.ensemble import BACKENDS, select_model_dirs
 from noisytag.infer.tag import Tagger, TagRecord
 from noisytag.models.weights import read_meta
 from noisytag.rundir import RunDir
@@ -197,11 +197,11 @@ def open_service(
     otherwise exports them into a temporary directory for the service's life (a few seconds per member
     at every start; ``noisytag export RUN --onnx RUN/onnx`` once avoids that).
     """
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"unknown backend '{backend}' (expected torch or onnx)")
+    BACKENDS.get(backend)  # ConfigError (a ValueError) naming the known backends
     if mode not in ("exact", "fast"):
         raise ValueError(f"unknown inference mode '{mode}' (expected exact or fast)")
-    workdir = tempfile.TemporaryDirectory(prefix="noisytag-onnx-") if backend == "onnx" else None
+    onnx = BACKENDS.get(backend).meta["precision"] is not None
+    workdir = tempfile.TemporaryDirectory(prefix="noisytag-onnx-") if onnx else None
     onnx_dir = workdir.name if workdir else None
     try:
         tagger = Tagger(run_dir, stages, backend, mode, archs, device, onnx_dir=onnx_dir)

@@ -1,0 +1,424 @@
+"""int8 ONNX members: static QDQ quantisation calibrated on real clips, checked on held-out clips.
+
+:func:`quantize_members` adds, per member of an export directory (``noisytag export --int8``)::
+
+    {member}/model.int8.onnx   {member}/fast.int8.onnx   (same inputs and outputs as the float graphs)
+
+made by onnxruntime's ``quantize_static`` in QDQ format: int8 weights per output channel, uint8
+activations (asymmetric; most follow a ReLU), MinMax ranges. Before quantising, onnxruntime's basic graph
+optimisation folds each batch norm into its convolution (the optimisation step of ``quant_pre_process``;
+its symbolic shape inference fails on torch.export's ``Constant`` nodes and these graphs do not need it),
+so the convolutions are quantised with the batch-norm scale in their weights; the first convolution, which
+sees the log-mel itself, stays in float (:func:`quantize_graph`). onnxruntime fuses the QDQ pairs into
+integer kernels (VNNI where the CPU has it) when it loads the graph.
+
+Calibration clips (:class:`CalibrationSet`) come from the run's data set (run.json ``data_dir``; features
+from its cache, else decoded), from another data set, or from a folder of audio files; they are normalised
+exactly as the model input (:func:`noisytag.audio.model_input.model_input`). ``model.int8.onnx`` is
+calibrated on up to 256 inference windows of up to 128 clips (on a demo run, 64 clips / 143 windows left
+a member's largest error at 0.07, 128 / 256 at 0.045; 512 windows did no better), ``fast.int8.onnx`` on up
+to 16 whole clips. Parity is
+measured on other clips (the test split with truth when the data set has one): largest and mean
+|int8 − float| window probability in both modes and, with labels, each member's lwlrap at both precisions.
+Everything lands in ``manifest.json``: the member's ``int8`` entry and the directory's ``int8`` section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from noisytag.audio.cache import CacheError, FeatureCache, cache_folder, default_cache_dir
+from noisytag.audio.model_input import Clip, cached_clips, file_clip, model_input, take_windows
+from noisytag.audio.windows import window_offsets
+from noisytag.config import FrontendConfig, InferConfig, load_config
+from noisytag.data.dataset import multi_hot
+from noisytag.data.files import audio_files
+from noisytag.data.manifest import is_manifest, load_data
+from noisytag.fileio import atomic_path, write_json
+from noisytag.infer.ensemble import MANIFEST, read_manifest
+from noisytag.infer.members import ExportError, OnnxMember
+from noisytag.infer.predict import iter_window_probs
+from noisytag.metrics import lwlrap
+from noisytag.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS = ("uint8", "int8")
+MAX_WINDOWS = 256  # calibration windows of model.int8.onnx
+MAX_CLIPS_FAST = 16  # whole calibration clips of fast.int8.onnx
+BATCH = 16
+
+
+@dataclass
+class CalibrationSet:
+    """Clips that set the activation ranges, and other clips that check the result.
+
+    ``truth``: (len(heldout), K) multi-hot labels of the held-out clips in the members' class order, or
+    None; ``source``/``heldout_source``: one line each saying where the clips came from.
+    """
+
+    calibrate: list[Clip]
+    heldout: list[Clip]
+    source: str
+    heldout_source: str
+    truth: np.ndarray | None = None
+
+
+def _is_dataset(path: Path) -> bool:
+    return is_manifest(path) or (path / "train_curated.csv").is_file()
+
+
+def _decoded(paths: Sequence, frontend: FrontendConfig) -> dict[int, Clip]:
+    """Position in ``paths`` → its clip; a file that cannot be decoded is reported and left out."""
+    out = {}
+    for pos, path in enumerate(paths):
+        try:
+            out[pos] = file_clip(path, frontend, pos)[0]
+        except Exception as err:  # AudioError and anything a decoder may raise
+            log.warning("calibration: skipped %s (%s)", path, err)
+    return out
+
+
+def _dataset_clips(data_dir: Path, cache_dir: Path, frontend: FrontendConfig, split: str, rows) -> dict:
+    """Position in ``rows`` (a split table) → its clip, from the feature cache, else decoded."""
+    try:
+        cache = FeatureCache.open(cache_dir, frontend, cache_folder(data_dir, split))
+        held = set(cache.index["fname"])
+    except (CacheError, FileNotFoundError):
+        cache, held = None, set()
+    cached = [pos for pos, key in enumerate(rows["key"]) if key in held]
+    out = {pos: next(cached_clips(cache, [cache.position(rows["key"].iat[pos])])) for pos in cached}
+    rest = [pos for pos in range(len(rows)) if pos not in out]
+    decoded = _decoded([rows["path"].iat[pos] for pos in rest], frontend)
+    out.update({rest[i]: clip for i, clip in decoded.items()})
+    return dict(sorted(out.items()))
+
+
+def calibration_from_dataset(
+    data_dir: str | Path,
+    frontend: FrontendConfig,
+    classes: Sequence[str],
+    cache_dir: str | Path | None = None,
+    n_clips: int = 128,
+    n_heldout: int = 32,
+    seed: int = 0,
+) -> CalibrationSet:
+    """Calibrate on curated + noisy clips of a data set; hold out its test clips with truth (else curated).
+
+    Features come from the data set's feature cache (``cache_dir``, default ``DATA_DIR/.noisytag-cache``),
+    or are decoded from the audio files when the cache does not hold them.
+    """
+    data_dir = Path(data_dir)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(data_dir)
+    data = load_data(data_dir, skip_invalid=True)
+    rng = np.random.default_rng(seed)
+    curated = data.curated.iloc[rng.permutation(len(data.curated))]
+    noisy = data.noisy.iloc[rng.permutation(len(data.noisy))]
+    test = data.test
+    if "truth" in test.columns and test["truth"].map(len).any():
+        test = test[test["truth"].map(len) > 0]
+        held = test.iloc[rng.permutation(len(test))[:n_heldout]]
+        split, labels, where = "test", held["truth"], "test clips with truth"
+    else:
+        held = curated.iloc[: min(n_heldout, len(curated) // 2)]
+        curated = curated.iloc[len(held) :]
+        split, labels, where = "curated", held["labels"], "curated clips not used for calibration"
+    n_cur = min(len(curated), max(n_clips - len(noisy), (n_clips + 1) // 2))
+    picks = {"curated": curated.iloc[:n_cur], "noisy": noisy.iloc[: n_clips - n_cur]}
+    calibrate = [
+        c for s in picks for c in _dataset_clips(data_dir, cache_dir, frontend, s, picks[s]).values()
+    ]
+    if not calibrate:
+        raise ExportError(f"{data_dir}: no curated or noisy clips to calibrate the int8 members on")
+    got = _dataset_clips(data_dir, cache_dir, frontend, split, held)
+    heldout, where = list(got.values()), f"{len(got)} {where} of {data_dir}"
+    labelled = bool(got) and set(data.classes) <= set(classes)  # another data set's labels may not fit
+    truth = multi_hot([labels.iloc[k] for k in got], classes) if labelled else None
+    if not heldout:
+        heldout, where = calibrate, f"the calibration clips of {data_dir} (none to hold out)"
+    return CalibrationSet(
+        calibrate, heldout, f"data set {data_dir}: {len(calibrate)} curated/noisy clips", where, truth
+    )
+
+
+def calibration_from_audio(
+    folder: str | Path, frontend: FrontendConfig, n_clips: int = 128, n_heldout: int = 32, seed: int = 0
+) -> CalibrationSet:
+    """Calibrate on the audio files of ``folder`` (recursive), holding out a quarter (≤ ``n_heldout``)."""
+    files = audio_files(folder, recursive=True)
+    if not files:
+        raise ExportError(f"{folder}: no audio files to calibrate the int8 members on")
+    files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+    n_held = max(1, min(n_heldout, len(files) // 4)) if len(files) >= 2 else 0
+    calibrate = list(_decoded(files[n_held : n_held + n_clips], frontend).values())
+    if not calibrate:
+        raise ExportError(f"{folder}: none of its audio files could be decoded for calibration")
+    heldout = list(_decoded(files[:n_held], frontend).values())
+    where = f"{len(heldout)} other audio files of {folder} (no labels)"
+    if not heldout:
+        heldout, where = calibrate, f"the calibration clips of {folder} (too few files to hold any out)"
+    return CalibrationSet(calibrate, heldout, f"audio folder {folder}: {len(calibrate)} files", where)
+
+
+def calibration_set(
+    run_dir: str | Path,
+    frontend: FrontendConfig,
+    classes: Sequence[str],
+    source: str | Path | None = None,
+    n_clips: int = 128,
+    n_heldout: int = 32,
+) -> CalibrationSet:
+    """The clips that calibrate a run's int8 members: ``source`` (a data set or a folder of audio files),
+    by default the run's own data set (run.json ``data_dir``, features from the cache of its config)."""
+    run = RunDir(run_dir)
+    data_dir = run.info().get("data_dir")
+    cache_dir = load_config(run.config).data.cache_dir if run.config.is_file() else None
+    if source is not None:
+        if not Path(source).exists():
+            raise FileNotFoundError(f"--calibration: '{source}' does not exist")
+        source = Path(source).resolve()  # the same folder gives the same source, however it was named
+        if not _is_dataset(source):
+            return calibration_from_audio(source, frontend, n_clips, n_heldout)
+        if not data_dir or source != Path(data_dir).resolve():
+            cache_dir = None  # another data set: its own default cache
+        data_dir = source
+    elif not data_dir or not Path(data_dir).exists():
+        raise ExportError(
+            f"{run.root}: int8 calibration needs clips, and the run's data set is not available "
+            f"(run.json data_dir: {data_dir or 'none'}); pass --calibration DIR (a data set or audio files)"
+        )
+    return calibration_from_dataset(data_dir, frontend, classes, cache_dir, n_clips, n_heldout)
+
+
+# ----------------------------------------------------------------------------------------------
+# calibration feeds and quantisation
+
+
+class Feeds:
+    """Prepared input dicts as an onnxruntime ``CalibrationDataReader`` (it recognises ``get_next``)."""
+
+    def __init__(self, feeds: list[dict]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict | None:
+        return next(self._feeds, None)
+
+
+def window_feeds(
+    clips: Sequence[Clip], width: int, max_stride: int, normalize: str, max_windows: int = MAX_WINDOWS
+) -> list[dict]:
+    """``{"x": (b, 1, F, width)}`` batches of the clips' inference windows (a seeded sample of
+    ``max_windows`` when there are more)."""
+    windows = []
+    for c in clips:
+        x = model_input(c.db, c.lo, c.hi, width, normalize)
+        windows.append(take_windows(x, window_offsets(c.db.shape[1], width, max_stride), width))
+    x = np.concatenate(windows)
+    if len(x) > max_windows:
+        x = x[np.sort(np.random.default_rng(0).choice(len(x), max_windows, replace=False))]
+    x = x[:, None]
+    return [{"x": x[i : i + BATCH]} for i in range(0, len(x), BATCH)]
+
+
+def clip_feeds(
+    clips: Sequence[Clip], width: int, max_stride: int, normalize: str, max_clips: int = MAX_CLIPS_FAST
+) -> list[dict]:
+    """``{"x": (1, 1, F, T), "starts": (n,)}`` per clip: the fast graph's inputs, ≤ ``max_clips`` clips."""
+    out = []
+    for c in clips[:max_clips]:
+        x = model_input(c.db, c.lo, c.hi, width, normalize)
+        out.append({"x": x[None, None], "starts": window_offsets(c.db.shape[1], width, max_stride)})
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """Drop the notes onnxruntime's quantiser logs as root-logger warnings (e.g. that it quantises the
+    head's batch-norm weights per tensor, not per channel)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def quantize_graph(src: Path, dst: Path, feeds: list[dict], activation: str = "uint8") -> None:
+    """Float graph ``src`` → static QDQ int8 graph ``dst`` calibrated on ``feeds`` (kill-safe write).
+
+    The first convolution stays in float: it sees the normalised log-mel itself, whose 256 uint8 levels
+    doubled the largest probability error of a tiny trained cnn1 (0.08 → 0.04), for ~1 % of the work
+    (one input channel).
+    """
+    import tempfile
+
+    import onnx  # heavy and optional: only export needs them
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation type '{activation}' (expected {' or '.join(ACTIVATIONS)})")
+    with tempfile.TemporaryDirectory(prefix="noisytag-int8-") as tmp, _quiet_quantizer():
+        optimized = Path(tmp) / "optimized.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(optimized)
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
+        convs = [n.name for n in onnx.load(str(optimized)).graph.node if n.op_type == "Conv"]
+        with atomic_path(dst) as out:
+            quantize_static(
+                str(optimized),
+                str(out),
+                Feeds(feeds),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=convs[:1],
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# parity
+
+
+def _window_probs(member, clips: Sequence[Clip], cfg: InferConfig, normalize: str) -> list[np.ndarray]:
+    got = {key: probs for key, _, probs in iter_window_probs([member], clips, cfg, normalize)}
+    return [got[c.key] for c in clips]
+
+
+def int8_parity(
+    float_member, int8_member, calib: CalibrationSet, width: int, max_stride: int, normalize: str
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Held-out comparison of one member → (figures, float clip probs (N, K), int8 clip probs (N, K)).
+
+    Figures: ``max_abs_diff`` / ``mean_abs_diff`` (window probabilities, exact mode),
+    ``clip_max_abs_diff`` (clip probabilities: mean over windows), ``fast_max_abs_diff`` (window
+    probabilities, fast mode) and, when the held-out clips have labels, ``lwlrap_float``/``lwlrap_int8``.
+    """
+    clips = [Clip(i, c.db, c.lo, c.hi) for i, c in enumerate(calib.heldout)]
+    figures: dict = {"clips": len(clips)}
+    clip_probs = []
+    for mode in ("exact", "fast"):
+        cfg = InferConfig(window=width, max_stride=max_stride, batch_size=64, mode=mode)
+        a = _window_probs(float_member, clips, cfg, normalize)
+        b = _window_probs(int8_member, clips, cfg, normalize)
+        diff = np.abs(np.concatenate(a) - np.concatenate(b))
+        if mode == "exact":
+            figures.update(
+                windows=len(diff), max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean())
+            )
+            clip_probs = [np.stack([p.mean(axis=0) for p in probs]) for probs in (a, b)]
+            figures["clip_max_abs_diff"] = float(np.abs(clip_probs[0] - clip_probs[1]).max())
+        else:
+            figures["fast_max_abs_diff"] = float(diff.max())
+    if calib.truth is not None:
+        figures["lwlrap_float"] = lwlrap(calib.truth, clip_probs[0])
+        figures["lwlrap_int8"] = lwlrap(calib.truth, clip_probs[1])
+    return figures, clip_probs[0], clip_probs[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# an export directory's int8 members
+
+
+def int8_current(entry: dict, source: str | None = None, activation: str | None = None) -> bool:
+    """Whether manifest member ``entry`` has int8 graphs of its current weights (made from calibration
+    ``source`` with ``activation`` types, when given)."""
+    int8 = entry.get("int8") or {}
+    return (
+        bool(int8)
+        and int8.get("weights_sha256") == entry.get("weights_sha256")
+        and source in (None, int8.get("calibration"))
+        and activation in (None, int8.get("activations"))
+    )
+
+
+def quantize_members(
+    out_dir: str | Path,
+    calib: CalibrationSet,
+    names: Sequence[str] | None = None,
+    activation: str = "uint8",
+    force: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Quantise members ``names`` (default: all) of export directory ``out_dir`` → the updated manifest.
+
+    A member whose int8 graphs were made from its current weights with the same calibration source is
+    kept (unless ``force``). Each new one is checked on the held-out clips (:func:`int8_parity`).
+    """
+    from rich.progress import track
+
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    entries = {m["name"]: m for m in manifest["members"]}
+    names = list(names) if names is not None else sorted(entries)
+    missing = [n for n in names if n not in entries]
+    if missing:
+        raise ExportError(f"{out_dir / MANIFEST}: no member(s) {', '.join(missing)}")
+    width, stride, normalize = manifest["window"], manifest["max_stride"], manifest.get("normalize", "minmax")
+    todo = [n for n in names if force or not int8_current(entries[n], calib.source, activation)]
+    if todo:
+        model_feeds = window_feeds(calib.calibrate, width, stride, normalize)
+        fast_feeds = clip_feeds(calib.calibrate, width, stride, normalize)
+    ensemble: list[list[np.ndarray]] = [[], []]
+    for name in track(todo, description="quantising", transient=True) if progress else todo:
+        entry = entries[name]
+        files = {kind: f"{name}/{kind}.int8.onnx" for kind in ("model", "fast")}
+        quantize_graph(out_dir / entry["model"], out_dir / files["model"], model_feeds, activation)
+        quantize_graph(out_dir / entry["fast"], out_dir / files["fast"], fast_feeds, activation)
+        int8 = {
+            **files,
+            "weights_sha256": entry.get("weights_sha256"),
+            "calibration": calib.source,
+            "activations": activation,
+        }
+        float_member = OnnxMember(out_dir, entry, width)
+        int8_member = OnnxMember(out_dir, {**entry, "int8": int8}, width, precision="int8")
+        int8["parity"], p_float, p_int8 = int8_parity(
+            float_member, int8_member, calib, width, stride, normalize
+        )
+        entry["int8"] = int8
+        ensemble[0].append(p_float)
+        ensemble[1].append(p_int8)
+    if todo:
+        import onnxruntime as ort
+
+        section = {
+            "format": f"QDQ: int8 weights per output channel, {activation} activations (MinMax "
+            "calibration), first convolution in float; onnxruntime quantize_static",
+            "onnxruntime": ort.__version__,
+            "activations": activation,
+            "calibration": {
+                "source": calib.source,
+                "clips": len(calib.calibrate),
+                "windows": sum(len(f["x"]) for f in model_feeds),
+                "fast_clips": len(fast_feeds),
+            },
+            "heldout": {"source": calib.heldout_source, "clips": len(calib.heldout)},
+            "ensemble": ensemble_parity(ensemble[0], ensemble[1], calib.truth),
+        }
+        manifest["int8"] = section
+        write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def ensemble_parity(float_probs: list, int8_probs: list, truth: np.ndarray | None) -> dict:
+    """Clip probabilities averaged over the members quantised together: largest difference and lwlrap."""
+    a, b = np.mean(float_probs, axis=0), np.mean(int8_probs, axis=0)
+    out = {"members": len(float_probs), "clip_max_abs_diff": float(np.abs(a - b).max())}
+    if truth is not None:
+        out.update(lwlrap_float=lwlrap(truth, a), lwlrap_int8=lwlrap(truth, b))
+    return out
