@@ -173,6 +173,7 @@ class DistillConfig:
     lr: float = 3e-3
     label_weight: float = 0.1
     targets: str = "oof"
+    crop: str = "random"  # "random" start frames (targets interpolated) or the teacher's "grid" windows
     unlabelled: str = ""
     teacher: str = ""  # the teacher run directory (set by noisytag distill)
 

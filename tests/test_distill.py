@@ -128,3 +128,36 @@ def test_bad_input_is_one_line(tiny_run, tmp_path):
     )
     assert result.exit_code == 2 and "not finished" in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) <= 2
+
+
+class FakeCache:
+    """Two clips of 300 and 100 frames whose dB value at frame t is t (enough for the dataset)."""
+
+    index = pd.DataFrame({"n_frames": [300, 100], "lo": [0.0, 0.0], "hi": [300.0, 300.0]})
+
+    def windows(self, positions, starts, width):
+        return np.stack([np.tile(np.arange(s, s + width, dtype=np.float32), (4, 1)) for s in starts])
+
+
+@pytest.mark.parametrize("crop", ["random", "grid"])
+def test_window_targets_follow_the_crop(crop):
+    from noisytag.learn.distill import TeacherWindowDataset
+    from noisytag.learn.loader import ClipSet
+
+    starts = np.array([0, 43, 86, 129, 172, 0])  # clip 0: 5 grid windows of 128 frames; clip 1: one
+    probs = np.linspace(0, 1, 6, dtype=np.float32)[:, None].repeat(2, axis=1)
+    teacher = WindowTargets(np.array([0, 5]), np.array([5, 1]), starts, probs)
+    clips = ClipSet(np.array(["c", "c"], dtype=object), np.array([0, 1]), np.zeros((2, 2), np.float32))
+    data = TeacherWindowDataset({"c": FakeCache()}, clips, teacher, probs, 128, seed=3, crop=crop)
+    seen = set()
+    for epoch in range(40):
+        x, y = data[epoch * 2]
+        start = int(round(float(x[0, 0, 0]) * 300))  # minmax input: frame t → t / 300
+        seen.add(start)
+        expected = np.interp(start, starts[:5], probs[:5, 0])
+        assert y[0].item() == pytest.approx(expected, abs=1e-5) and y[-1].item() == 0.0
+        if crop == "grid":
+            assert start in set(starts[:5].tolist())
+    assert len(seen) > (10 if crop == "random" else 3)
+    x, y = data[1]  # the one-window clip always gives its window
+    assert y[0].item() == pytest.approx(1.0)

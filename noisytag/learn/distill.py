@@ -104,11 +104,13 @@ def student_targets(teacher: WindowTargets, labels: np.ndarray, label_weight: np
 
 
 class TeacherWindowDataset(_ClipWindows):
-    """Item ``key = epoch * N + i`` → (x (1, n_mels, width), y (K + 1,)): one of clip i's inference
-    windows, drawn from ``(seed, epoch, i)`` alone (resumable like the training loader), and its target.
+    """Item ``key = epoch * N + i`` → (x (1, n_mels, width), y (K + 1,)): a window of clip i drawn from
+    ``(seed, epoch, i)`` alone (resumable like the training loader), and the teacher's target for it.
 
-    The last target column is the untrusted flag of :class:`noisytag.learn.train.TaggerModule` (0: every
-    student target is trusted).
+    ``crop="random"``: any start frame, as the pipeline's training crops, with the target interpolated
+    linearly between the two teacher windows around it (the grid is at most ``max_stride`` frames
+    apart); ``crop="grid"``: one of the teacher's own windows, with its exact target. The last target
+    column is the untrusted flag of :class:`noisytag.learn.train.TaggerModule` (0: all trusted).
     """
 
     def __init__(
@@ -120,11 +122,14 @@ class TeacherWindowDataset(_ClipWindows):
         width: int = 128,
         seed: int = 0,
         normalize: str = "minmax",
+        crop: str = "random",
     ):
         super().__init__(caches, clips, width, normalize)
         if len(teacher) != len(clips) or len(targets) != len(teacher.starts):
             raise ValueError("teacher targets do not match the student's clips")
-        self.teacher, self.seed = teacher, seed
+        if crop not in ("random", "grid"):
+            raise ValueError(f"distill.crop: 'random' or 'grid', got {crop!r}")
+        self.teacher, self.seed, self.crop = teacher, seed, crop
         self.targets = np.concatenate([targets, np.zeros((len(targets), 1), np.float32)], axis=1)
 
     def __len__(self) -> int:
@@ -132,7 +137,14 @@ class TeacherWindowDataset(_ClipWindows):
 
     def __getitem__(self, key: int):
         epoch, i = divmod(int(key), len(self.clips))
-        row = int(self.teacher.first[i]) + int(
-            np.random.default_rng([self.seed, epoch, i, 5]).integers(0, int(self.teacher.count[i]))
-        )
-        return self.window(i, int(self.teacher.starts[row])), torch.from_numpy(self.targets[row])
+        rng = np.random.default_rng([self.seed, epoch, i, 5])
+        first, count = int(self.teacher.first[i]), int(self.teacher.count[i])
+        starts = self.teacher.starts[first : first + count]
+        if self.crop == "grid" or count == 1:
+            row = first + int(rng.integers(0, count))
+            return self.window(i, int(starts[row - first])), torch.from_numpy(self.targets[row])
+        start = int(rng.integers(0, int(starts[-1]) + 1))
+        j = min(int(np.searchsorted(starts, start, side="right")) - 1, count - 2)
+        alpha = np.float32((start - starts[j]) / max(int(starts[j + 1] - starts[j]), 1))
+        target = (1 - alpha) * self.targets[first + j] + alpha * self.targets[first + j + 1]
+        return self.window(i, start), torch.from_numpy(target.astype(np.float32))
