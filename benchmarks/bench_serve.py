@@ -131,6 +131,32 @@ def load(url: str, clip: bytes, requests: int, clients: int) -> tuple[float, lis
     return wall, latencies
 
 
+def load_for(url: str, clip: bytes, seconds: float, clients: int) -> tuple[float, list[float], list[str]]:
+    """``clients`` threads POST one request after another until ``seconds`` have passed (the request under
+    way then completes) → (wall seconds, latencies of the answered requests, failures)."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    stop = time.perf_counter() + seconds
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=300) as c:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = c.post("/api/tag", files={"file": ("clip.wav", clip, "audio/wav")})
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    failures.append(f"{r.status_code} {r.text[:100]}")
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, latencies, failures
+
+
 def screenshot(url: str, clip: bytes, out: Path) -> None:
     """Tag the clip through the page in headless Chromium; save the page as a small PNG."""
     from playwright.sync_api import sync_playwright

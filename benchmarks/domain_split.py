@@ -25,6 +25,21 @@ from noisytag.runs.context import open_run
 from noisytag.runs.scoring import ensemble_test, stage_test
 
 
+def test_domains(data_dir: Path) -> dict[str, str] | None:
+    """Test clip name → its recording domain ("clean": the curated clips', "noisy": the noisy clips') for a
+    ``noisytag synth --test-domain mixed`` data set, re-planned from its synth info; None for other data."""
+    made = synth_info(data_dir) or {}
+    if made.get("test_domain") != "mixed":
+        return None
+    p = plan(made["scale"], made["seed"], made["sample_rate"], made["format"], "mixed")
+    return dict(zip(p.fnames["test"], p.domains["test"], strict=True))
+
+
+def domain_scores(truth: np.ndarray, probs: np.ndarray, shifted: np.ndarray) -> tuple[float, float]:
+    """(lwlrap of the clean-domain rows, lwlrap of the shifted ones): ``truth`` (N, K) bool, ``shifted`` (N,)."""
+    return lwlrap(truth[~shifted], probs[~shifted]), lwlrap(truth[shifted], probs[shifted])
+
+
 def split_scores(data_dir: Path, run_dir: Path, domains: dict[str, str]) -> dict[str, float]:
     """{"s1 clean": …, "s1 shifted": …, …, "ens clean": …} for one finished run, read as the pipeline
     reads it (same test order, fold means and ensemble), without writing to the run."""
@@ -35,17 +50,14 @@ def split_scores(data_dir: Path, run_dir: Path, domains: dict[str, str]) -> dict
     preds.update({f"s{k}": stage_test(ctx, "cnn1", k) for k in ctx.plan.stage_numbers})
     out = {}
     for key, p in preds.items():
-        out[f"{key} clean"] = lwlrap(truth[~shifted], p[~shifted])
-        out[f"{key} shifted"] = lwlrap(truth[shifted], p[shifted])
+        out[f"{key} clean"], out[f"{key} shifted"] = domain_scores(truth, p, shifted)
     return out
 
 
 def main(ablation_dir: Path, data_dir: Path) -> pd.DataFrame:
-    made = synth_info(data_dir) or {}
-    if made.get("test_domain") != "mixed":
+    domains = test_domains(data_dir)
+    if domains is None:
         raise SystemExit(f"{data_dir}: not a mixed-test-domain synth data set")
-    p = plan(made["scale"], made["seed"], made["sample_rate"], made["format"], "mixed")
-    domains = dict(zip(p.fnames["test"], p.domains["test"], strict=True))
     logging.getLogger("noisytag").setLevel(logging.WARNING)
     rows = []
     for run_dir in sorted(ablation_dir.glob("runs/*/seed*")):
