@@ -9,7 +9,7 @@ DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo distill test lint bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/noisytag demo --data $(DEMO_DATA) --out $(DEMO_RUN)
+
+# After `make demo`: its ensemble distilled into one fast student (runs/demo-student), compared with it.
+distill: $(STAMP)
+	$(BIN)/noisytag distill $(DEMO_RUN) -o $(DEMO_RUN)-student -c configs/demo.yaml
 
 test: $(STAMP)
 	@# tests/test_serve.py drives the system Chromium (never a downloaded one); without it that one test skips
