@@ -35,7 +35,7 @@ def test_select_and_load_torch_members(run):
     assert ens.classes == CLASSES and ens.normalize == "minmax" and ens.frontend.hop_length == 694
     with pytest.raises(FileNotFoundError, match="no finished models for stages 4"):
         select_model_dirs(run, stages=[4])
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(ValueError, match="unknown inference backend"):
         load_ensemble(run, stages=[2], backend="tflite")
 
 
