@@ -236,8 +236,9 @@ def open_caches(
         folder = cache_folder(data_dir, split)
         if folder not in opened:
             opened[folder] = FeatureCache.open(cache_dir, cfg.frontend, folder)
-            for fname, reason in opened[folder].failed:
-                log.warning("%s/%s left out: %s", folder, fname, reason)
+            for fname, reason in opened[folder].failed:  # a manifest's clips are keyed by their path
+                path = Path(fname) if Path(fname).is_absolute() else Path(data_dir) / folder / fname
+                log.warning("%s left out: %s", path, reason)
     return {s: opened[cache_folder(data_dir, s)] for s in splits}
 
 
