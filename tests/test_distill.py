@@ -31,7 +31,7 @@ SETS = ["distill.epochs=2", "distill.width=0.25", "train.batch_size=16"]
 @pytest.fixture(scope="module")
 def student(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("student") / "student"
-    cfg = load_student_config(tiny_run, out, None, SETS)
+    cfg = load_student_config(tiny_run, out, None, [*SETS, "distill.targets=oof"])
     results = run_distill(tiny_run, out, cfg, progress=False)
     return out, results
 
