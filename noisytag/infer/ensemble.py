@@ -146,6 +146,18 @@ def read_manifest(out_dir: str | Path) -> dict:
         raise ExportError(f"{path}: corrupt JSON ({err})") from None
 
 
+def manifest_members(out_dir: Path, names: Sequence[str] | None) -> tuple[dict, dict, list[str]]:
+    """An export directory's manifest, its member entries by name, and ``names`` (default: all, sorted);
+    ExportError naming the members the manifest lacks."""
+    manifest = read_manifest(out_dir)
+    entries = {m["name"]: m for m in manifest["members"]}
+    names = list(names) if names is not None else sorted(entries)
+    missing = [n for n in names if n not in entries]
+    if missing:
+        raise ExportError(f"{out_dir / MANIFEST}: no member(s) {', '.join(missing)}")
+    return manifest, entries, names
+
+
 def load_members(
     out_dir: str | Path, names: Sequence[str] | None = None, threads: int = 0, precision: str = "float32"
 ) -> list:
@@ -155,12 +167,7 @@ def load_members(
     the members without them).
     """
     out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
-    entries = {m["name"]: m for m in manifest["members"]}
-    names = list(names) if names is not None else sorted(entries)
-    missing = [n for n in names if n not in entries]
-    if missing:
-        raise ExportError(f"{out_dir / MANIFEST}: no member(s) {', '.join(missing)}")
+    manifest, entries, names = manifest_members(out_dir, names)
     lacking = [n for n in names if OnnxMember.graphs(entries[n], precision) is None]
     if lacking:
         raise ExportError(

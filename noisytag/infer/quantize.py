@@ -41,7 +41,7 @@ from noisytag.data.dataset import multi_hot
 from noisytag.data.files import audio_files
 from noisytag.data.manifest import is_manifest, load_data
 from noisytag.fileio import atomic_path, write_json
-from noisytag.infer.ensemble import MANIFEST, read_manifest
+from noisytag.infer.ensemble import MANIFEST, manifest_members
 from noisytag.infer.members import ExportError, OnnxMember
 from noisytag.infer.predict import iter_window_probs
 from noisytag.metrics import lwlrap
@@ -362,12 +362,7 @@ def quantize_members(
     from rich.progress import track
 
     out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
-    entries = {m["name"]: m for m in manifest["members"]}
-    names = list(names) if names is not None else sorted(entries)
-    missing = [n for n in names if n not in entries]
-    if missing:
-        raise ExportError(f"{out_dir / MANIFEST}: no member(s) {', '.join(missing)}")
+    manifest, entries, names = manifest_members(out_dir, names)
     width, stride, normalize = manifest["window"], manifest["max_stride"], manifest.get("normalize", "minmax")
     todo = [n for n in names if force or not int8_current(entries[n], calib.source, activation)]
     if todo:
