@@ -37,7 +37,6 @@ from noisytag.runs.validate import checked_plan
 log = logging.getLogger(__name__)
 
 STAGE, FOLD = 1, 0  # where the student's one model lives in its run directory
-STUDENT_SETS = {"model.width", "pipeline.mode", "pipeline.architectures"}  # set from distill.*
 
 
 def student_config(teacher: RunDir, overrides: RunConfig | None, sets: list[str]) -> RunConfig:
