@@ -187,3 +187,20 @@ def test_logmel_picture_when_asked(run_dir, audio):
     assert base64.b64decode(pic.png).startswith(b"\x89PNG") and pic.height == 128 and pic.width == 191
     assert pic.db_min < pic.db_max and record.timeline is None
     assert "logmel" in record.to_dict() and "timeline" not in record.to_dict()
+
+
+@pytest.mark.parametrize("n_frames", [5, 600, 601, 1199, 1800, 7777])
+def test_logmel_picture_max_pools_time_into_at_most_600_columns(n_frames):
+    """Each column is the maximum of its frames (a short loud event stays visible), past-the-end frames
+    count as ``lo``; high bands on top; lo → 0, hi → 255."""
+    from noisytag.audio.image import MAX_COLUMNS, gray_image
+
+    db = np.random.default_rng(n_frames).uniform(-80, 0, (8, n_frames)).astype(np.float32)
+    lo, hi = float(db.min()), float(db.max())
+    image, per = gray_image(db, lo, hi)
+    cols = -(-n_frames // per)
+    padded = np.full((8, cols * per), lo, np.float32)
+    padded[:, :n_frames] = db
+    expect = np.round((padded.reshape(8, cols, per).max(axis=2) - lo) / (hi - lo) * 255)
+    assert image.shape == (8, cols) and cols <= MAX_COLUMNS and (per == 1) == (n_frames <= MAX_COLUMNS)
+    np.testing.assert_array_equal(image, expect.astype(np.uint8)[::-1])

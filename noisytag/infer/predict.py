@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,6 +211,10 @@ def iter_files(
     results: dict[int, FileResult] = {i: FileResult(p) for i, p in enumerate(paths)}
 
     def decoded() -> Iterator[Clip]:
+        if len(paths) == 1 or prefetch < 1:  # nothing to overlap: a thread would only add its start-up
+            for i, p in enumerate(paths):
+                yield from _resolve(i, _called(file_clip, p, frontend, i))
+            return
         with ThreadPoolExecutor(max_workers=1) as pool:
             futures: deque = deque()
             for i, p in enumerate(paths):
@@ -252,6 +256,16 @@ def iter_files(
     while next_out < len(paths):
         yield results.pop(next_out)
         next_out += 1
+
+
+def _called(fn, *args) -> Future:
+    """``fn(*args)`` run now in this thread, as a finished future (its result or its exception)."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as err:
+        future.set_exception(err)
+    return future
 
 
 def predict_files(
