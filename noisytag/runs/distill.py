@@ -29,6 +29,7 @@ from noisytag.learn.loader import ClipSet
 from noisytag.learn.train import fit_fold, inference_device
 from noisytag.metrics import per_class_lwlrap
 from noisytag.models.weights import load_model, save_model
+from noisytag.registry import lookup
 from noisytag.rundir import RunDir
 from noisytag.runs.context import RunContext, open_run
 from noisytag.runs.scoring import ensemble_test, test_scores
@@ -71,10 +72,9 @@ def check_teacher(teacher: RunDir, cfg: RunConfig) -> None:
             f"{teacher.root}: the run is not finished ({len(missing)} ensemble model(s) missing, e.g. "
             f"{missing[0]}); finish it with noisytag pipeline first"
         )
-    for key in ("frontend", "data.normalize", "infer.window"):
-        a, b = saved.to_dict(), cfg.to_dict()
-        for part in key.split("."):
-            a, b = a[part], b[part]
+    frontend = [f"frontend.{f.name}" for f in dataclasses.fields(saved.frontend)]
+    for key in (*frontend, "data.normalize", "infer.window"):
+        a, b = lookup(saved, key), lookup(cfg, key)
         if a != b:
             raise ConfigError(
                 f"config key '{key}': the student must read the teacher's input ({a!r}), got {b!r}"
