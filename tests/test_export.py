@@ -263,8 +263,12 @@ def test_int8_members_load_and_match_float(int8_run, tiny_data, tiny_cache, mode
 
 
 @pytest.mark.slow
-def test_refresh_quantises_stale_int8_members(int8_run, tmp_path):
-    """What tag/serve call for int8 members: quantise those whose int8 graphs are missing or stale."""
+@pytest.mark.parametrize(
+    "stale", [{"weights_sha256": "of other weights"}, {"method": "minmax"}], ids=["weights", "recipe"]
+)
+def test_refresh_quantises_stale_int8_members(int8_run, tmp_path, stale):
+    """What tag/serve call for int8 members: quantise those whose int8 graphs are missing or stale (made
+    from other weights, or by an older calibration recipe)."""
     import shutil
 
     from noisytag.infer.ensemble import onnx_current
@@ -273,7 +277,7 @@ def test_refresh_quantises_stale_int8_members(int8_run, tmp_path):
     run = shutil.copytree(int8_run[0], tmp_path / "run")
     dirs = sorted(run.glob("cnn1/stage*/fold*"))
     manifest = json.loads((run / "onnx" / "manifest.json").read_text())
-    manifest["members"][0]["int8"]["weights_sha256"] = "of other weights"
+    manifest["members"][0]["int8"] |= stale
     (run / "onnx" / "manifest.json").write_text(json.dumps(manifest))
     assert onnx_current(run, dirs) and not onnx_current(run, dirs, precision="int8")
     refresh_onnx(run, dirs, precision="int8")

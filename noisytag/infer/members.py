@@ -118,6 +118,10 @@ def session(path: str | Path, threads: int = 0):
 
 
 PRECISIONS = ("float32", "int8")  # graphs of an export directory: float, or int8 (``noisytag export --int8``)
+# The int8 recipe (noisytag.infer.quantize): activation ranges from the (100 - p)th to the pth percentile
+# of the calibration values. int8 graphs a manifest records with another method are stale and remade.
+INT8_PERCENTILE = 99.999
+INT8_METHOD = f"percentile {INT8_PERCENTILE}"
 
 
 class OnnxMember:
