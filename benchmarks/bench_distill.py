@@ -16,7 +16,9 @@ student's ONNX and int8 graphs are made on first use in STUDENT/onnx (int8 calib
    excluded), exact and fast mode, on ``--clips`` 10-s clips made by concatenating the test clips
    (trimmed as the front end trims them): decode + features + models, every contender once per round,
    interleaved (bench_infer.py's ``interleaved``), median over ``--repeats`` rounds after one warm-up;
-   also the front end alone (decode + features in a worker thread, as Tagger.tag runs it): every row's floor.
+   also the front end alone (decode + features in a worker thread, as Tagger.tag runs it): every row's floor,
+   and the models alone (the clips' log-mels prepared once, then windows → members → mean through
+   ``iter_window_probs``): what int8 kernels and a smaller model change.
 3. Parameters (sum of numel over members), multiply-accumulates of the exact-mode windows of a 10-s clip
    (Conv2d and Linear, counted with forward hooks, summed over members), bytes of the weight files
    (safetensors; the exact-mode ``model.onnx`` / ``model.int8.onnx`` for the onnxruntime rows).
@@ -297,7 +299,7 @@ def main(argv=None) -> int:
     import torch
 
     from noisytag.infer.ensemble import run_infer_config
-    from noisytag.infer.predict import file_clip
+    from noisytag.infer.predict import file_clip, iter_window_probs
     from noisytag.infer.tag import Tagger
 
     started, load = time.perf_counter(), os.getloadavg()[0]
@@ -346,6 +348,13 @@ def main(argv=None) -> int:
         )
         frontend = taggers["teacher", "exact"].ensemble.frontend
         contenders = {name: (lambda t=t: t.tag(clips)) for name, t in taggers.items()}
+        # the models alone: the same clips' log-mels prepared once, through the window engine
+        prepared = [file_clip(p, frontend, i)[0] for i, p in enumerate(clips)]
+        for (key, mode), t in taggers.items():
+            ens = t.ensemble
+            contenders["models", key, mode] = lambda e=ens, c=t.cfg: list(
+                iter_window_probs(e.members, prepared, c, e.normalize)
+            )
         # the floor of every row: decode + features alone, in a worker thread as Tagger.tag runs them
         pool = ThreadPoolExecutor(max_workers=1)
         contenders["front end"] = lambda: list(pool.map(lambda p: file_clip(p, frontend), clips))
@@ -375,6 +384,7 @@ def main(argv=None) -> int:
             label = f"teacher ({f['members']} models: {' + '.join(members)})"
         models[key] = {"label": label, "run": str(runs[which]), "backend": backend, "lwlrap": lw[key]}
         models[key] |= {"rtf": {mode: rtf[key, mode] for mode in MODES}, **f}
+        models[key]["rtf_models"] = {mode: rtf["models", key, mode] for mode in MODES}
     if args.serve_seconds > 0:
         for m in models.values():
             print(f"serving {m['label']} ({args.serve_mode}), {args.serve_seconds:g} s per load", flush=True)
@@ -386,11 +396,18 @@ def main(argv=None) -> int:
     def speedup(a: str, b: str) -> dict[str, float]:
         return {mode: rtf[a, mode]["wall"] / rtf[b, mode]["wall"] for mode in MODES}
 
+    def model_speedup(a: str, b: str) -> dict[str, float]:
+        return {mode: rtf["models", a, mode]["wall"] / rtf["models", b, mode]["wall"] for mode in MODES}
+
     ratios = {
         "speedup student torch vs teacher": speedup("teacher", "student_torch"),
         "speedup student onnx vs teacher": speedup("teacher", "student_onnx"),
         "speedup int8 vs float onnx": speedup("student_onnx", "student_int8"),
         "speedup int8 vs teacher": speedup("teacher", "student_int8"),
+        "speedup int8 vs float torch": speedup("student_torch", "student_int8"),
+        "models alone: student torch vs teacher": model_speedup("teacher", "student_torch"),
+        "models alone: int8 vs float onnx": model_speedup("student_onnx", "student_int8"),
+        "models alone: int8 vs float torch": model_speedup("student_torch", "student_int8"),
         "params teacher / student": facts["teacher"]["params"] / facts["student"]["params"],
         "MACs teacher / student": facts["teacher"]["macs_10s"] / facts["student"]["macs_10s"],
         "bytes teacher / student float": facts["teacher"]["bytes"] / facts["student"]["bytes"],
@@ -421,6 +438,12 @@ def main(argv=None) -> int:
         f"  front end alone (decode + trim + log-mel, in a worker thread): RTF {rtf['front end']['wall']:.4f}; "
         "best round: "
         + " · ".join(f"{ROWS[k][0]} {mode} {rtf[k, mode]['best']:.4f}" for k in ROWS for mode in MODES)
+    )
+    print(
+        "  models alone (log-mels prepared once; windows, members, mean): RTF "
+        + " · ".join(
+            f"{ROWS[k][0]} {mode} {rtf['models', k, mode]['wall']:.4f}" for k in ROWS for mode in MODES
+        )
     )
     for name, value in ratios.items():
         text = " · ".join(f"{m} {v:.2f}×" for m, v in value.items()) if isinstance(value, dict) else None
