@@ -13,33 +13,11 @@ import os
 import sys
 from pathlib import Path
 
+from audit_writes import watch_writes
+
 import noisytag.runs.pipeline as pipeline
 from noisytag.config import load_config
 from noisytag.runs.context import is_global_zero
-
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-
-def watch_writes(run_dir: Path) -> list[str]:
-    """Record this process's file writes under ``run_dir`` (open for writing, rename, remove)."""
-    root = str(run_dir.resolve())
-    seen: list[str] = []
-
-    def under(path) -> bool:
-        if not isinstance(path, str | bytes | os.PathLike):
-            return False  # a file descriptor
-        return os.path.abspath(os.fsdecode(path)).startswith(root)
-
-    def hook(event: str, args: tuple) -> None:
-        if event == "open" and len(args) >= 3 and under(args[0]):
-            mode, flags = args[1] or "", args[2] or 0
-            if any(c in mode for c in "wax+") or flags & WRITE_FLAGS:
-                seen.append(f"open {args[0]} {mode or flags}")
-        elif event in ("os.rename", "os.remove", "os.truncate") and under(args[0]):
-            seen.append(f"{event} {args[0]}")
-
-    sys.addaudithook(hook)
-    return seen
 
 
 def record_selections() -> dict[str, list[str]]:
@@ -58,7 +36,8 @@ def record_selections() -> dict[str, list[str]]:
 
 def main(data_dir: str, cache_dir: str, run_dir: str, devices: int, out: str) -> None:
     rank = int(os.environ.get("LOCAL_RANK", "0"))  # set by Lightning's launcher in the other ranks
-    writes = watch_writes(Path(run_dir)) if rank else []
+    # every rank makes its fold directories (mkdir exist_ok: idempotent); only rank zero writes files
+    writes = watch_writes(Path(run_dir), dirs=False) if rank else []
     selections = record_selections()
 
     sets = {

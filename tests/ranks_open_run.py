@@ -10,36 +10,13 @@ usage: python ranks_open_run.py DATA_DIR RUN_DIR CACHE_DIR
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
+from audit_writes import watch_writes
+
 from noisytag.config import load_config
 from noisytag.runs.context import is_global_zero, open_run
-
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-
-def watch_writes(*roots: Path) -> list[str]:
-    """Record this process's file writes under ``roots`` (open for writing, rename, remove, mkdir)."""
-    prefixes = tuple(str(r.resolve()) for r in roots)
-    seen: list[str] = []
-
-    def under(path) -> bool:
-        if not isinstance(path, str | bytes | os.PathLike):
-            return False  # a file descriptor
-        return os.path.abspath(os.fsdecode(path)).startswith(prefixes)
-
-    def hook(event: str, args: tuple) -> None:
-        if event == "open" and len(args) >= 3 and under(args[0]):
-            mode, flags = args[1] or "", args[2] or 0
-            if any(c in mode for c in "wax+") or flags & WRITE_FLAGS:
-                seen.append(f"open {args[0]} {mode or flags}")
-        elif event in ("os.rename", "os.replace", "os.remove", "os.truncate", "os.mkdir") and under(args[0]):
-            seen.append(f"{event} {args[0]}")
-
-    sys.addaudithook(hook)
-    return seen
 
 
 def sha(text: str) -> str:
