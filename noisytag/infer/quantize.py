@@ -29,6 +29,7 @@ Everything lands in ``manifest.json``: the member's ``int8`` entry and the direc
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -253,15 +254,16 @@ def clip_feeds(
 @contextlib.contextmanager
 def _quiet_quantizer():
     """Drop the notes onnxruntime's quantiser logs as root-logger warnings (e.g. that it quantises the
-    head's batch-norm weights per tensor, not per channel)."""
+    head's batch-norm weights per tensor, not per channel) and what its calibrator prints."""
 
     def keep(record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
 
     root = logging.getLogger()
     root.addFilter(keep)
-    try:
-        yield
+    try:  # the percentile calibrator also prints its progress to stdout
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         root.removeFilter(keep)
 
