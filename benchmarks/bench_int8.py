@@ -87,10 +87,11 @@ def main(argv=None) -> int:
         return 0
 
     from noisytag.config import FrontendConfig
+    from noisytag.infer.calibration import calibration_set
     from noisytag.infer.ensemble import read_manifest
     from noisytag.infer.export import export_run
     from noisytag.infer.members import session
-    from noisytag.infer.quantize import calibration_set, quantize_members, window_feeds
+    from noisytag.infer.quantize import quantize_members, window_feeds
 
     stages = [int(s) for s in args.stages.split(",")] if args.stages else None
     print(f"run {args.run_dir}; {cpu_flags()}")

@@ -285,9 +285,9 @@ def test_refresh_quantises_stale_int8_members(int8_run, tmp_path, stale):
 
 
 def test_int8_members_missing_is_one_clear_error(tmp_path):
+    from noisytag.infer.calibration import calibration_set
     from noisytag.infer.ensemble import load_members
     from noisytag.infer.members import ExportError
-    from noisytag.infer.quantize import calibration_set
 
     entry = {"name": "cnn1_stage2_fold0", "n_classes": 3, "model": "a/model.onnx", "fast": "a/fast.onnx"}
     (tmp_path / "manifest.json").write_text(json.dumps({"window": 128, "members": [entry]}))

@@ -38,6 +38,7 @@ from noisytag.audio.decode import prepare
 from noisytag.audio.features import log_mel
 from noisytag.config import FrontendConfig, InferConfig
 from noisytag.fileio import atomic_path, write_json
+from noisytag.infer.calibration import calibration_set
 from noisytag.infer.ensemble import (
     MANIFEST,
     member_name,
@@ -50,7 +51,7 @@ from noisytag.infer.ensemble import (
 from noisytag.infer.members import ExportError, OnnxMember, ProbsModel, TorchMember, WindowedHead, session
 from noisytag.infer.onnx_frontend import WaveformTagger
 from noisytag.infer.predict import Clip, iter_window_probs
-from noisytag.infer.quantize import calibration_set, int8_current, quantize_members
+from noisytag.infer.quantize import int8_current, quantize_members
 from noisytag.models.weights import load_model, read_meta
 from noisytag.rundir import RunDir
 
