@@ -12,13 +12,12 @@ import email.message
 import email.utils
 import hashlib
 import re
-import threading
 import time
 import urllib.error
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from loopback import Loopback
 
 import noisytag.data.fetch.download as dl
 from noisytag.data.fetch import (
@@ -41,94 +40,50 @@ def _no_proxy(monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
-class FileServer:
+class FileServer(Loopback):
     """Serves ``DATA`` as ``/<route>/blob.bin``; logs (route, Range, status, bytes sent) per request."""
 
     def __init__(self):
         self.answers: list[tuple[int, dict[str, str]]] = []  # the next requests get these error answers
         self.cuts: list[int] = []  # the next answers longer than cuts[0] are cut after that many bytes
         self.stall = 0.0  # the next answer waits this long before its headers
-        self._log: list[tuple[str, str | None, int, int]] = []
-        self.agents: set[str] = set()
-        self.busy = threading.Semaphore(64)  # one held per request being answered
-        self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        super().__init__()
 
     def file(self, *routes: str, data: bytes = DATA) -> RemoteFile:
         urls = tuple(f"{self.url}/{route}/{NAME}" for route in routes)
         return RemoteFile(NAME, len(data), f"md5:{hashlib.md5(data).hexdigest()}", urls)
 
-    @property
-    def requests(self) -> list[tuple[str, str | None, int, int]]:
-        """The requests answered so far, once every answer under way is complete."""
-        for _ in range(64):
-            assert self.busy.acquire(timeout=5)
-        for _ in range(64):
-            self.busy.release()
-        return list(self._log)
-
     def sent(self, route: str | None = None) -> int:
         return sum(n for r, _, _, n in self.requests if route in (None, r))
 
+    def answer(self, handler) -> None:
+        route = handler.path.strip("/").split("/")[0]
+        wanted = handler.headers.get("Range")
+        if self.stall:
+            delay, self.stall = self.stall, 0.0
+            time.sleep(delay)
+        if self.answers:
+            status, headers = self.answers.pop(0)
+            return self._send(handler, route, wanted, status, b"", headers)
+        if route == "gone":
+            return self._send(handler, route, wanted, 404, b"not found", {})
+        found = re.fullmatch(r"bytes=(\d+)-", wanted or "") if route == "resumes" else None
+        start = int(found.group(1)) if found else 0
+        if found and start >= len(DATA):
+            return self._send(handler, route, wanted, 416, b"", {"Content-Range": f"bytes */{len(DATA)}"})
+        headers = {"Content-Range": f"bytes {start}-{len(DATA) - 1}/{len(DATA)}"} if found else {}
+        self._send(handler, route, wanted, 206 if found else 200, DATA[start:], headers)
 
-def _handler(server: FileServer):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            with server.busy:
-                self._answer()
-
-        def _answer(self) -> None:
-            route = self.path.strip("/").split("/")[0]
-            wanted = self.headers.get("Range")
-            server.agents.add(self.headers.get("User-Agent", ""))
-            if server.stall:
-                delay, server.stall = server.stall, 0.0
-                time.sleep(delay)
-            if server.answers:
-                status, headers = server.answers.pop(0)
-                return self._send(route, wanted, status, b"", headers)
-            if route == "gone":
-                return self._send(route, wanted, 404, b"not found", {})
-            found = re.fullmatch(r"bytes=(\d+)-", wanted or "") if route == "resumes" else None
-            start = int(found.group(1)) if found else 0
-            if found and start >= len(DATA):
-                return self._send(route, wanted, 416, b"", {"Content-Range": f"bytes */{len(DATA)}"})
-            headers = {"Content-Range": f"bytes {start}-{len(DATA) - 1}/{len(DATA)}"} if found else {}
-            self._send(route, wanted, 206 if found else 200, DATA[start:], headers)
-
-        def _send(self, route: str, wanted: str | None, status: int, body: bytes, headers: dict) -> None:
-            with server.lock:  # logged in the order answered, completed once sent
-                entry = len(server._log)
-                server._log.append((route, wanted, status, 0))
-            self.send_response(status)
-            for key, value in {"Content-Length": str(len(body)), **headers}.items():
-                self.send_header(key, value)
-            self.end_headers()
-            if server.cuts and len(body) > server.cuts[0]:
-                body = body[: server.cuts.pop(0)]
-            sent = 0
-            try:
-                for i in range(0, len(body), 8192):
-                    self.wfile.write(body[i : i + 8192])
-                    sent += len(body[i : i + 8192])
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            server._log[entry] = (route, wanted, status, sent)
-
-    return Handler
+    def _send(self, handler, route: str, wanted: str | None, status: int, body: bytes, headers: dict) -> None:
+        cut = self.cuts.pop(0) if self.cuts and len(body) > self.cuts[0] else None
+        self.send(handler, status, body, headers, lambda sent: (route, wanted, status, sent), cut)
 
 
 @pytest.fixture()
 def server():
     srv = FileServer()
     yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    srv.close()
 
 
 class Waits(list):

@@ -8,18 +8,17 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import zipfile
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from loopback import Loopback
 
 from noisytag.data.dataset import load_dataset
 from noisytag.data.fetch import (
@@ -136,7 +135,7 @@ def record(tmp_path_factory) -> Record:
     return Record(files, clips, audio, [p for p in parts if not p.endswith(".zip")])
 
 
-class Server:
+class Server(Loopback):
     """Zenodo's records API and file links on loopback, as the real server behaves (issue 21).
 
     Each file's API link (``…/api/records/<id>/files/<key>/content``, and the older shapes of it) ignores
@@ -153,13 +152,8 @@ class Server:
         self.answers: dict[str, list[tuple[int, dict[str, str]]]] = {}  # route → next error answers
         self.page_resumes, self.page_exists = True, True
         self.payload_override: object = None
-        self.agents: set[str] = set()
-        self._log: list[Hit] = []
-        self.lock, self.busy = threading.Lock(), threading.Semaphore(64)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        super().__init__()
         self.api = f"{self.url}/api/records"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def payload(self) -> object:
         if self.payload_override is not None:
@@ -176,21 +170,42 @@ class Server:
         links = {"self": f"{self.api}/{RECORD}", "html": f"{self.url}/records/{RECORD}"}
         return {"id": RECORD, "files": entries, "links": links}
 
-    @property
-    def requests(self) -> list[Hit]:
-        """The requests answered so far, once every answer under way is complete."""
-        for _ in range(64):
-            assert self.busy.acquire(timeout=5)
-        for _ in range(64):
-            self.busy.release()
-        return list(self._log)
-
     def bytes_served(self, name: str | None = None) -> int:
         """Bytes of files sent (error answers' bodies aside)."""
         return sum(h.sent for h in self.file_requests(name) if h.status < 300)
 
     def file_requests(self, name: str | None = None) -> list[Hit]:
         return [h for h in self.requests if h.route != "api" and name in (None, h.name)]
+
+    def answer(self, handler) -> None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(handler.path).path)
+        wanted = handler.headers.get("Range")
+        if path.rstrip("/") == f"/api/records/{RECORD}":
+            body = json.dumps(self.payload()).encode()
+            return self._send(handler, "api", None, wanted, 200, body, {"Content-Type": "application/json"})
+        found = re.fullmatch(r"(/records/\d+)?.*/files/([^/]+?)(/content)?", path)
+        route = "page" if found and found.group(1) else "content"
+        name = found.group(2) if found else None
+        if name not in self.files or (route == "page" and not self.page_exists):
+            return self._send(handler, route, name, wanted, 404, b"not found", {})
+        data = self.served.get(name, self.files[name])
+        resumes = route == "page" and self.page_resumes
+        ranged = re.fullmatch(r"bytes=(\d+)-", wanted or "") if resumes else None
+        start = int(ranged.group(1)) if ranged else 0
+        if ranged and start >= len(data):
+            return self._send(
+                handler, route, name, wanted, 416, b"", {"Content-Range": f"bytes */{len(data)}"}
+            )
+        headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if ranged else {}
+        self._send(handler, route, name, wanted, 206 if ranged else 200, data[start:], headers)
+
+    def _send(self, handler, route, name, wanted, status: int, body: bytes, headers: dict) -> None:
+        if self.answers.get(route):
+            status, headers = self.answers[route].pop(0)
+            body = b""
+        cuts = self.cuts.get(name) or [len(body)]
+        cut = cuts.pop(0) if len(body) > cuts[0] else None
+        self.send(handler, status, body, headers, lambda sent: Hit(route, name, wanted, status, sent), cut)
 
 
 @dataclass(frozen=True)
@@ -202,68 +217,11 @@ class Hit:
     sent: int
 
 
-def _handler(server: Server):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            with server.busy:
-                self._answer()
-
-        def _answer(self) -> None:
-            path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-            server.agents.add(self.headers.get("User-Agent", ""))
-            wanted = self.headers.get("Range")
-            if path.rstrip("/") == f"/api/records/{RECORD}":
-                body = json.dumps(server.payload()).encode()
-                return self._send("api", None, wanted, 200, body, {"Content-Type": "application/json"})
-            found = re.fullmatch(r"(/records/\d+)?.*/files/([^/]+?)(/content)?", path)
-            route = "page" if found and found.group(1) else "content"
-            name = found.group(2) if found else None
-            if name not in server.files or (route == "page" and not server.page_exists):
-                return self._send(route, name, wanted, 404, b"not found", {})
-            data = server.served.get(name, server.files[name])
-            resumes = route == "page" and server.page_resumes
-            ranged = re.fullmatch(r"bytes=(\d+)-", wanted or "") if resumes else None
-            start = int(ranged.group(1)) if ranged else 0
-            if ranged and start >= len(data):
-                return self._send(route, name, wanted, 416, b"", {"Content-Range": f"bytes */{len(data)}"})
-            headers = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if ranged else {}
-            self._send(route, name, wanted, 206 if ranged else 200, data[start:], headers)
-
-        def _send(self, route, name, wanted, status: int, body: bytes, headers: dict) -> None:
-            if server.answers.get(route):
-                status, headers = server.answers[route].pop(0)
-                body = b""
-            with server.lock:  # logged in the order answered, completed once sent
-                entry = len(server._log)
-                server._log.append(Hit(route, name, wanted, status, 0))
-            self.send_response(status)
-            for key, value in {"Content-Length": str(len(body)), **headers}.items():
-                self.send_header(key, value)
-            self.end_headers()
-            cuts = server.cuts.get(name) or [len(body)]
-            if len(body) > cuts[0]:
-                body = body[: cuts.pop(0)]
-            sent = 0
-            try:
-                for i in range(0, len(body), 8192):
-                    self.wfile.write(body[i : i + 8192])
-                    sent += len(body[i : i + 8192])
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            server._log[entry] = Hit(route, name, wanted, status, sent)
-
-    return Handler
-
-
 @pytest.fixture()
 def server(record):
     srv = Server(record.files)
     yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    srv.close()
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +230,7 @@ def fetched(record, tmp_path_factory):
     srv = Server(record.files)
     root = tmp_path_factory.mktemp("fetched") / "fsd"
     summary = fetch(root, api_url=srv.api, record=RECORD, progress=False, policy=RetryPolicy(retries=0))
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    srv.close()
     return root, summary
 
 
@@ -538,8 +495,7 @@ def test_corrupted_archive_is_refused_with_its_name(tmp_path, record):
         with pytest.raises(FetchError, match=rf"^{re.escape(name)}: unreadable zip archive"):
             _fetch(tmp_path / "fsd", srv)
     finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
+        srv.close()
     assert (tmp_path / "fsd" / DOWNLOADS / name).is_file()  # verified download kept
 
 
