@@ -95,7 +95,7 @@ def test_a_killed_distillation_resumes(tiny_run, tmp_path, caplog):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "teacher").glob("*.npz")} == teacher_files
 
 
-def test_unlabelled_audio_teaches_the_student(tiny_run, tiny_data, tmp_path):
+def test_unlabelled_audio_teaches_the_student(tiny_run, tiny_data, tmp_path, recwarn):
     folder = tmp_path / "field"
     folder.mkdir()
     for wav in sorted((tiny_data / "test").glob("*.wav"))[:3]:
@@ -107,6 +107,7 @@ def test_unlabelled_audio_teaches_the_student(tiny_run, tiny_data, tmp_path):
     run_distill(tiny_run, out, cfg, progress=False)
     assert len(WindowTargets.load(out / "teacher" / "unlabelled.npz")) == 3
     assert RunDir(out).plan().stage(1).trains_on == ("teacher", "unlabelled")
+    assert not [w for w in recwarn if "val_dataloader" in str(w.message)]  # no validation, on purpose
 
 
 def test_bad_input_is_one_line(tiny_run, tmp_path):

@@ -256,6 +256,8 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    # a fold without validation clips (distillation trains on every clip) skips validation on purpose
+    warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`.*")
 
 
 def make_trainer(cfg: RunConfig, max_epochs: int, fold_dir: Path | None, progress: bool, callbacks=()):
