@@ -115,6 +115,16 @@ def test_tag_wav_answers_labels_timeline_logmel_and_model(client, service, wav_f
     )
     assert raw.status_code == 200 and raw.json()["labels"] == body["labels"][:2]
     assert raw.json()["file"] == "warble.wav"
+    # labels only: no timeline, no picture
+    light = client.post(
+        "/api/tag",
+        content=wav_file.read_bytes(),
+        headers={"content-type": "audio/wav"},
+        params={"timeline": "false", "logmel": "false"},
+    )
+    assert light.status_code == 200 and light.json()["labels"] == body["labels"]
+    assert "timeline" not in light.json() and "logmel" not in light.json()
+    assert len(light.content) < len(r.content) / 10
 
 
 def test_tag_mp3(client):
@@ -282,9 +292,9 @@ def test_concurrency_eight_clients_none_fails(service):
 
 
 class SlowService(TagService):
-    def tag_bytes(self, data, name, top_k=None):
+    def tag_bytes(self, data, name, *args):
         time.sleep(1.0)
-        return super().tag_bytes(data, name, top_k)
+        return super().tag_bytes(data, name, *args)
 
 
 def test_busy_server_answers_503(service):

@@ -241,11 +241,14 @@ def create_app(service: TagService) -> FastAPI:
     async def tag_audio(
         request: Request,
         top_k: int | None = Query(None, ge=1, description="Labels to return (default: the server's)."),
+        timeline: bool = Query(True, description="Include the per-window probabilities of those labels."),
+        logmel: bool = Query(True, description="Include the clip's log-mel picture (about 40 KB)."),
     ):
-        """Top-k labels, per-window probabilities of those labels, and the clip's log-mel image."""
+        """Top-k labels, per-window probabilities of those labels, and the clip's log-mel image
+        (``timeline=false`` / ``logmel=false`` leave those out: a lighter answer for scripts)."""
         data, name = await read_upload(request, settings.max_bytes)
         async with gate.slot():
-            return await run_in_threadpool(service.tag_bytes, data, name, top_k)
+            return await run_in_threadpool(service.tag_bytes, data, name, top_k, timeline, logmel)
 
     @app.get("/api/labels", response_model=Labels, summary="The classes the model knows")
     async def labels():

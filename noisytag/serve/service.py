@@ -132,9 +132,17 @@ class TagService:
         self.settings = settings
         self.workdir = workdir
 
-    def tag_file(self, path: str | Path, name: str, top_k: int | None = None) -> TagResponse:
-        """Tag one audio file (``name``: what the client called it) → the answer; raises
-        :class:`UploadError` for audio that is too long or cannot be used."""
+    def tag_file(
+        self,
+        path: str | Path,
+        name: str,
+        top_k: int | None = None,
+        timeline: bool = True,
+        logmel: bool = True,
+    ) -> TagResponse:
+        """Tag one audio file (``name``: what the client called it) → the answer, with its per-window
+        ``timeline`` and ``logmel`` picture unless switched off; raises :class:`UploadError` for audio
+        that is too long or cannot be used."""
         started = time.perf_counter()
         try:  # the header tells the length before anything is decoded
             seconds = sf.info(str(path)).duration
@@ -144,7 +152,7 @@ class TagService:
             raise UploadError(413, self._too_long(seconds))
         k = min(max(int(top_k or self.settings.top_k), 1), len(self.tagger.classes))
         limit = self.settings.max_seconds
-        (record,) = self.tagger.tag([path], k, frames=True, logmel=True, max_seconds=limit)
+        (record,) = self.tagger.tag([path], k, frames=timeline, logmel=logmel, max_seconds=limit)
         if record.error is not None and record.duration is not None:  # decoded, but too long to tag
             raise UploadError(413, self._too_long(record.duration))
         if record.error is not None:
@@ -157,12 +165,14 @@ class TagService:
         limit = self.settings.max_seconds
         return f"the audio lasts {seconds:.1f} s; this server accepts at most {limit:g} s"
 
-    def tag_bytes(self, data: bytes, name: str, top_k: int | None = None) -> TagResponse:
+    def tag_bytes(
+        self, data: bytes, name: str, top_k: int | None = None, timeline: bool = True, logmel: bool = True
+    ) -> TagResponse:
         """Tag an upload held in memory, through a temporary file named by the server (never by the client)."""
         with tempfile.NamedTemporaryFile(prefix="noisytag-upload-", suffix=".audio") as tmp:
             tmp.write(data)
             tmp.flush()
-            return self.tag_file(tmp.name, name, top_k)
+            return self.tag_file(tmp.name, name, top_k, timeline, logmel)
 
     def warm_up(self) -> None:
         """One 4-s clip through the whole path, so the first client does not pay for lazy initialisation."""
