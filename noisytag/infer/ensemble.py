@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from noisytag.config import FrontendConfig, InferConfig, load_config
-from noisytag.infer.members import INT8_METHOD, ExportError, OnnxMember, TorchMember
+from noisytag.infer.members import ExportError, OnnxMember, TorchMember, int8_current
 from noisytag.models.weights import load_model, read_meta
 from noisytag.registry import Registry
 from noisytag.rundir import RunDir
@@ -180,17 +180,17 @@ def load_members(
 def onnx_current(run_dir: str | Path, model_dirs: Sequence[Path], precision: str = "float32") -> bool:
     """Whether ``RUN_DIR/onnx`` holds every model of ``model_dirs``, exported from its current weights
     (sha256) for the run's window width; ``precision="int8"``: and quantised from those weights with
-    the current recipe (:data:`~noisytag.infer.members.INT8_METHOD`)."""
+    the current recipe (:func:`~noisytag.infer.members.int8_current`)."""
+    OnnxMember.graphs({}, precision)  # ValueError naming the precisions for an unknown one
     metas = [read_meta(d) for d in model_dirs]
     names = [member_name(m, Path(d)) for m, d in zip(metas, model_dirs, strict=True)]
     try:
         manifest = read_manifest(RunDir(run_dir).onnx_dir)
-        have = {}
-        for m in manifest["members"]:
-            graphs = OnnxMember.graphs(m, precision)
-            recipe = precision == "float32" or graphs is not None and graphs.get("method") == INT8_METHOD
-            if graphs is not None and recipe and m.get("weights_sha256") == graphs.get("weights_sha256"):
-                have[m["name"]] = m.get("weights_sha256")
+        have = {
+            m["name"]: m.get("weights_sha256")
+            for m in manifest["members"]
+            if precision == "float32" or int8_current(m)
+        }
         return manifest.get("window") == run_infer_config(run_dir).window and all(
             have.get(n) == m.get("weights_sha256") for n, m in zip(names, metas, strict=True)
         )

@@ -48,10 +48,18 @@ from noisytag.infer.ensemble import (
     select_model_dirs,
     shared_settings,
 )
-from noisytag.infer.members import ExportError, OnnxMember, ProbsModel, TorchMember, WindowedHead, session
+from noisytag.infer.members import (
+    ExportError,
+    OnnxMember,
+    ProbsModel,
+    TorchMember,
+    WindowedHead,
+    int8_current,
+    session,
+)
 from noisytag.infer.onnx_frontend import WaveformTagger
 from noisytag.infer.predict import Clip, iter_window_probs
-from noisytag.infer.quantize import int8_current, quantize_members
+from noisytag.infer.quantize import quantize_members
 from noisytag.models.weights import load_model, read_meta
 from noisytag.rundir import RunDir
 
@@ -304,7 +312,7 @@ def refresh_onnx(run_dir: str | Path, model_dirs: Sequence[Path], precision: str
 
 def ensure_int8(run_dir: str | Path, out_dir: str | Path, names) -> None:
     """Quantise those members ``names`` of export directory ``out_dir`` that lack int8 graphs of their
-    current weights (from any calibration), calibrated on the run's data set."""
+    current weights made by the current recipe (from any calibration), calibrated on the run's data set."""
     entries = {m["name"]: m for m in read_manifest(out_dir)["members"]}
     stale = [n for n in names if not int8_current(entries[n])]
     if stale:

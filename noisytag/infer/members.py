@@ -141,6 +141,19 @@ INT8_PERCENTILE = 99.999
 INT8_METHOD = f"percentile {INT8_PERCENTILE}"
 
 
+def int8_current(entry: dict, source: str | None = None, activation: str | None = None) -> bool:
+    """Whether manifest member ``entry`` has int8 graphs of its current weights (made from calibration
+    ``source`` with ``activation`` types, when given)."""
+    int8 = entry.get("int8") or {}
+    return (
+        bool(int8)
+        and int8.get("weights_sha256") == entry.get("weights_sha256")
+        and source in (None, int8.get("calibration"))
+        and activation in (None, int8.get("activations"))
+        and int8.get("method") == INT8_METHOD
+    )
+
+
 class OnnxMember:
     """One exported member (``model.onnx`` + ``fast.onnx`` of a manifest entry) run by onnxruntime (CPU).
 

@@ -42,7 +42,7 @@ from noisytag.config import InferConfig
 from noisytag.fileio import atomic_path, write_json
 from noisytag.infer.calibration import CalibrationSet
 from noisytag.infer.ensemble import MANIFEST, manifest_members
-from noisytag.infer.members import INT8_METHOD, INT8_PERCENTILE, OnnxMember
+from noisytag.infer.members import INT8_METHOD, INT8_PERCENTILE, OnnxMember, int8_current
 from noisytag.infer.predict import iter_window_probs
 from noisytag.metrics import lwlrap
 
@@ -202,19 +202,6 @@ def int8_parity(
 
 # ----------------------------------------------------------------------------------------------
 # an export directory's int8 members
-
-
-def int8_current(entry: dict, source: str | None = None, activation: str | None = None) -> bool:
-    """Whether manifest member ``entry`` has int8 graphs of its current weights (made from calibration
-    ``source`` with ``activation`` types, when given)."""
-    int8 = entry.get("int8") or {}
-    return (
-        bool(int8)
-        and int8.get("weights_sha256") == entry.get("weights_sha256")
-        and source in (None, int8.get("calibration"))
-        and activation in (None, int8.get("activations"))
-        and int8.get("method") == INT8_METHOD
-    )
 
 
 def quantize_members(
