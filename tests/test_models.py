@@ -105,15 +105,18 @@ def test_mobilenet_channels_are_multiples_of_8():
     assert min(widths) >= 8 and all(c % 8 == 0 for c in widths)
 
 
-def test_init_kaiming_and_zero_biases():
-    torch.manual_seed(0)
-    model = build("cnn1", 80, 1)
+def assert_kaiming_zero_biases(model: nn.Module, conv: nn.Conv2d, fan_in: int) -> None:
+    """Every conv/linear bias is zero; ``conv``'s weights have Kaiming's std for ``fan_in``."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
             assert m.bias is not None and torch.count_nonzero(m.bias) == 0
-    conv = model.body[-2][0]  # last 3×3 conv, fan_in = 512 * 9
-    expected_std = (2.0 / (512 * 9)) ** 0.5
-    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
+    assert conv.weight.std().item() == pytest.approx((2.0 / fan_in) ** 0.5, rel=0.05)
+
+
+def test_init_kaiming_and_zero_biases():
+    torch.manual_seed(0)
+    model = build("cnn1", 80, 1)
+    assert_kaiming_zero_biases(model, model.body[-2][0], 512 * 9)  # last 3×3 conv, 512 channels in
 
 
 def test_bad_names_and_options_are_reported():
@@ -151,11 +154,7 @@ def test_mobilenet_init_kaiming_zero_biases_and_identity_residuals():
 
     torch.manual_seed(0)
     model = build("mobilenet", 80, 1)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d | nn.Linear):
-            assert m.bias is not None and torch.count_nonzero(m.bias) == 0
-    conv = model.body[-1][0]  # last 1×1 conv, 160 → 512: fan_in = 160
-    assert conv.weight.std().item() == pytest.approx((2.0 / 160) ** 0.5, rel=0.05)
+    assert_kaiming_zero_biases(model, model.body[-1][0], 160)  # last 1×1 conv, 160 → 512
     blocks = [m for m in model.body if isinstance(m, InvertedResidual)]
     assert sum(b.residual for b in blocks) == 6
     for block in blocks:  # residual blocks start as the identity: the last BN scale is zero
