@@ -22,6 +22,7 @@ from noisytag.audio.cache import build_folder_cache
 from noisytag.config import ConfigError, RunConfig, load_config, with_overrides
 from noisytag.data.dataset import DataError
 from noisytag.fileio import write_csv, write_npy, write_text
+from noisytag.infer.members import as_members
 from noisytag.infer.predict import predict_cache
 from noisytag.infer.submission import write_submission
 from noisytag.learn.distill import TeacherWindowDataset, WindowTargets, student_targets, teach
@@ -82,15 +83,15 @@ def check_teacher(teacher: RunDir, cfg: RunConfig) -> None:
 
 
 def _members(teacher: RunDir, plan, folds, device: str) -> dict[int, list]:
-    """Fold → the ensemble's models of that fold (every stage and architecture of the ensemble)."""
-    out: dict[int, list] = {}
-    for f in folds:
-        out[f] = [
-            load_model(teacher.fold_dir(a, s, f))[0].to(device).eval()
-            for a in plan.architectures
-            for s in plan.ensemble
-        ]
-    return out
+    """Fold → the ensemble's models of that fold (every stage and architecture of the ensemble), as
+    inference members made once for every split they teach."""
+    return {
+        f: as_members(
+            [load_model(teacher.fold_dir(a, s, f))[0] for a in plan.architectures for s in plan.ensemble],
+            device,
+        )
+        for f in folds
+    }
 
 
 def teacher_targets(

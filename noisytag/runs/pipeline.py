@@ -30,6 +30,7 @@ import torch
 from noisytag.config import RunConfig
 from noisytag.data.dataset import format_labels
 from noisytag.fileio import write_csv, write_npy, write_text
+from noisytag.infer.members import as_members
 from noisytag.infer.predict import predict_cache
 from noisytag.infer.submission import write_submission
 from noisytag.learn.loader import ClipSet
@@ -148,17 +149,18 @@ def run_fold(ctx: RunContext, arch: str, stage: int, fold: int) -> None:
     )
     if is_global_zero():
         model, device = module.model.eval(), inference_device(cfg)
+        members = as_members([model], device)  # one inference copy for the three predictions
         with torch.no_grad():
             for split in ("curated", "noisy"):
                 rows = ctx.splits[split].fold == fold
                 positions = ctx.splits[split].clips.position[rows]
                 probs = predict_cache(
-                    [model], ctx.caches[split], positions, cfg.infer, cfg.data.normalize, device
+                    members, ctx.caches[split], positions, cfg.infer, cfg.data.normalize, device
                 )
                 write_npy(run.fold_oof(arch, stage, fold, split), probs.astype(np.float32))
             positions = ctx.test.clips.position
             test = predict_cache(
-                [model], ctx.caches["test"], positions, cfg.infer, cfg.data.normalize, device
+                members, ctx.caches["test"], positions, cfg.infer, cfg.data.normalize, device
             )
             write_npy(run.fold_test(arch, stage, fold), test.astype(np.float32))
         model.cpu()
