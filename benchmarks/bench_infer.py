@@ -87,7 +87,7 @@ def row(name: str, ts, audio: float, ref: float | None = None) -> str:
 
 
 def precompute(paths, frontend):
-    from noisytag.infer.predict import file_clip
+    from noisytag.audio.model_input import file_clip
 
     return [file_clip(p, frontend, i)[0] for i, p in enumerate(paths)]
 
@@ -170,7 +170,7 @@ def main() -> None:
     print(f"{len(paths)} clips, {audio:.1f} s of audio (mean {audio / len(paths):.1f} s)")
 
     # (a) front end alone
-    from noisytag.infer.predict import file_clip
+    from noisytag.audio.model_input import file_clip
 
     file_clip(paths[0], fe)  # warm-up: imports, mel filter bank
     fe_times = interleaved({"fe": lambda: [file_clip(p, fe) for p in paths]}, repeats)["fe"]

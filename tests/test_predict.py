@@ -188,3 +188,31 @@ def test_files_and_cache_give_the_same_predictions(tiny_data, tiny_cache):
     files = predict_files([model], [tiny_data / "test" / n for n in names], InferConfig(), FrontendConfig())
     assert not files.failures
     np.testing.assert_allclose(files.probs, cached, atol=1e-6)
+
+
+def test_files_run_torch_only_in_the_callers_thread(tiny_data, monkeypatch):
+    """Several files are decoded a file ahead in another thread, but their log-mels and the models run
+    in the caller's: a second thread running torch ops gets a second OpenMP pool, which stops every
+    pool's spin-waiting once their threads outnumber the cores (each small op 3-4× slower)."""
+    import threading
+
+    from noisytag.audio import features
+    from noisytag.config import FrontendConfig
+    from noisytag.infer import members
+    from noisytag.models import build
+
+    torch_threads: set[int] = set()
+    for owner, name in ((features.LogMel, "frames_db"), (members.TorchMember, "probs")):
+        original = getattr(owner, name)
+
+        def recorded(self, *args, _original=original):
+            torch_threads.add(threading.get_ident())
+            return _original(self, *args)
+
+        monkeypatch.setattr(owner, name, recorded)
+    torch.manual_seed(0)
+    model = build("cnn1", 12, 1, width=0.125).eval()
+    paths = sorted((tiny_data / "test").iterdir())[:4]
+    result = predict_files([model], paths, InferConfig(), FrontendConfig())
+    assert not result.failures and result.probs.shape == (4, 12)
+    assert torch_threads == {threading.get_ident()}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from noisytag.audio.decode import decode, load_clip, prepare
+from noisytag.audio.decode import LoadedClip, decode, load_clip, prepare
 from noisytag.audio.features import LogMel, log_mel_frames
 from noisytag.audio.features import normalize as minmax
 from noisytag.config import FrontendConfig
@@ -104,8 +104,15 @@ def file_clip(path: str | Path, cfg: FrontendConfig, key: object = None) -> tupl
     Raises :class:`noisytag.audio.decode.AudioError` for a file that cannot be used.
     """
     loaded = load_clip(path, cfg)
+    return loaded_clip(loaded, cfg, key), loaded.duration, loaded.offset
+
+
+def loaded_clip(loaded: LoadedClip, cfg: FrontendConfig, key: object = None) -> Clip:
+    """A clip of :func:`~noisytag.audio.decode.load_clip` → its :class:`Clip` (the torch half of
+    :func:`file_clip`: a caller that decodes in another thread runs this one in its own, see
+    :func:`noisytag.infer.predict.iter_files`)."""
     db16, lo, hi = rounded_log_mel(loaded.samples, cfg)
-    return Clip(key, widen(db16[None])[0], lo, hi), loaded.duration, loaded.offset
+    return Clip(key, widen(db16[None])[0], lo, hi)
 
 
 # ----------------------------------------------------------------------------------------------

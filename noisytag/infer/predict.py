@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
+from noisytag.audio.decode import load_clip
 from noisytag.audio.model_input import (
     Clip,
     cached_clips,
     check_normalize,
-    file_clip,
+    loaded_clip,
     model_input,
     take_windows,
 )
@@ -202,9 +203,13 @@ def iter_files(
 ) -> Iterator[FileResult]:
     """Yield a :class:`FileResult` per path, in order; unreadable files carry ``error`` and are skipped.
 
-    Decoding and feature extraction (:func:`noisytag.audio.model_input.file_clip`) run ``prefetch`` files
-    ahead in a background thread (soundfile, soxr and torch release the GIL), so they overlap with the
-    models. ``keep_clips``: each result also holds its clip's log-mel (memory grows with the files).
+    Decoding (:func:`noisytag.audio.decode.load_clip`) runs ``prefetch`` files ahead in a background
+    thread (soundfile and soxr release the GIL), so it overlaps with the models; the log-mel
+    (:func:`noisytag.audio.model_input.loaded_clip`) runs here, in the caller's thread, as the models do.
+    torch must stay in one thread: each thread that runs torch ops gets its own OpenMP pool, and once
+    the pools' threads outnumber the cores every pool stops spin-waiting, which made each small op 3-4×
+    slower on this 2-core CPU (a 10-s log-mel 3.4 → 11 ms). ``keep_clips``: each result also holds its
+    clip's log-mel (memory grows with the files).
     ``max_seconds``: a longer file is not scored; its result has its ``duration`` and an ``error``.
     """
     paths = [Path(p) for p in paths]
@@ -213,12 +218,12 @@ def iter_files(
     def decoded() -> Iterator[Clip]:
         if len(paths) == 1 or prefetch < 1:  # nothing to overlap: a thread would only add its start-up
             for i, p in enumerate(paths):
-                yield from _resolve(i, _called(file_clip, p, frontend, i))
+                yield from _resolve(i, _called(load_clip, p, frontend))
             return
         with ThreadPoolExecutor(max_workers=1) as pool:
             futures: deque = deque()
             for i, p in enumerate(paths):
-                futures.append((i, pool.submit(file_clip, p, frontend, i)))
+                futures.append((i, pool.submit(load_clip, p, frontend)))
                 while len(futures) > prefetch:
                     yield from _resolve(*futures.popleft())
             while futures:
@@ -226,7 +231,7 @@ def iter_files(
 
     def _resolve(i, future) -> Iterator[Clip]:
         try:
-            clip, seconds, offset = future.result()
+            loaded = future.result()
         except Exception as err:  # AudioError and anything a decoder may raise: report, keep going
             reason = " ".join(str(err).split()) or type(err).__name__
             if not reason.startswith(str(paths[i])):
@@ -234,11 +239,13 @@ def iter_files(
             results[i].error = reason
             log.warning("skipped %s", reason)
             return
-        results[i].duration, results[i].offset = seconds, offset
+        seconds = results[i].duration = loaded.duration
+        results[i].offset = loaded.offset
         if max_seconds is not None and seconds > max_seconds:
             results[i].error = f"{paths[i]}: the audio lasts {seconds:.1f} s, more than {max_seconds:g} s"
             log.warning("skipped %s", results[i].error)
             return
+        clip = loaded_clip(loaded, frontend, i)
         if keep_clips:
             results[i].clip = clip
         yield clip
