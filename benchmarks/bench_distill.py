@@ -16,14 +16,15 @@ student's ONNX and int8 graphs are made on first use in STUDENT/onnx (int8 calib
    excluded), exact and fast mode, on ``--clips`` 10-s clips made by concatenating the test clips
    (trimmed as the front end trims them): decode + features + models, every contender once per round,
    interleaved (bench_infer.py's ``interleaved``), median over ``--repeats`` rounds after one warm-up;
-   also the front end alone (decode + features in a worker thread, as Tagger.tag runs it): every row's floor,
+   also the front end alone (decode + features, in the benchmark's one torch thread): every row's floor,
    and the models alone (the clips' log-mels prepared once, then windows → members → mean through
    ``iter_window_probs``): what int8 kernels and a smaller model change.
 3. Parameters (sum of numel over members), multiply-accumulates of the exact-mode windows of a 10-s clip
    (Conv2d and Linear, counted with forward hooks, summed over members), bytes of the weight files
    (safetensors; the exact-mode ``model.onnx`` / ``model.int8.onnx`` for the onnxruntime rows).
 4. ``noisytag serve`` requests/s (POST /api/tag of the first 10-s clip; answer with timeline and log-mel)
-   with 1 and 8 clients on loopback, each for ``--serve-seconds`` (bench_serve.py's ``Server``).
+   with 1 and 8 clients on loopback, each for ``--serve-seconds`` (bench_serve.py's ``Server``); the
+   teacher also with ``--backend onnx``, and the ratios against both of its backends.
 5. The wall time the real 4,481-clip FSDKaggle2019 test set would take on this CPU: RTF × 12.9 h of audio
    (issue 20's figures: 4,481 clips × ≈ 10.4 s). Goal: under 1 hour.
 
@@ -42,7 +43,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -298,8 +298,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
+    from noisytag.audio.model_input import file_clip
     from noisytag.infer.ensemble import run_infer_config
-    from noisytag.infer.predict import file_clip, iter_window_probs
+    from noisytag.infer.predict import iter_window_probs
     from noisytag.infer.tag import Tagger
 
     started, load = time.perf_counter(), os.getloadavg()[0]
@@ -355,13 +356,12 @@ def main(argv=None) -> int:
             contenders["models", key, mode] = lambda e=ens, c=t.cfg: list(
                 iter_window_probs(e.members, prepared, c, e.normalize)
             )
-        # the floor of every row: decode + features alone, in a worker thread as Tagger.tag runs them
-        pool = ThreadPoolExecutor(max_workers=1)
-        contenders["front end"] = lambda: list(pool.map(lambda p: file_clip(p, frontend), clips))
+        # the floor of every row: decode + features alone, in this thread (torch stays in one thread:
+        # a second one's OpenMP pool would slow every contender's small ops, see iter_files)
+        contenders["front end"] = lambda: [file_clip(p, frontend) for p in clips]
         for fn in contenders.values():
             fn()  # warm-up
         times = interleaved(contenders, args.repeats)
-        pool.shutdown()
         clip_bytes = clips[0].read_bytes()
     rtf = {
         name: {
@@ -391,6 +391,12 @@ def main(argv=None) -> int:
             m["serve"] = serve_rates(
                 Path(m["run"]), m["backend"], args.serve_mode, clip_bytes, args.serve_seconds
             )
+        # the teacher's other serving backend, float onnx (exported by the server into a temporary
+        # folder): the students are compared with the teacher's faster backend too
+        print(f"serving the teacher with onnx ({args.serve_mode})", flush=True)
+        models["teacher"]["serve_onnx"] = serve_rates(
+            teacher, "onnx", args.serve_mode, clip_bytes, args.serve_seconds
+        )
 
     # ratios and the estimate
     def speedup(a: str, b: str) -> dict[str, float]:
@@ -415,6 +421,17 @@ def main(argv=None) -> int:
         "lwlrap student - teacher": lw["student_torch"]["test"] - lw["teacher"]["test"],
         "lwlrap int8 - float onnx": lw["student_int8"]["test"] - lw["student_onnx"]["test"],
     }
+    if args.serve_seconds > 0:
+        teacher_serve = models["teacher"]["serve"], models["teacher"]["serve_onnx"]
+        for key in ("student_torch", "student_onnx", "student_int8"):
+            for clients in ("1", "8"):
+                rate = models[key]["serve"][clients]["requests_per_s"]
+                torch_rate, onnx_rate = (t[clients]["requests_per_s"] for t in teacher_serve)
+                ratios[f"serve {clients} client(s): {key} vs teacher"] = {
+                    "torch": rate / torch_rate,
+                    "onnx": rate / onnx_rate,
+                    "faster": rate / max(torch_rate, onnx_rate),
+                }
     hours = {f"{k} {mode}": rtf[k, mode]["wall"] * REAL_HOURS for k in ROWS for mode in MODES}
     best = min((h, k) for k, h in hours.items() if k.startswith("student"))
     estimate = {
@@ -435,7 +452,7 @@ def main(argv=None) -> int:
         f"serving: {args.serve_mode} mode, 10-s clip."
     )
     print(
-        f"  front end alone (decode + trim + log-mel, in a worker thread): RTF {rtf['front end']['wall']:.4f}; "
+        f"  front end alone (decode + trim + log-mel): RTF {rtf['front end']['wall']:.4f}; "
         "best round: "
         + " · ".join(f"{ROWS[k][0]} {mode} {rtf[k, mode]['best']:.4f}" for k in ROWS for mode in MODES)
     )
@@ -448,6 +465,9 @@ def main(argv=None) -> int:
     for name, value in ratios.items():
         text = " · ".join(f"{m} {v:.2f}×" for m, v in value.items()) if isinstance(value, dict) else None
         print(f"  {name}: {text or (f'{value:+.4f}' if 'lwlrap' in name else f'{value:.2f}×')}")
+    if args.serve_seconds > 0:
+        t1, t8 = (models["teacher"]["serve_onnx"][c]["requests_per_s"] for c in ("1", "8"))
+        print(f"  teacher served with onnx: {t1:.1f} req/s with 1 client, {t8:.1f} with 8")
     print(
         f"  student torch via Tagger on the test files: lwlrap {check['test']:.4f} "
         f"(its test.npy: {per_student['student_torch'][0]['test']:.4f})"

@@ -34,7 +34,12 @@ def serve(
         float, typer.Option("--max-mb", help="Largest upload accepted, MB.", min=0.001)
     ] = 100.0,
     max_in_flight: Annotated[
-        int, typer.Option("--max-in-flight", help="Requests tagged at once; the others wait.", min=1)
+        int,
+        typer.Option(
+            "--max-in-flight",
+            help="Requests admitted at once, queued for the one inference thread; the others wait.",
+            min=1,
+        ),
     ] = 4,
     wait_seconds: Annotated[
         float, typer.Option("--wait-seconds", help="How long a request waits for a slot before 503.", min=0)

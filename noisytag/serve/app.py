@@ -6,8 +6,8 @@ content type) and answers the service's :class:`~noisytag.serve.service.TagRespo
 ``GET /`` is a page (package data in ``web/``, nothing loaded from elsewhere) that uploads files or
 microphone recordings and draws those answers.
 
-At most ``max_in_flight`` requests decode and infer at a time; the others wait up to ``wait_seconds``
-and then get 503. Uploads are read into memory (the body is cut off beyond the size limit). Every bad
+At most ``max_in_flight`` requests are admitted at a time (they queue for the service's one inference
+thread); the others wait up to ``wait_seconds`` and then get 503. Uploads are read into memory (the body is cut off beyond the size limit). Every bad
 upload is a 4xx whose JSON ``detail`` is one sentence.
 """
 
@@ -28,7 +28,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from noisytag import __version__
@@ -248,7 +247,7 @@ def create_app(service: TagService) -> FastAPI:
         (``timeline=false`` / ``logmel=false`` leave those out: a lighter answer for scripts)."""
         data, name = await read_upload(request, settings.max_bytes)
         async with gate.slot():
-            return await run_in_threadpool(service.tag_bytes, data, name, top_k, timeline, logmel)
+            return await asyncio.wrap_future(service.submit(data, name, top_k, timeline, logmel))
 
     @app.get("/api/labels", response_model=Labels, summary="The classes the model knows")
     async def labels():

@@ -2,10 +2,15 @@
 tags uploads through ``Tagger.tag``, the entry point of ``noisytag tag``, within the server's limits.
 
 The answer is the :class:`~noisytag.infer.tag.TagRecord` that ``noisytag tag --frames`` makes for the file
-(with its log-mel picture), plus the model that answered and the time taken (:class:`TagResponse`). The
-members hold no per-call state, so threads may tag at once; the HTTP app (:mod:`noisytag.serve.app`)
-bounds how many. Uploads are decoded from a temporary file the service names itself; every refusal is an
+(with its log-mel picture), plus the model that answered and the time taken (:class:`TagResponse`).
+Uploads are decoded from a temporary file the service names itself; every refusal is an
 :class:`UploadError` with an HTTP status and one sentence.
+
+Everything that runs the models (loading them, the warm-up, every request) runs on the service's one
+inference thread, with all the cores to itself: torch gives each thread that calls it its own OpenMP
+pool, and once the pools' threads outnumber the cores no pool spin-waits between ops, which made a
+10-s clip's log-mel 3.4 → 11 ms on a 2-core CPU. Requests queue for that thread; the HTTP app
+(:mod:`noisytag.serve.app`) bounds how many wait.
 
 With the onnx backend, members that the run does not hold exported and current in ``RUN/onnx`` are
 exported into a temporary folder that lives as long as the service: starting a server never writes
@@ -19,6 +24,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +119,14 @@ def model_info(tagger: Tagger, run_dir: str | Path, stages=None, archs=None) -> 
     )
 
 
+def inference_thread() -> ThreadPoolExecutor:
+    """The one thread a service runs its models on (see the module's docstring)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="noisytag-infer")
+
+
 class TagService:
-    """A loaded :class:`Tagger` and the server's limits; :meth:`tag_bytes` is safe to call from threads.
+    """A loaded :class:`Tagger` and the server's limits; :meth:`submit` tags an upload on the service's
+    inference thread (``worker``; a new one when not given).
 
     ``workdir``: a temporary directory the service owns (exported ONNX members), removed by :meth:`close`
     or when the service is garbage-collected.
@@ -126,11 +138,19 @@ class TagService:
         info: ModelInfo,
         settings: ServeSettings = ServeSettings(),
         workdir: tempfile.TemporaryDirectory | None = None,
+        worker: ThreadPoolExecutor | None = None,
     ):
         self.tagger = tagger
         self.info = info
         self.settings = settings
         self.workdir = workdir
+        self.worker = worker or inference_thread()
+
+    def submit(
+        self, data: bytes, name: str, top_k: int | None = None, timeline: bool = True, logmel: bool = True
+    ) -> Future:
+        """:meth:`tag_bytes` on the inference thread → a future of its :class:`TagResponse`."""
+        return self.worker.submit(self.tag_bytes, data, name, top_k, timeline, logmel)
 
     def tag_file(
         self,
@@ -182,10 +202,12 @@ class TagService:
         y = 0.3 * np.sin(2 * np.pi * (300 + 200 * t) * t) + 0.01 * noise
         with tempfile.NamedTemporaryFile(prefix="noisytag-warmup-", suffix=".wav") as tmp:
             sf.write(tmp.name, y.astype(np.float32), sr, format="WAV")
-            self.tag_file(tmp.name, "warm-up")
+            self.worker.submit(self.tag_file, tmp.name, "warm-up").result()
 
     def close(self) -> None:
-        """Remove the service's temporary directory (exported members), if it has one."""
+        """Stop the inference thread (after the queued requests) and remove the service's temporary
+        directory (exported members), if it has one."""
+        self.worker.shutdown()
         if self.workdir is not None:
             self.workdir.cleanup()
             self.workdir = None
@@ -213,9 +235,13 @@ def open_service(
     onnx = BACKENDS.get(backend).meta["precision"] is not None
     workdir = tempfile.TemporaryDirectory(prefix="noisytag-onnx-") if onnx else None
     onnx_dir = workdir.name if workdir else None
-    try:
-        tagger = Tagger(run_dir, stages, backend, mode, archs, device, onnx_dir=onnx_dir)
+    worker = inference_thread()
+    try:  # loaded on the inference thread too: no torch pool is left behind in this one
+        tagger = worker.submit(
+            Tagger, run_dir, stages, backend, mode, archs, device, onnx_dir=onnx_dir
+        ).result()
     except BaseException:
+        worker.shutdown()
         if workdir is not None:
             workdir.cleanup()
         raise
@@ -233,7 +259,7 @@ def open_service(
             run_dir,
             onnx,
         )
-    service = TagService(tagger, model_info(tagger, run_dir, stages, archs), settings, workdir)
+    service = TagService(tagger, model_info(tagger, run_dir, stages, archs), settings, workdir, worker)
     if warm_up:
         service.warm_up()
     return service
