@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -298,6 +299,47 @@ def test_models_load_and_run_on_the_one_inference_thread(model_run, monkeypatch)
         fresh.close()
     assert loaded == {worker} and torch_threads == {worker}
     assert worker != threading.get_ident()
+
+
+def test_onnx_services_overlap_requests_with_one_torch_thread_each(model_run, monkeypatch):
+    """With onnxruntime members torch only makes the log-mel: each of the ``max_in_flight`` inference
+    threads runs it with one torch thread (no OpenMP pool), so concurrent requests overlap."""
+    import torch
+
+    from noisytag.audio import features
+
+    seen: list[tuple[int, int]] = []  # (thread, torch threads) of every log-mel
+    original = features.LogMel.frames_db
+
+    def recorded(self, x):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return original(self, x)
+
+    monkeypatch.setattr(features.LogMel, "frames_db", recorded)
+    default = torch.get_num_threads()
+    fresh = open_service(model_run, backend="onnx", settings=ServeSettings(max_in_flight=3))
+    later = ThreadPoolExecutor(1)  # a thread of the caller's, started after the service
+    data = encoded(tone(3.0), 44100, "WAV")
+    statuses: list[int] = []
+    try:
+        with running(create_app(fresh)) as url:
+
+            def one_client() -> None:
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    statuses.extend(post_file(c, "a.wav", data).status_code for _ in range(3))
+
+            clients = [threading.Thread(target=one_client) for _ in range(3)]
+            for t in clients:
+                t.start()
+            for t in clients:
+                t.join()
+        assert later.submit(torch.get_num_threads).result() == default == torch.get_num_threads()
+    finally:
+        fresh.close()
+        later.shutdown()
+    assert statuses == [200] * 9 and len(seen) == 10  # the warm-up and 9 requests
+    assert {n for _, n in seen} == {1}
+    assert threading.get_ident() not in {t for t, _ in seen}
 
 
 def test_concurrency_eight_clients_none_fails(service):

@@ -37,7 +37,7 @@ def serve(
         int,
         typer.Option(
             "--max-in-flight",
-            help="Requests admitted at once, queued for the one inference thread; the others wait.",
+            help="Requests admitted at once (tagged in parallel with onnx backends); the others wait.",
             min=1,
         ),
     ] = 4,
