@@ -97,3 +97,22 @@ def write_model_run(root, classes, members=((2, 0), (3, 0)), width=0.125, in_cha
         save_model(d, model.eval(), meta)
         (d / "done").write_text("1\n")
     return root
+
+
+def torch_calls(monkeypatch, *targets) -> list[tuple[int, int]]:
+    """Spy on ``(owner, method name)`` targets: every call appends (calling thread id, torch's thread count
+    there) to the returned list. The tests that check torch stays in the threads meant for it use it."""
+    import threading
+
+    import torch
+
+    calls: list[tuple[int, int]] = []
+    for owner, name in targets:
+        original = getattr(owner, name)
+
+        def recorded(self, *args, _original=original, **kwargs):
+            calls.append((threading.get_ident(), torch.get_num_threads()))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recorded)
+    return calls

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import torch_calls
 from torch import nn
 
 from noisytag.audio.windows import n_windows, window_offsets
@@ -201,18 +202,10 @@ def test_files_run_torch_only_in_the_callers_thread(tiny_data, monkeypatch):
     from noisytag.infer import members
     from noisytag.models import build
 
-    torch_threads: set[int] = set()
-    for owner, name in ((features.LogMel, "frames_db"), (members.TorchMember, "probs")):
-        original = getattr(owner, name)
-
-        def recorded(self, *args, _original=original):
-            torch_threads.add(threading.get_ident())
-            return _original(self, *args)
-
-        monkeypatch.setattr(owner, name, recorded)
+    calls = torch_calls(monkeypatch, (features.LogMel, "frames_db"), (members.TorchMember, "probs"))
     torch.manual_seed(0)
     model = build("cnn1", 12, 1, width=0.125).eval()
     paths = sorted((tiny_data / "test").iterdir())[:4]
     result = predict_files([model], paths, InferConfig(), FrontendConfig())
     assert not result.failures and result.probs.shape == (4, 12)
-    assert torch_threads == {threading.get_ident()}
+    assert {thread for thread, _ in calls} == {threading.get_ident()}

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import write_model_run
+from conftest import torch_calls, write_model_run
 
 from noisytag.data.synth import CLASSES
 from noisytag.serve import service as service_mod
@@ -275,29 +275,22 @@ def test_models_load_and_run_on_the_one_inference_thread(model_run, monkeypatch)
     from noisytag.audio import features
     from noisytag.infer import members
 
-    torch_threads: set[int] = set()
-    for owner, name in (
+    calls = torch_calls(
+        monkeypatch,
         (features.LogMel, "frames_db"),
         (members.TorchMember, "__init__"),
         (members.TorchMember, "probs"),
-    ):
-        original = getattr(owner, name)
-
-        def recorded(self, *args, _original=original, **kwargs):
-            torch_threads.add(threading.get_ident())
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(owner, name, recorded)
+    )
     fresh = open_service(model_run)
     try:
-        loaded = set(torch_threads)
+        loaded = {thread for thread, _ in calls}
         data = encoded(tone(3.0), 44100, "WAV")
         with running(create_app(fresh)) as url, httpx.Client(base_url=url, timeout=60) as c:
             assert all(post_file(c, f"{i}.wav", data).status_code == 200 for i in range(3))
         worker = fresh.worker.submit(threading.get_ident).result()
     finally:
         fresh.close()
-    assert loaded == {worker} and torch_threads == {worker}
+    assert loaded == {worker} and {thread for thread, _ in calls} == {worker}
     assert worker != threading.get_ident()
 
 
@@ -308,14 +301,7 @@ def test_onnx_services_overlap_requests_with_one_torch_thread_each(model_run, mo
 
     from noisytag.audio import features
 
-    seen: list[tuple[int, int]] = []  # (thread, torch threads) of every log-mel
-    original = features.LogMel.frames_db
-
-    def recorded(self, x):
-        seen.append((threading.get_ident(), torch.get_num_threads()))
-        return original(self, x)
-
-    monkeypatch.setattr(features.LogMel, "frames_db", recorded)
+    seen = torch_calls(monkeypatch, (features.LogMel, "frames_db"))  # (thread, torch threads) per log-mel
     default = torch.get_num_threads()
     fresh = open_service(model_run, backend="onnx", settings=ServeSettings(max_in_flight=3))
     later = ThreadPoolExecutor(1)  # a thread of the caller's, started after the service

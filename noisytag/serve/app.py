@@ -7,8 +7,8 @@ content type) and answers the service's :class:`~noisytag.serve.service.TagRespo
 microphone recordings and draws those answers.
 
 At most ``max_in_flight`` requests are admitted at a time (they queue for the service's inference
-threads); the others wait up to ``wait_seconds`` and then get 503. Uploads are read into memory (the body is cut off beyond the size limit). Every bad
-upload is a 4xx whose JSON ``detail`` is one sentence.
+threads); the others wait up to ``wait_seconds`` and then get 503. Uploads are read into memory (the
+body is cut off beyond the size limit). Every bad upload is a 4xx whose JSON ``detail`` is one sentence.
 """
 
 from __future__ import annotations

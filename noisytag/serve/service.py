@@ -173,7 +173,7 @@ class TagService:
     def submit(
         self, data: bytes, name: str, top_k: int | None = None, timeline: bool = True, logmel: bool = True
     ) -> Future:
-        """:meth:`tag_bytes` on the inference thread → a future of its :class:`TagResponse`."""
+        """:meth:`tag_bytes` on an inference thread → a future of its :class:`TagResponse`."""
         return self.worker.submit(self.tag_bytes, data, name, top_k, timeline, logmel)
 
     def tag_file(
@@ -229,7 +229,7 @@ class TagService:
             self.worker.submit(self.tag_file, tmp.name, "warm-up").result()
 
     def close(self) -> None:
-        """Stop the inference thread (after the queued requests) and remove the service's temporary
+        """Stop the inference threads (after the queued requests) and remove the service's temporary
         directory (exported members), if it has one."""
         self.worker.shutdown()
         if self.workdir is not None:
@@ -260,7 +260,7 @@ def open_service(
     workdir = tempfile.TemporaryDirectory(prefix="noisytag-onnx-") if onnx else None
     onnx_dir = workdir.name if workdir else None
     worker = inference_threads(not onnx, settings.max_in_flight)
-    try:  # loaded on the inference thread too: no torch pool is left behind in this one
+    try:  # loaded on an inference thread too: no torch pool is left behind in this one
         tagger = worker.submit(
             Tagger, run_dir, stages, backend, mode, archs, device, onnx_dir=onnx_dir
         ).result()
