@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from noisytag.config import ConfigError, RunConfig, config_from_dict, stable_hash
+from noisytag.settings import check_mode
 
 KINDS = ("warmup", "joint", "student")
 STAGES = (1, 2, 3, 4)
 # Stage k of the warm-up selects its trusted noisy clips from these earlier stages' OOF (SPEC §6).
+# The one owner of that meaning: StagePlan.selects_from, the detectors, the stages a run must train
+# together (needed_stages) and the run's selection tables all follow it.
 SELECTS_FROM = {3: (1, 2), 4: (3,)}
 # The selection settings each selecting stage reads.
 SELECTION_INPUTS = {
@@ -57,6 +60,25 @@ PART_TEXT = {
     "teacher": "every clip (teacher targets)",
     "unlabelled": "unlabelled audio (teacher)",
 }
+
+
+def needed_stages(stage: int) -> tuple[int, ...]:
+    """The stages a warm-up ``stage`` cannot run without: those it selects from, and theirs."""
+    needed: set[int] = set()
+    for source in SELECTS_FROM.get(stage, ()):
+        needed |= {source, *needed_stages(source)}
+    return tuple(sorted(needed))
+
+
+def run_seed(seed: int, kind: str, stage: int, fold: int) -> int:
+    """The training seed of fold ``fold`` of ``stage`` in a run of ``kind``, from ``train.seed``.
+
+    The one seed rule of every run kind; each keeps the seeds its results were made with (a fold:
+    seed + 1000 · stage + fold; the student: seed + 7919, apart from every fold's).
+    """
+    if kind == "student":
+        return seed + 7919
+    return seed + 1000 * stage + fold
 
 
 @dataclass(frozen=True)
@@ -151,7 +173,7 @@ def validate(cfg: RunConfig) -> None:
     _check(bool(p.architectures), "pipeline.architectures", "name at least one architecture")
     _check(bool(p.stages) and set(p.stages) <= set(STAGES), "pipeline.stages", f"stages among {STAGES}")
     for stage in p.stages:
-        needs = {3: (1, 2), 4: (1, 2, 3)}.get(stage, ())
+        needs = needed_stages(stage)
         _check(
             p.mode == "joint" or all(n in p.stages for n in needs),
             "pipeline.stages",
@@ -181,7 +203,7 @@ def validate(cfg: RunConfig) -> None:
     _check(i.window >= 1, "infer.window", "must be ≥ 1 frame")
     _check(i.max_stride >= 1, "infer.max_stride", "must be ≥ 1 frame")
     _check(i.batch_size >= 1, "infer.batch_size", "must be ≥ 1")
-    _check(i.mode in ("exact", "fast"), "infer.mode", f"'exact' or 'fast', got {i.mode!r}")
+    check_mode(i.mode)  # noisytag.settings owns the inference modes
     _check(all(s in STAGES for s in cfg.noisy.stages), "noisy.stages", f"stages among {STAGES}")
 
 
@@ -332,14 +354,17 @@ def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resume_conflicts(saved: RunConfig, new: RunConfig) -> list[str]:
+def resume_conflicts(saved: RunConfig, new: RunConfig, new_plan: RunPlan | None = None) -> list[str]:
     """``key: old → new`` for every changed config key that a stage of both runs reads.
 
     A run may continue with a new config when every stage the two share keeps its result key:
     the ensemble, the inference batch, devices and workers may change; anything that changes a
-    stage's fold models or out-of-fold predictions may not.
+    stage's fold models or out-of-fold predictions may not. ``new_plan``: the plan of ``new``, built
+    once by the command; the saved config's plan is only built when the two configs differ.
     """
-    old_plan, new_plan = build_plan(saved), build_plan(new)
+    if saved == new:
+        return []  # the same config: every stage keeps its key
+    old_plan, new_plan = build_plan(saved), new_plan or build_plan(new)
     shared = [s for s in old_plan.stage_numbers if s in new_plan.stage_numbers]
     changed = [
         (s, a)

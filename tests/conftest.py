@@ -77,6 +77,7 @@ def write_model_run(root, classes, members=((2, 0), (3, 0)), width=0.125, in_cha
 
     from noisytag.config import FrontendConfig
     from noisytag.models import build
+    from noisytag.models.record import FoldRecord
     from noisytag.models.weights import save_model
 
     for stage, fold in members:
@@ -86,15 +87,15 @@ def write_model_run(root, classes, members=((2, 0), (3, 0)), width=0.125, in_cha
             with torch.no_grad():
                 model(torch.randn(8, in_channels, 128, 160))
         d = root / "cnn1" / f"stage{stage}" / f"fold{fold}"
-        meta = {
-            "arch": "cnn1",
-            "stage": stage,
-            "fold": fold,
-            "classes": list(classes),
-            "frontend": dataclasses.asdict(FrontendConfig()),
-            "normalize": "minmax",
-        }
-        save_model(d, model.eval(), meta)
+        record = FoldRecord(
+            arch="cnn1",
+            stage=stage,
+            fold=fold,
+            classes=tuple(classes),
+            frontend=dataclasses.asdict(FrontendConfig()),
+            normalize="minmax",
+        )
+        save_model(d, model.eval(), record.to_json())
         (d / "done").write_text("1\n")
     return root
 

@@ -162,3 +162,38 @@ def test_window_targets_follow_the_crop(crop):
     assert len(seen) > (10 if crop == "random" else 3)
     x, y = data[1]  # the one-window clip always gives its window
     assert y[0].item() == pytest.approx(1.0)
+
+
+def test_unlabelled_cache_of_a_manifest_teacher_goes_where_features_puts_it(tmp_path, monkeypatch):
+    """A manifest teacher's data_dir is its CSV file: the unlabelled audio's features are cached beside
+    it, where ``noisytag features`` caches the data set's own, never under the file."""
+    from conftest import tiny_config, write_model_run
+
+    from noisytag.audio.cache import default_cache_dir
+    from noisytag.runs import distill
+
+    manifest = tmp_path / "data" / "clips.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,labels,split\n")
+    cfg = tiny_config()
+    teacher = RunDir(tmp_path / "teacher")
+    teacher.adopt_config(cfg)
+    members = [(s, f) for s in teacher.plan().ensemble for f in range(cfg.train.folds)]
+    write_model_run(teacher.root, ["a", "b"], members=members)
+    teacher.folds.write_text("fname,split,fold\n")
+    teacher.update_info(manifest)
+    field = tmp_path / "field"
+    field.mkdir()
+    seen = []
+
+    def cache_of(folder, cache_dir, *args, **kwargs):
+        seen.append(cache_dir)
+        raise RuntimeError("stop: the cache folder is all this test needs")
+
+    monkeypatch.setattr(distill, "open_run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(distill, "build_folder_cache", cache_of)
+    out = tmp_path / "student"
+    student = load_student_config(teacher.root, out, None, [f"distill.unlabelled={field}"])
+    with pytest.raises(RuntimeError, match="stop"):
+        run_distill(teacher.root, out, student, progress=False)
+    assert seen == [default_cache_dir(manifest)] == [manifest.parent / ".noisytag-cache"]

@@ -144,3 +144,25 @@ def test_plan_command_prints_the_table():
         assert words in result.output
     bad = CliRunner().invoke(app, ["plan", "--set", "infer.mode=quick"])
     assert bad.exit_code == 2 and "infer.mode" in bad.output
+
+
+def test_the_stages_a_stage_needs_follow_selects_from(monkeypatch):
+    """``pipeline.stages`` is checked against SELECTS_FROM, not a copy: stage 3 selecting from stage 2
+    alone runs without stage 1, and every detector of it reads stage 2 (test_selection)."""
+    from noisytag import plan as plans
+
+    with pytest.raises(ConfigError, match=r"stage 3 needs stages \(1, 2\)"):
+        build_plan(tiny_config(**{"pipeline.stages": "[2, 3]"}))
+    monkeypatch.setitem(plans.SELECTS_FROM, 3, (2,))
+    plan = build_plan(tiny_config(**{"pipeline.stages": "[2, 3]"}))
+    assert plan.stage(3).selects_from == (2,) and plans.needed_stages(4) == (2, 3)
+    monkeypatch.undo()
+    assert [plans.needed_stages(k) for k in (1, 2, 3, 4)] == [(), (), (1, 2), (1, 2, 3)]
+
+
+def test_one_seed_rule_keeps_every_run_kinds_seeds():
+    from noisytag.plan import run_seed
+
+    for kind in ("warmup", "joint"):
+        assert [run_seed(7, kind, s, f) for s, f in ((1, 0), (3, 4))] == [1007, 3011]
+    assert run_seed(7, "student", 1, 0) == 7 + 7919

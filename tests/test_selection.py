@@ -21,6 +21,14 @@ from noisytag.learn.selection import (
     trusted_selection,
 )
 from noisytag.metrics import clip_lwlrap
+from noisytag.plan import build_plan
+
+WARMUP = build_plan(RunConfig())  # the default four stages: 3 selects from the OOF of 1 and 2, 4 from 3
+
+
+def oofs(stage: int, probs: np.ndarray) -> dict[int, np.ndarray]:
+    """``probs`` as the OOF of every stage ``stage`` selects from (so their mean is ``probs``)."""
+    return {k: probs for k in WARMUP.stage(stage).selects_from}
 
 
 def table(rows):
@@ -292,7 +300,7 @@ def test_select_noisy_both_detectors_and_the_method_switch():
     table, given, probs = corrupted_table()
     corrupted = corrupted_case()[2]
     wide = SelectionConfig(method="cleanlab", stage3_cap=1000)
-    audit = select_noisy(table, given, probs, 3, wide)
+    audit = select_noisy(table, given, oofs(3, probs), WARMUP.stage(3), wide)
     assert list(audit.columns) == [
         "fname", "fold", "labels", "score", "lwlrap_score", "label_quality",
         "lwlrap_flag", "cleanlab_flag", "selected", "correct",
@@ -302,25 +310,27 @@ def test_select_noisy_both_detectors_and_the_method_switch():
     summary = detector_audit(audit)
     assert summary["cleanlab_precision"] == summary["cleanlab_recall"] == 1.0
     # the cap of stage 3 holds for cleanlab too; stage 4 has none
-    capped = select_noisy(table, given, probs, 3, SelectionConfig(method="cleanlab", stage3_cap=2))
+    capped = select_noisy(
+        table, given, oofs(3, probs), WARMUP.stage(3), SelectionConfig(method="cleanlab", stage3_cap=2)
+    )
     per_label = capped[capped["selected"]].explode("labels").groupby(["fold", "labels"]).size()
     assert per_label.max() == 2
     assert (
-        select_noisy(table, given, probs, 4, SelectionConfig(method="cleanlab", stage3_cap=2))[
-            "selected"
-        ].sum()
+        select_noisy(
+            table, given, oofs(4, probs), WARMUP.stage(4), SelectionConfig(method="cleanlab", stage3_cap=2)
+        )["selected"].sum()
         == 64
     )
     # oof_lwlrap: the same selection as stage3_selection, in the same order
     rule = SelectionConfig(method="oof_lwlrap", stage3_cap=2)
-    audit = select_noisy(table, given, probs, 3, rule)
+    audit = select_noisy(table, given, oofs(3, probs), WARMUP.stage(3), rule)
     expected = stage3_selection(table, threshold=0.5, cap=2)
     assert list(audit.loc[audit["selected"], "fname"]) == list(expected["fname"])
     assert np.array_equal(
         audit["lwlrap_flag"], oof_lwlrap_flags(audit.assign(s1=audit["score"], s2=audit["score"]))
     )
     with pytest.raises(ValueError, match="selection.method"):
-        select_noisy(table, given, probs, 3, SelectionConfig(method="vote"))
+        select_noisy(table, given, oofs(3, probs), WARMUP.stage(3), SelectionConfig(method="vote"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,12 +342,12 @@ def test_select_noisy_both_detectors_and_the_method_switch():
 def test_every_detector_selects_its_trusted_clips(name, stage):
     table, given, probs = corrupted_table()
     selection = SelectionConfig(method=name, stage3_cap=4)
-    judge = detectors.build(name, selection, stage)
-    score, flag = judge.judge(table, given, probs)
+    judge = detectors.build(name, selection, WARMUP.stage(stage))
+    score, flag = judge.judge(table, given, oofs(stage, probs))
     assert score.shape == flag.shape == (len(table),) and flag.dtype == bool
-    audit = select_noisy(table, given, probs, stage, selection)
+    audit = select_noisy(table, given, oofs(stage, probs), WARMUP.stage(stage), selection)
     for other in DETECTORS.names():  # every detector judges every clip for the audit
-        built = detectors.build(other, selection, stage)
+        built = detectors.build(other, selection, WARMUP.stage(stage))
         assert {built.score_column, built.flag_column} <= set(audit.columns)
     np.testing.assert_array_equal(audit["score"], audit[judge.score_column])
     kept = audit[audit["selected"]]
@@ -359,7 +369,7 @@ def test_every_detector_option_out_of_range_names_its_key(name, key):
         detectors.validate(RunConfig(selection=bad))
     table, given, probs = corrupted_table()
     with pytest.raises(ConfigError, match=key):
-        select_noisy(table, given, probs, 3, bad)
+        select_noisy(table, given, oofs(3, probs), WARMUP.stage(3), bad)
 
 
 def test_unknown_method_names_the_key_and_the_detectors():
@@ -369,3 +379,60 @@ def test_unknown_method_names_the_key_and_the_detectors():
         detectors.validate(RunConfig(selection=SelectionConfig(method="vote")))
     assert DETECTORS.names() == ("oof_lwlrap", "cleanlab")
     detectors.validate(RunConfig(selection=SelectionConfig(stage3_cap=0)))  # 0: admit none (valid)
+
+
+# ----------------------------------------------------------------------------------------------
+# stage meaning comes from the run plan alone
+
+
+def test_a_changed_selects_from_changes_what_both_detectors_read(monkeypatch, tmp_path):
+    """The plan owns which OOF a stage selects from: when stage 3 selects from stage 2 alone, the
+    OOF-lwlrap score is s2 (not sqrt(s1 · s2)) and cleanlab judges stage 2's predictions, both."""
+    from types import SimpleNamespace
+
+    from noisytag import plan as plans
+    from noisytag.rundir import RunDir
+    from noisytag.runs import pipeline
+
+    monkeypatch.setitem(plans.SELECTS_FROM, 3, (2,))
+    plan = plans.build_plan(RunConfig())
+    assert plan.stage(3).selects_from == (2,)
+    table, given, probs = corrupted_table()
+    table = table.assign(s1=1.0 - table["s2"])  # stage 1's scores: not read any more
+    oof = {1: 1.0 - probs, 2: probs}
+    written = {}
+    monkeypatch.setattr(pipeline, "stage_oof", lambda ctx, arch, stage, split: oof[stage])
+    monkeypatch.setattr(pipeline, "noisy_scores", lambda ctx, arch: table)
+    monkeypatch.setattr(
+        pipeline, "write_clip_table", lambda path, frame: written.setdefault(path.name, frame)
+    )
+    for method in DETECTORS.names():
+        written.clear()
+        ctx = SimpleNamespace(
+            selections={},
+            plan=plan,
+            cfg=RunConfig(selection=SelectionConfig(method=method)),
+            noisy=SimpleNamespace(clips=SimpleNamespace(targets=given)),
+            run=RunDir(tmp_path),
+        )
+        pipeline.select_for(ctx, "cnn1", 3)
+        audit = written["stage3_audit.csv"].set_index("fname").loc[table["fname"]]
+        np.testing.assert_array_equal(audit["lwlrap_score"], table["s2"])
+        expected = cleanlab_verdicts(given, probs)
+        np.testing.assert_array_equal(audit["label_quality"], expected["label_quality"])
+        np.testing.assert_array_equal(audit["cleanlab_flag"], expected["label_issue"])
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_every_detector_reads_only_the_stages_its_plan_names(name):
+    import dataclasses
+
+    table, given, probs = corrupted_table()
+    stage = dataclasses.replace(WARMUP.stage(3), selects_from=(2,))
+    judge = detectors.build(name, SelectionConfig(method=name), stage)
+    score, flag = judge.judge(table.assign(s1=0.0), given, {1: 1.0 - probs, 2: probs})
+    alone, alone_flag = judge.judge(table.drop(columns=["s1", "s3"]), given, {2: probs})
+    np.testing.assert_array_equal(score, alone)
+    np.testing.assert_array_equal(flag, alone_flag)
+    with pytest.raises(ValueError, match="selects no clips"):
+        select_noisy(table, given, {}, WARMUP.stage(2), SelectionConfig(method=name))

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from noisytag.cli import app
 from noisytag.models import build
 from noisytag.models.weights import load_model
+from noisytag.plan import run_seed
 from noisytag.rundir import RunDir
 from noisytag.runs import pipeline
 from noisytag.runs.context import open_run
@@ -67,7 +68,7 @@ def test_each_stage_starts_from_the_previous_stage_of_the_same_fold(
         run.fold_done("cnn1", stage, 1).unlink()
         pipeline.run_fold(ctx, "cnn1", stage, 1)
         expected, _ = load_model(run.fold_dir("cnn1", stage - 1, 1))
-        init = seen[pipeline.fold_seed(ctx.cfg, stage, 1)]
+        init = seen[run_seed(ctx.cfg.train.seed, ctx.plan.kind, stage, 1)]
         for name, tensor in expected.state_dict().items():
             torch.testing.assert_close(init[name], tensor)
         assert run.fold_done("cnn1", stage, 1).is_file()

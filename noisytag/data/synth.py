@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from noisytag.data.dataset import SUBMISSION
 from noisytag.data.manifest import CLASSES_FILE, write_manifest
 from noisytag.data.sounds import SOUNDS, render_clip
 
@@ -188,7 +189,7 @@ def _prepare(out: Path) -> None:
             raise FileExistsError(f"{out}: not empty and not a noisytag synth data set; choose a new folder")
         for folder in [*_FOLDER.values(), AUDIO, "truth"]:
             shutil.rmtree(out / folder, ignore_errors=True)
-        for name in ("train_curated.csv", "train_noisy.csv", "sample_submission.csv", MANIFEST, CLASSES_FILE):
+        for name in ("train_curated.csv", "train_noisy.csv", SUBMISSION, MANIFEST, CLASSES_FILE):
             (out / name).unlink(missing_ok=True)
     (out / "truth").mkdir(parents=True, exist_ok=True)
 
@@ -201,7 +202,7 @@ def _render_chunk(clips: list[tuple], sample_rate: int, fmt: str) -> int:
     for path, rng_seed, labels, n, domain in clips:
         y = render_clip(np.random.default_rng(list(rng_seed)), labels, n, sample_rate, domain)
         pcm = np.round(y * 32767).astype(np.int16)
-        buffer = io.BytesIO()  # soundfile fsyncs real files on close; a buffer avoids ~6 ms per clip
+        buffer = io.BytesIO()  # soundfile fsyncs real files on close; a buffer avoids that per clip
         sf.write(buffer, pcm, sample_rate, format=file_format, subtype=subtype)
         Path(path).write_bytes(buffer.getvalue())
     return len(clips)
@@ -409,4 +410,4 @@ def _write_competition_csvs(out: Path, p: Plan) -> None:
     _labels_frame(p.fnames["test"], p.truth["test"]).to_csv(out / "truth" / "test.csv", **csv)
     submission = pd.DataFrame(0, index=range(len(p.fnames["test"])), columns=CLASSES)
     submission.insert(0, "fname", p.fnames["test"])
-    submission.to_csv(out / "sample_submission.csv", **csv)
+    submission.to_csv(out / SUBMISSION, **csv)

@@ -1,12 +1,15 @@
 """The noisy-clip detectors (SPEC §6, §6b) and their registry: which given label sets look wrong.
 
-A detector judges every noisy clip from its out-of-fold scores: a score (higher = more trusted) and a flag
-(True = the detector does not trust the clip's given labels). :data:`DETECTORS` holds them, chosen by
-``selection.method``:
+A detector judges every noisy clip from the out-of-fold predictions of the stages its stage selects
+from (the run plan's ``StagePlan.selects_from``, the one owner of that meaning): a score (higher = more
+trusted) and a flag (True = the detector does not trust the clip's given labels). :data:`DETECTORS`
+holds them, chosen by ``selection.method``:
 
-* ``oof_lwlrap`` (SPEC §6): the clip's own lwlrap under the OOF predictions, sqrt(s1 · s2) in stage 3 and
-  s3 in stage 4, flagged below ``selection.stage3_threshold`` / ``selection.stage4_threshold``;
-* ``cleanlab`` (SPEC §6b): confident learning on the given tags only (:func:`cleanlab_verdicts`).
+* ``oof_lwlrap`` (SPEC §6): the clip's own lwlrap under those OOF predictions, the geometric mean over
+  the stages (sqrt(s1 · s2) in stage 3, s3 in stage 4), flagged below ``selection.stage3_threshold`` /
+  ``selection.stage4_threshold``;
+* ``cleanlab`` (SPEC §6b): confident learning on the given tags only (:func:`cleanlab_verdicts`), judged
+  on the mean of those stages' OOF probabilities.
 
 :mod:`noisytag.learn.selection` runs every detector for the audit and lets the chosen one select (its
 trusted clips by descending score, under the per-(fold, label) cap of stage 3).
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from noisytag.config import RunConfig, SelectionConfig
+from noisytag.plan import StagePlan
 from noisytag.registry import Registry, in_range
 
 log = logging.getLogger(__name__)
@@ -153,27 +158,36 @@ def check_score_table(table: pd.DataFrame, needed: tuple[str, ...]) -> pd.DataFr
     return table
 
 
-def lwlrap_score(table: pd.DataFrame, stage: int) -> np.ndarray:
-    """(N,) SPEC §6 score: sqrt(s1 · s2) in stage 3, s3 in stage 4 (NaN where a clip has no score)."""
-    if stage not in (3, 4):
-        raise ValueError(f"stage must be 3 or 4, got {stage}")
-    if stage == 3:
-        check_score_table(table, ("s1", "s2"))
-        return np.sqrt(table["s1"].to_numpy(dtype=float) * table["s2"].to_numpy(dtype=float))
-    check_score_table(table, ("s3",))
-    return table["s3"].to_numpy(dtype=float)
+def lwlrap_score(table: pd.DataFrame, sources: tuple[int, ...]) -> np.ndarray:
+    """(N,) SPEC §6 score: the geometric mean of the clip's s_k over the stages ``sources`` it is selected
+    from, i.e. sqrt(s1 · s2) in stage 3 and s3 in stage 4 (NaN where a clip has no score)."""
+    if not sources:
+        raise ValueError("a selecting stage needs the stages it selects from (StagePlan.selects_from)")
+    columns = tuple(f"s{k}" for k in sources)
+    check_score_table(table, columns)
+    product = np.prod([table[c].to_numpy(dtype=float) for c in columns], axis=0)
+    return product ** (1 / len(columns))  # numpy's ** 0.5 is its sqrt and ** 1.0 a copy: exact
+
+
+def mean_oof(oofs: Mapping[int, np.ndarray], sources: tuple[int, ...]) -> np.ndarray:
+    """(N, K) mean of the out-of-fold probabilities of the stages ``sources``, in that order."""
+    missing = [k for k in sources if k not in oofs]
+    if not sources or missing:
+        raise ValueError(f"the OOF predictions of stages {sources} are needed, missing {missing}")
+    return np.mean([oofs[k] for k in sources], axis=0)
 
 
 class Detector(Protocol):
-    """What a registered detector is: built from (selection config, stage); its audit column names."""
+    """What a registered detector is: built from (selection config, the stage's plan); its audit column
+    names. It reads the OOF predictions of the stages ``stage.selects_from`` names, no others."""
 
     score_column: str  # the audit's column of its score (higher = more trusted)
     flag_column: str  # the audit's column of its flag (True = not trusted)
 
     def judge(
-        self, table: pd.DataFrame, given: np.ndarray, probs: np.ndarray
+        self, table: pd.DataFrame, given: np.ndarray, oofs: Mapping[int, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(score, flag), each (N,), rows as in ``table``."""
+        """(score, flag), each (N,), rows as in ``table``; ``oofs``: stage → (N, K) OOF probabilities."""
 
 
 DETECTORS = Registry("detector", "selection.method")
@@ -193,15 +207,16 @@ class OofLwlrap:
 
     score_column, flag_column = "lwlrap_score", "lwlrap_flag"
 
-    def __init__(self, selection: SelectionConfig, stage: int):
-        self.stage = stage
-        self.threshold = selection.stage3_threshold if stage == 3 else selection.stage4_threshold
+    def __init__(self, selection: SelectionConfig, stage: StagePlan):
+        self.sources = stage.selects_from
+        self.threshold = selection.stage3_threshold if stage.stage == 3 else selection.stage4_threshold
 
     def judge(
-        self, table: pd.DataFrame, given: np.ndarray, probs: np.ndarray
+        self, table: pd.DataFrame, given: np.ndarray, oofs: Mapping[int, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(score, flag), each (N,); a clip without a score (NaN) is flagged."""
-        score = lwlrap_score(table, self.stage)
+        """(score, flag), each (N,), from the table's s_k of the sources; a clip without a score (NaN)
+        is flagged."""
+        score = lwlrap_score(table, self.sources)
         return score, ~(score >= self.threshold - TOLERANCE)
 
 
@@ -211,14 +226,15 @@ class Cleanlab:
 
     score_column, flag_column = "label_quality", "cleanlab_flag"
 
-    def __init__(self, selection: SelectionConfig, stage: int):
-        self.stage = stage
+    def __init__(self, selection: SelectionConfig, stage: StagePlan):
+        self.sources = stage.selects_from
 
     def judge(
-        self, table: pd.DataFrame, given: np.ndarray, probs: np.ndarray
+        self, table: pd.DataFrame, given: np.ndarray, oofs: Mapping[int, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(label quality, label issue), each (N,), from :func:`cleanlab_verdicts` on ``given`` and ``probs``."""
-        verdicts = cleanlab_verdicts(given, probs)
+        """(label quality, label issue), each (N,), from :func:`cleanlab_verdicts` on ``given`` and the
+        mean OOF probabilities of the sources."""
+        verdicts = cleanlab_verdicts(given, mean_oof(oofs, self.sources))
         return verdicts["label_quality"].to_numpy(), verdicts["label_issue"].to_numpy()
 
 
@@ -227,6 +243,6 @@ def validate(cfg: RunConfig) -> None:
     DETECTORS.validate(cfg)
 
 
-def build(name: str, selection: SelectionConfig, stage: int) -> Detector:
-    """The detector ``name`` for stage 3 or 4 with the thresholds of ``selection``."""
+def build(name: str, selection: SelectionConfig, stage: StagePlan) -> Detector:
+    """The detector ``name`` for a selecting stage of the run plan, with the thresholds of ``selection``."""
     return DETECTORS.build(name, selection, stage)

@@ -15,7 +15,9 @@ A noisy clip's score s_k is its own lwlrap under the out-of-fold prediction of s
   clips are admitted by descending cleanlab label quality under the same per-(fold, label) cap.
 
 The detectors themselves (score and flag per clip) are the registry of :mod:`noisytag.learn.detectors`;
-:func:`select_noisy` runs each of them for the audit and lets ``selection.method`` choose.
+:func:`select_noisy` runs each of them for the audit and lets ``selection.method`` choose. Which stages'
+out-of-fold predictions a stage selects from is the run plan's (``StagePlan.selects_from``); every
+detector reads those and no others.
 
 Comparisons allow a tolerance of 1e-9 (``score ≥ threshold − 1e-9``): scores are ratios of small
 integers, so e.g. sqrt(3/11 · 11/12) must count as 0.5 although floating point gives 0.49999999999999994.
@@ -25,6 +27,7 @@ Clips without a score (NaN: no label) are never selected.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -32,6 +35,7 @@ import pandas as pd
 from noisytag.config import RunConfig, SelectionConfig
 from noisytag.learn import detectors
 from noisytag.learn.detectors import TOLERANCE, check_score_table, lwlrap_score
+from noisytag.plan import SELECTS_FROM, StagePlan
 
 __all__ = [
     "TOLERANCE",
@@ -163,11 +167,13 @@ def cleanlab_selection(
 def oof_lwlrap_flags(table: pd.DataFrame, stage: int = 3, threshold: float | None = None) -> np.ndarray:
     """(N,) bool: the clips the per-clip-lwlrap detector does NOT trust, before any cap.
 
-    Stage 3: sqrt(s1 · s2) below ``threshold`` (default 0.5); stage 4: s3 below ``threshold`` (default
-    1.0); both with the module's 1e-9 tolerance. A clip without a score (NaN) is flagged.
+    The score of the stages warm-up ``stage`` selects from (:data:`noisytag.plan.SELECTS_FROM`; stage 3:
+    sqrt(s1 · s2), stage 4: s3) below ``threshold`` (default: the stage's ``selection`` default, 0.5 /
+    1.0), with the module's 1e-9 tolerance. A clip without a score (NaN) is flagged.
     """
-    default = {3: 0.5, 4: 1.0}.get(stage)
-    score = lwlrap_score(table, stage)
+    defaults = SelectionConfig()
+    default = defaults.stage3_threshold if stage == 3 else defaults.stage4_threshold
+    score = lwlrap_score(table, SELECTS_FROM[stage])
     return ~(score >= (default if threshold is None else threshold) - TOLERANCE)
 
 
@@ -186,7 +192,11 @@ def _precision_recall(flagged: np.ndarray, wrong: np.ndarray) -> tuple[float, fl
 
 
 def select_noisy(
-    table: pd.DataFrame, given: np.ndarray, probs: np.ndarray, stage: int, selection: SelectionConfig
+    table: pd.DataFrame,
+    given: np.ndarray,
+    oofs: Mapping[int, np.ndarray],
+    stage: StagePlan,
+    selection: SelectionConfig,
 ) -> pd.DataFrame:
     """Every registered detector judges every noisy clip; ``selection.method`` picks the one that selects.
 
@@ -195,12 +205,13 @@ def select_noisy(
     clips (unflagged, finite score) are admitted by :func:`trusted_selection`, under the cap in stage 3.
 
     Args:
-        table: one row per noisy clip: fname, fold, labels, s1, s2 (stage 3) or s3 (stage 4); true_labels
-            and correct are passed through when present.
+        table: one row per noisy clip: fname, fold, labels and s_k of every stage k the stage selects
+            from (stage 3: s1, s2; stage 4: s3); true_labels and correct are passed through when present.
         given: (N, K) multi-hot given labels, rows as in ``table``.
-        probs: (N, K) out-of-fold probabilities cleanlab judges (stage 3: the mean of stages 1 and 2;
-            stage 4: stage 3).
-        stage: 3 (threshold and cap of SPEC §6) or 4 (threshold, no cap).
+        oofs: stage k → (N, K) out-of-fold probabilities of stage k (at least those the stage selects
+            from; cleanlab judges their mean).
+        stage: the run plan's selecting stage: its ``selects_from`` names what every detector reads;
+            stage 3 has the threshold and cap of SPEC §6, stage 4 the threshold, no cap.
         selection: thresholds, cap and method (a name of ``DETECTORS``: ``oof_lwlrap`` or ``cleanlab``).
 
     Returns:
@@ -210,13 +221,13 @@ def select_noisy(
         sorted by fold, descending score (NaN last), fname, so the selected rows keep the order of
         :func:`stage3_selection`.
     """
-    if stage not in (3, 4):
-        raise ValueError(f"stage must be 3 or 4, got {stage}")
+    if not stage.selects_from:
+        raise ValueError(f"stage {stage.stage} selects no clips (its plan names no stages to select from)")
     detectors.validate(RunConfig(selection=selection))  # ConfigError naming the key
     judges = {name: detectors.build(name, selection, stage) for name in detectors.DETECTORS.names()}
-    verdicts = {name: judge.judge(table, given, probs) for name, judge in judges.items()}
+    verdicts = {name: judge.judge(table, given, oofs) for name, judge in judges.items()}
     score, flag = verdicts[selection.method]
-    chosen = trusted_selection(table, score, flag, cap=selection.stage3_cap if stage == 3 else None)
+    chosen = trusted_selection(table, score, flag, cap=selection.stage3_cap if stage.stage == 3 else None)
     extra = [c for c in ("true_labels", "correct") if c in table]
     audit = table[["fname", "fold", "labels", *extra]].copy()
     audit["labels"] = [_as_tuple(x) for x in audit["labels"]]

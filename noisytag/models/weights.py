@@ -3,7 +3,8 @@
 A fold-model directory holds::
 
     weights.safetensors   the state dict (tensors only; safetensors cannot run code on load)
-    model.json            meta (arch, stage, fold, classes, frontend, normalize, config_hash, ...)
+    model.json            the fold record (noisytag.models.record.FoldRecord: arch, stage, fold,
+                          classes, frontend, normalize, config_hash, n_train, teacher)
                           + "model": model.spec (what noisytag.models.build(**spec) needs)
                           + "weights_sha256": checksum of the weights file (detects corruption)
 
@@ -58,8 +59,8 @@ def _sha256(path: Path) -> str:
 def save_model(directory: str | Path, model, meta: dict) -> None:
     """Write ``model``'s state dict and ``meta`` + ``{"model": model.spec}`` into ``directory``.
 
-    ``model`` must carry ``model.spec`` (the registry's build arguments). ``meta`` keys used by
-    inference: arch, stage, fold, classes, frontend (FrontendConfig as dict), normalize, config_hash.
+    ``model`` must carry ``model.spec`` (the registry's build arguments). ``meta``: the fold record
+    (:meth:`noisytag.models.record.FoldRecord.to_json`; inference reads it back through that class).
     Writes are atomic per file (temporary name, fsync, rename); the weights go first, the sidecar last.
     """
     directory = Path(directory)
@@ -111,7 +112,7 @@ def _describe_mismatch(expected: dict, found: dict) -> str:
     return "; ".join(parts)
 
 
-def load_model(directory: str | Path, device: str = "cpu", verify: bool = True):
+def load_model(directory: str | Path, device: str = "cpu", verify: bool = True, meta: dict | None = None):
     """Rebuild the model of ``directory`` through ``noisytag.models.build`` and load its weights.
 
     Returns ``(model, meta)`` with the model in eval mode on ``device``. Every key and shape must
@@ -119,7 +120,7 @@ def load_model(directory: str | Path, device: str = "cpu", verify: bool = True):
     sidecar. Any problem raises :class:`WeightsError` naming the file and the reason.
     """
     directory = Path(directory)
-    meta = read_meta(directory)
+    meta = read_meta(directory) if meta is None else meta  # a caller that read model.json passes it
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise WeightsError(f"{path}: missing")

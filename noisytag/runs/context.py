@@ -135,7 +135,9 @@ def failed_marker(run: RunDir) -> Path:
     return run.root / ".prepare-failed"
 
 
-def _cache_dir(data_dir: Path, cfg: RunConfig) -> Path:
+def feature_cache_dir(data_dir: str | Path, cfg: RunConfig) -> Path:
+    """The feature cache root of a data set: ``data.cache_dir``, else where ``noisytag features`` puts
+    it (:func:`~noisytag.audio.cache.default_cache_dir`: beside a manifest CSV, never under it)."""
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir)
 
 
@@ -219,7 +221,7 @@ def open_caches(
     """Build (or reuse) the feature cache of each split and open it (a manifest's splits share one;
     ``data``: the data set already loaded, so a manifest is not read twice; ``build=False``: open
     what the writer built, never write)."""
-    cache_dir = _cache_dir(data_dir, cfg)
+    cache_dir = feature_cache_dir(data_dir, cfg)
     splits = (*LABELLED, "test")
     if build:
         build_cache(
@@ -261,30 +263,32 @@ def open_run(
     force: bool = False,
     progress: bool = True,
     writer: bool | None = None,
+    plan: RunPlan | None = None,
 ) -> RunContext:
     """Validate data, adopt the config, build caches and folds: the shared start of every stage.
 
     ``writer``: whether this process prepares and records the run (saves config.yaml, builds the
     feature caches and folds.csv, writes the ``.prepared`` marker, marks run.json started); default:
     global rank zero. Every other process (DDP ranks, Ray tasks) waits for the marker
-    (:func:`wait_for_writer`), checks its config against the saved one and only reads.
+    (:func:`wait_for_writer`), checks its config against the saved one and only reads. ``plan``: the
+    validated plan of ``cfg`` the command built once (:func:`checked_plan`); default: built here.
     """
     data_dir, run = Path(data_dir), RunDir(run_dir)
     writer = is_global_zero() if writer is None else writer
     if writer:
         failed_marker(run).unlink(missing_ok=True)  # an earlier launch's failure is not this one's
     try:
-        plan = checked_plan(cfg)  # validates the whole config before any data is read
+        plan = plan or checked_plan(cfg)  # validates the whole config before any data is read
         data = load_data(data_dir, skip_invalid=cfg.data.skip_invalid)
         for problem in data.problems:
             log.warning("skipped: %s", problem)
-        cache_dir, splits = _cache_dir(data_dir, cfg), (*LABELLED, "test")
+        cache_dir, splits = feature_cache_dir(data_dir, cfg), (*LABELLED, "test")
         prepared = {"config": cfg.hash(), "caches": build_signatures(data_dir, cfg.frontend, splits, data)}
         if writer:
-            run.adopt_config(cfg, force)
+            run.adopt_config(cfg, force, plan)
         else:
             wait_for_writer(run, prepared, cache_dir)
-            run.check_config(cfg, force)
+            run.check_config(cfg, force, plan)
         caches = open_caches(data_dir, cfg, progress, data, build=writer)
         frames = {s: _with_features(s, data.split(s), caches[s]) for s in splits}
         kept = Dataset(data.root, data.classes, frames["curated"], frames["noisy"], frames["test"])

@@ -20,7 +20,7 @@ import torch
 
 from noisytag.audio.cache import build_folder_cache
 from noisytag.config import ConfigError, RunConfig, load_config, with_overrides
-from noisytag.data.dataset import DataError
+from noisytag.data.dataset import SUBMISSION, DataError
 from noisytag.fileio import write_csv, write_npy, write_text
 from noisytag.infer.members import as_members
 from noisytag.infer.predict import predict_cache
@@ -29,12 +29,14 @@ from noisytag.learn.distill import TeacherWindowDataset, WindowTargets, student_
 from noisytag.learn.loader import ClipSet
 from noisytag.learn.train import fit_fold, inference_device
 from noisytag.metrics import per_class_lwlrap
-from noisytag.models.weights import load_model, save_model
+from noisytag.models.record import FoldRecord
+from noisytag.models.weights import load_model
+from noisytag.plan import RunPlan, run_seed
 from noisytag.registry import lookup
 from noisytag.rundir import RunDir
-from noisytag.runs.context import RunContext, open_run
+from noisytag.runs.context import RunContext, feature_cache_dir, is_global_zero, open_run
+from noisytag.runs.pipeline import write_fold_outputs
 from noisytag.runs.scoring import ensemble_test, test_scores
-from noisytag.runs.validate import checked_plan
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ STAGE, FOLD = 1, 0  # where the student's one model lives in its run directory
 
 
 def student_config(teacher: RunDir, overrides: RunConfig | None, sets: list[str]) -> RunConfig:
-    """The student's config: the teacher's (or ``overrides``) with ``--set``s, as a student run."""
+    """The student's config: the teacher's (or ``overrides``) with ``--set``s, as a student run
+    (validated by its plan: :func:`~noisytag.runs.validate.checked_plan`, in the command or open_run)."""
     cfg = overrides if overrides is not None else teacher.saved_config()
     d = with_overrides(cfg, sets).distill
     cfg = with_overrides(
@@ -50,7 +53,6 @@ def student_config(teacher: RunDir, overrides: RunConfig | None, sets: list[str]
         [*sets, "pipeline.mode=student", f"pipeline.architectures=[{d.arch}]", f"model.width={d.width}"]
         + [f"distill.teacher={teacher.root.resolve()}"],
     )
-    checked_plan(cfg)
     return cfg
 
 
@@ -156,10 +158,13 @@ def run_distill(
     force: bool = False,
     progress: bool = True,
     callbacks=(),
+    plan: RunPlan | None = None,
 ) -> dict:
     """Distil the finished run ``teacher_dir`` into one model in ``student_dir``; resumable.
 
     ``callbacks``: extra Lightning callbacks of the student's training (tests interrupt it with one).
+    ``plan``: the validated plan of ``cfg`` when the command built it (once per command); default:
+    built by :func:`open_run`.
     """
     teacher = RunDir(teacher_dir)
     check_teacher(teacher, cfg)
@@ -170,10 +175,10 @@ def run_distill(
     if not student.folds.is_file():  # out-of-fold teaching needs the teacher's folds, not new ones
         student.root.mkdir(parents=True, exist_ok=True)
         write_text(student.folds, teacher.folds.read_text())
-    ctx = open_run(data_dir, student.root, cfg, force=force, progress=progress)
+    ctx = open_run(data_dir, student.root, cfg, force=force, progress=progress, plan=plan)
     extra = {}
     if cfg.distill.unlabelled:
-        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else data_dir / ".noisytag-cache"
+        cache_dir = feature_cache_dir(data_dir, cfg)  # where `features` caches (beside a manifest)
         extra["unlabelled"] = build_folder_cache(
             cfg.distill.unlabelled, cache_dir, cfg.frontend, "unlabelled", cfg.data.workers
         )
@@ -182,7 +187,7 @@ def run_distill(
     arch, fold_dir = cfg.distill.arch, student.fold_dir(cfg.distill.arch, STAGE, FOLD)
     if not student.fold_done(arch, STAGE, FOLD).is_file():
         clips, windows, targets = _training_set(ctx, cfg, teacher_probs, extra)
-        seed = cfg.train.seed + 7919
+        seed = run_seed(cfg.train.seed, ctx.plan.kind, STAGE, FOLD)
         data = TeacherWindowDataset(
             caches, clips, windows, targets, cfg.train.window, seed, cfg.data.normalize, cfg.distill.crop
         )
@@ -193,18 +198,17 @@ def run_distill(
             lr=cfg.distill.lr, seed=seed, progress=progress, train_data=data, callbacks=callbacks,
         )  # fmt: skip
         model = module.model.eval().cpu()
-        test = predict_cache(
-            [model], ctx.caches["test"], ctx.test.clips.position, cfg.infer, cfg.data.normalize
-        )
-        write_npy(student.fold_test(arch, STAGE, FOLD), test.astype(np.float32))
-        meta = {
-            "arch": arch, "stage": STAGE, "fold": FOLD, "classes": ctx.classes,
-            "frontend": cfg.to_dict()["frontend"], "normalize": cfg.data.normalize,
-            "config_hash": cfg.hash(), "n_train": len(clips), "teacher": str(teacher.root.resolve()),
-        }  # fmt: skip
-        save_model(fold_dir, model, meta)
-        student.fold_checkpoint(arch, STAGE, FOLD).unlink(missing_ok=True)
-        write_text(student.fold_done(arch, STAGE, FOLD), f"{round(time.perf_counter() - started, 2)}\n")
+        if is_global_zero():
+            test = predict_cache(
+                [model], ctx.caches["test"], ctx.test.clips.position, cfg.infer, cfg.data.normalize
+            )
+            write_npy(student.fold_test(arch, STAGE, FOLD), test.astype(np.float32))
+        record = FoldRecord(
+            arch=arch, stage=STAGE, fold=FOLD, classes=tuple(ctx.classes), frontend=cfg.to_dict()["frontend"],
+            normalize=cfg.data.normalize, config_hash=cfg.hash(), n_train=len(clips),
+            teacher=str(teacher.root.resolve()),
+        )  # fmt: skip
+        write_fold_outputs(student, record, model, started)
     return finish_student(ctx, teacher, student, cfg, teacher_probs)
 
 
@@ -244,7 +248,7 @@ def finish_student(ctx: RunContext, teacher: RunDir, student: RunDir, cfg: RunCo
         student.per_class,
         pd.concat(per_class) if per_class else pd.DataFrame(columns=["label", "lwlrap", "weight", "source"]),
     )
-    sample = ctx.data_dir / "sample_submission.csv"
+    sample = ctx.data_dir / SUBMISSION
     write_submission(
         student.submission, ctx.test.fnames, test, ctx.classes, sample if sample.is_file() else None
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from noisytag.config import RunConfig
-from noisytag.data.dataset import format_labels
+from noisytag.data.dataset import SUBMISSION, format_labels
 from noisytag.fileio import write_csv, write_npy, write_text
 from noisytag.infer.members import as_members
 from noisytag.infer.predict import predict_cache
@@ -37,8 +37,10 @@ from noisytag.learn.loader import ClipSet
 from noisytag.learn.selection import detector_audit, select_noisy
 from noisytag.learn.train import fit_fold, inference_device
 from noisytag.learn.treatments import treatment
-from noisytag.models.weights import load_model, read_meta, save_model
-from noisytag.plan import build_plan, joint_epochs
+from noisytag.models.record import FoldRecord
+from noisytag.models.weights import load_model, save_model
+from noisytag.plan import RunPlan, build_plan, joint_epochs, run_seed
+from noisytag.rundir import RunDir
 from noisytag.runs.context import RunContext, barrier, is_global_zero, open_run
 from noisytag.runs.scoring import (
     correct_labels,
@@ -80,25 +82,45 @@ def _relabelled(ctx: RunContext, arch: str, stage: int) -> ClipSet:
     return noisy.with_labels(alpha * noisy.targets + (1 - alpha) * np.mean(earlier, axis=0), untrusted=0.0)
 
 
+@dataclass(frozen=True)
+class FoldParts:
+    """What a training-set part of (arch, stage, fold) reads: the run and the noisy clips' masks."""
+
+    ctx: RunContext
+    arch: str
+    stage: int
+    fold: int
+    other_folds: np.ndarray  # (N_noisy,) bool: noisy clips of the other folds
+    trusted: np.ndarray  # (N_noisy,) bool: those the stage's selection trusts (none without "selected")
+
+
+def _untrusted_part(p: FoldParts) -> ClipSet:
+    treatment_name = p.ctx.plan.stage(p.stage).treatment
+    return untrusted_clips(p.ctx, p.arch, p.stage, treatment_name).subset(p.other_folds & ~p.trusted)
+
+
+# Each part a run plan's ``trains_on`` may name (plan.PART_TEXT) → its clips (None: none this fold).
+TRAINING_PARTS: dict[str, Callable[[FoldParts], ClipSet | None]] = {
+    "curated": lambda p: p.ctx.curated.rows(p.ctx.curated.fold != p.fold),
+    "noisy": lambda p: p.ctx.noisy.rows(p.other_folds).with_labels(untrusted=0.0),
+    "selected": lambda p: p.ctx.noisy.rows(p.other_folds & p.trusted) if p.trusted.any() else None,
+    "untrusted": _untrusted_part,
+}
+
+
 def training_clips(ctx: RunContext, arch: str, stage: int, fold: int) -> ClipSet:
     """The training set of (stage, fold): the parts the run plan names for the stage (SPEC §6, §6b)."""
     plan = ctx.plan.stage(stage)
-    other_folds = ctx.noisy.fold != fold
     trusted = np.zeros(len(ctx.noisy.fnames), dtype=bool)
     if "selected" in plan.trains_on:
         chosen = set(select_for(ctx, arch, stage).query("fold != @fold")["fname"])
         trusted = np.array([f in chosen for f in ctx.noisy.fnames], dtype=bool)
-    parts = []
-    for part in plan.trains_on:
-        if part == "curated":
-            parts.append(ctx.curated.rows(ctx.curated.fold != fold))
-        elif part == "noisy":
-            parts.append(ctx.noisy.rows(other_folds).with_labels(untrusted=0.0))
-        elif part == "selected" and trusted.any():
-            parts.append(ctx.noisy.rows(other_folds & trusted))
-        elif part == "untrusted":
-            parts.append(untrusted_clips(ctx, arch, stage, plan.treatment).subset(other_folds & ~trusted))
-    return ClipSet.concat(parts)
+    unknown = [part for part in plan.trains_on if part not in TRAINING_PARTS]
+    if unknown:
+        raise ValueError(f"stage {stage}: the pipeline trains on no part {', '.join(map(repr, unknown))}")
+    fold_parts = FoldParts(ctx, arch, stage, fold, ctx.noisy.fold != fold, trusted)
+    parts = [TRAINING_PARTS[part](fold_parts) for part in plan.trains_on]
+    return ClipSet.concat([p for p in parts if p is not None])
 
 
 def untrusted_clips(ctx: RunContext, arch: str, stage: int, name: str) -> ClipSet:
@@ -109,12 +131,22 @@ def untrusted_clips(ctx: RunContext, arch: str, stage: int, name: str) -> ClipSe
     return ctx.noisy.clips.with_labels(untrusted=entry.untrusted)
 
 
-def fold_seed(cfg: RunConfig, stage: int, fold: int) -> int:
-    return cfg.train.seed + 1000 * stage + fold
-
-
 # ----------------------------------------------------------------------------------------------
 # one fold
+
+
+def write_fold_outputs(run: RunDir, record: FoldRecord, model, started: float) -> None:
+    """The end of every fold model's training (a pipeline fold or a student): weights + ``model.json``,
+    then the epoch checkpoint removed, then the ``done`` marker holding the seconds since ``started``
+    (run.json's timings read them), in the order a kill must see. Global rank zero writes; every rank
+    returns once it has."""
+    if is_global_zero():
+        arch, stage, fold = record.arch, record.stage, record.fold
+        save_model(run.fold_dir(arch, stage, fold), model, record.to_json())
+        seconds = round(time.perf_counter() - started, 2)
+        run.fold_checkpoint(arch, stage, fold).unlink(missing_ok=True)
+        write_text(run.fold_done(arch, stage, fold), f"{seconds}\n")
+    barrier()  # other ranks go on only once rank zero has written the fold's outputs
 
 
 def run_fold(ctx: RunContext, arch: str, stage: int, fold: int) -> None:
@@ -143,7 +175,7 @@ def run_fold(ctx: RunContext, arch: str, stage: int, fold: int) -> None:
         fold_dir=run.fold_dir(arch, stage, fold),
         epochs=epochs,
         lr=lr,
-        seed=fold_seed(cfg, stage, fold),
+        seed=run_seed(cfg.train.seed, ctx.plan.kind, stage, fold),
         init_state=init_state,
         progress=ctx.progress,
     )
@@ -164,21 +196,11 @@ def run_fold(ctx: RunContext, arch: str, stage: int, fold: int) -> None:
             )
             write_npy(run.fold_test(arch, stage, fold), test.astype(np.float32))
         model.cpu()
-        meta = {
-            "arch": arch,
-            "stage": stage,
-            "fold": fold,
-            "classes": ctx.classes,
-            "frontend": cfg.to_dict()["frontend"],
-            "normalize": cfg.data.normalize,
-            "config_hash": cfg.hash(),
-            "n_train": len(train),
-        }
-        save_model(run.fold_dir(arch, stage, fold), model, meta)
-        seconds = round(time.perf_counter() - started, 2)  # run.json gets it from here at close_stage
-        run.fold_checkpoint(arch, stage, fold).unlink(missing_ok=True)
-        write_text(run.fold_done(arch, stage, fold), f"{seconds}\n")
-    barrier()  # other ranks go on only once rank zero has written the fold's outputs
+    record = FoldRecord(
+        arch=arch, stage=stage, fold=fold, classes=tuple(ctx.classes), frontend=cfg.to_dict()["frontend"],
+        normalize=cfg.data.normalize, config_hash=cfg.hash(), n_train=len(train),
+    )  # fmt: skip
+    write_fold_outputs(run, record, module.model, started)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,14 +224,14 @@ def select_for(ctx: RunContext, arch: str, stage: int) -> pd.DataFrame:
     """
     if (arch, stage) in ctx.selections:
         return ctx.selections[(arch, stage)]
-    sources = ctx.plan.stage(stage).selects_from
-    oofs = [stage_oof(ctx, arch, s, "noisy") for s in sources]
-    if any(o is None for o in oofs):
+    plan = ctx.plan.stage(stage)
+    oofs = {s: stage_oof(ctx, arch, s, "noisy") for s in plan.selects_from}
+    if any(o is None for o in oofs.values()):
         raise RuntimeError(
-            f"stage {stage} of {arch} needs the finished stages {', '.join(map(str, sources))}"
+            f"stage {stage} of {arch} needs the finished stages {', '.join(map(str, plan.selects_from))}"
         )
     table = noisy_scores(ctx, arch)
-    audit = select_noisy(table, ctx.noisy.clips.targets, np.mean(oofs, axis=0), stage, ctx.cfg.selection)
+    audit = select_noisy(table, ctx.noisy.clips.targets, oofs, plan, ctx.cfg.selection)
     selected = audit[audit["selected"]].drop(columns=["selected"]).reset_index(drop=True)
     if is_global_zero():
         for frame, path in ((selected, ctx.run.selection(arch, stage)), (audit, ctx.run.audit(arch, stage))):
@@ -243,11 +265,8 @@ def close_stage(ctx: RunContext, arch: str, stage: int) -> None:
 
 
 def run_stage(ctx: RunContext, arch: str, stage: int, folds: Sequence[int] | None = None) -> None:
-    """Every (or the chosen) fold of one stage; then the stage's per-clip scores."""
-    prepare_stage(ctx, arch, stage)
-    for fold in folds if folds is not None else range(ctx.cfg.train.folds):
-        run_fold(ctx, arch, stage, fold)
-    close_stage(ctx, arch, stage)
+    """Every (or the chosen) fold of one stage, in this process; then the stage's per-clip scores."""
+    run_batch(InProcessExecutor(), ctx, [(arch, stage)], folds)
 
 
 @dataclass(frozen=True)
@@ -260,21 +279,62 @@ class FoldJob:
 
 
 class FoldExecutor(Protocol):
-    """Runs the independent folds of one stage; the pipeline waits for all of them before the next."""
+    """Runs the independent folds handed to it; the pipeline waits for all of them before going on.
+
+    ``stage_at_once``: True — each stage's folds of every architecture are one batch (they may run at
+    once, as Ray tasks); False — one (architecture, stage) after another, architectures outermost.
+    The caller enters it (``with``) around the run; the registry of executors is
+    :data:`noisytag.runs.executors.EXECUTORS`.
+    """
+
+    stage_at_once: bool
+
+    def __enter__(self) -> FoldExecutor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
     def run_folds(self, ctx: RunContext, jobs: Sequence[FoldJob]) -> None:
         """Train every job (writing exactly what ``run_fold`` writes); return once all are done."""
 
 
-def run_stage_with(executor: FoldExecutor, ctx: RunContext, stage: int) -> None:
-    """Every (architecture, fold) of one stage through ``executor``, as one batch of independent jobs."""
-    archs = ctx.cfg.pipeline.architectures
-    for arch in archs:
+class InProcessExecutor:
+    """The default executor: each fold after the other in this process (under DDP every rank runs the
+    same loop, and :func:`run_fold` waits for rank zero after each fold)."""
+
+    stage_at_once = False
+
+    def __enter__(self) -> InProcessExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run_folds(self, ctx: RunContext, jobs: Sequence[FoldJob]) -> None:
+        for job in jobs:
+            run_fold(ctx, job.arch, job.stage, job.fold)
+
+
+def batches(plan: RunPlan, stage_at_once: bool) -> list[list[tuple[str, int]]]:
+    """The (architecture, stage) pairs whose folds go to the executor together, in running order."""
+    if stage_at_once:
+        return [[(arch, stage) for arch in plan.architectures] for stage in plan.stage_numbers]
+    return [[(arch, stage)] for arch in plan.architectures for stage in plan.stage_numbers]
+
+
+def run_batch(
+    executor: FoldExecutor,
+    ctx: RunContext,
+    pairs: Sequence[tuple[str, int]],
+    folds: Sequence[int] | None = None,
+) -> None:
+    """Every (or the chosen) fold of the (architecture, stage) pairs through ``executor``: each stage
+    prepared first (stages 3–4 compute their selection once, on the driver), then all the folds as one
+    batch of independent jobs, then each stage closed."""
+    for arch, stage in pairs:
         prepare_stage(ctx, arch, stage)
-    executor.run_folds(
-        ctx, [FoldJob(arch, stage, fold) for arch in archs for fold in range(ctx.cfg.train.folds)]
-    )
-    for arch in archs:
+    folds = range(ctx.cfg.train.folds) if folds is None else folds
+    executor.run_folds(ctx, [FoldJob(arch, stage, fold) for arch, stage in pairs for fold in folds])
+    for arch, stage in pairs:
         close_stage(ctx, arch, stage)
 
 
@@ -282,10 +342,11 @@ def selection_table(ctx: RunContext) -> pd.DataFrame:
     """Per (arch, stage) selection: size, precision of the kept labels vs base rate, detector audit."""
     rows = []
     base = float(correct_labels(ctx.noisy.labels, ctx.noisy.truth).mean()) if ctx.noisy.truth else np.nan
+    selecting = [s.stage for s in ctx.plan.stages if s.selects_from]
     for arch in ctx.cfg.pipeline.architectures:
-        for stage in (3, 4):
+        for stage in selecting:
             path = ctx.run.audit(arch, stage)
-            if stage in ctx.plan.stage_numbers and path.is_file():
+            if path.is_file():
                 audit = pd.read_csv(path)
                 kept = audit[audit["selected"]]
                 precision = float(kept["correct"].mean()) if "correct" in audit and len(kept) else np.nan
@@ -302,7 +363,7 @@ def finish(ctx: RunContext) -> dict:
     """Stage table, test scores, selection audit, per-class scores, submission: written and returned."""
     run = ctx.run
     n_train = {  # counted once, when each fold model trained (its model.json)
-        (arch, stage): sum(read_meta(d)["n_train"] for d in dirs) // len(dirs)
+        (arch, stage): sum(FoldRecord.read(d).n_train for d in dirs) // len(dirs)
         for arch in ctx.plan.architectures
         for stage in ctx.plan.stage_numbers
         if stage_oof(ctx, arch, stage, "curated") is not None
@@ -312,7 +373,7 @@ def finish(ctx: RunContext) -> dict:
     ensemble, members = ensemble_test(ctx)
     test_rows = pd.DataFrame()
     if ensemble is not None:
-        sample = ctx.data_dir / "sample_submission.csv"
+        sample = ctx.data_dir / SUBMISSION
         if is_global_zero():
             write_submission(
                 run.submission, ctx.test.fnames, ensemble, ctx.classes, sample if sample.is_file() else None
@@ -338,18 +399,17 @@ def run_pipeline(
     force: bool = False,
     progress: bool = True,
     executor: FoldExecutor | None = None,
+    plan: RunPlan | None = None,
 ) -> dict:
     """Stages × folds × architectures; resumable; returns the tables of :func:`finish`.
 
-    Without ``executor`` the folds train one after another in this process (or in this DDP job);
-    with one, each stage's folds of every architecture go to it together.
+    One loop: the (architecture, stage) batches of :func:`batches`, each through ``executor`` (default
+    :class:`InProcessExecutor`: the folds one after another in this process or DDP job, architecture
+    by architecture; Ray: each stage's folds of every architecture together). ``plan``: the validated
+    plan of ``cfg`` when the command built it (once per command); default: built by :func:`open_run`.
     """
-    ctx = open_run(data_dir, run_dir, cfg, force=force, progress=progress)
-    if executor is None:
-        for arch in ctx.plan.architectures:
-            for stage in ctx.plan.stage_numbers:
-                run_stage(ctx, arch, stage)
-    else:
-        for stage in ctx.plan.stage_numbers:
-            run_stage_with(executor, ctx, stage)
+    ctx = open_run(data_dir, run_dir, cfg, force=force, progress=progress, plan=plan)
+    executor = executor if executor is not None else InProcessExecutor()
+    for pairs in batches(ctx.plan, executor.stage_at_once):
+        run_batch(executor, ctx, pairs)
     return finish(ctx)

@@ -14,10 +14,9 @@ import pandas as pd
 
 from noisytag.config import RunConfig
 from noisytag.data.dataset import parse_labels
+from noisytag.plan import SELECTS_FROM, STAGES
 from noisytag.rundir import RunDir
 
-STAGES = (1, 2, 3, 4)
-SELECTION_STAGES = (3, 4)
 STAGE_COLUMNS = ["arch", "model", "lwlrap_noisy", "lwlrap_curated", "lwlrap_noisy_truth", "test_lwlrap",
                  "test_lwlrap_public", "test_lwlrap_private", "n_train", "seconds"]  # fmt: skip
 DETECTOR_COLUMNS = ["agreement", "lwlrap_precision", "lwlrap_recall", "cleanlab_precision", "cleanlab_recall"]
@@ -109,7 +108,8 @@ def selection_counts(run: RunDir, arch: str, classes: list[str]) -> dict:
     clip counts for both labels), ``covered`` (stage → labels with a kept clip) and ``precision``
     (labels × "stage k" share of kept clips whose labels are right; None without ground truth).
     """
-    paths = {k: run.selection(arch, k) for k in SELECTION_STAGES if run.selection(arch, k).is_file()}
+    selecting = sorted(SELECTS_FROM)  # the stages that select noisy clips (the run plan's meaning)
+    paths = {k: run.selection(arch, k) for k in selecting if run.selection(arch, k).is_file()}
     if not paths:
         raise Unavailable(f"{arch}: no selections/stage3.csv or stage4.csv yet")
     counts, prec, covered, kept = {}, {}, {}, {}
