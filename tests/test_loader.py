@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
+import torch
 
 from noisytag.audio.cache import FeatureCache
 from noisytag.audio.windows import n_windows
-from noisytag.config import FrontendConfig
-from noisytag.learn.loader import AllWindowsDataset, ClipSet, EpochSampler, RandomWindowDataset
+from noisytag.config import FrontendConfig, InferConfig
+from noisytag.learn.loader import ClipSet, EpochSampler, RandomWindowDataset, ValidationBatches
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +47,25 @@ def test_random_windows_depend_only_on_seed_epoch_and_clip(curated):
     assert len(crops) > 1, "a long clip gets a new random crop in new epochs"
 
 
-def test_all_windows_cover_every_clip_with_spec_window_counts(curated):
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_validation_batches_cover_every_window_of_every_clip_once(curated, mode):
     caches, clips = curated
-    data = AllWindowsDataset(caches, clips, width=128, max_stride=48)
+    data = ValidationBatches(caches, clips, InferConfig(mode=mode), batch_size=5, normalize="minmax")
     frames = caches["curated"].index["n_frames"].to_numpy()
-    assert len(data) == sum(n_windows(int(t), 128, 48) for t in frames)
-    x, y, k, row = data[len(data) - 1]
-    assert x.shape == (1, 128, 128) and row == len(clips) - 1 and k == len(data) - 1
+    counts = [n_windows(int(t), 128, 48) for t in frames]
+    items = [data[k] for k in range(len(data))]
+    window = np.concatenate([b["window"].numpy() for b in items])
+    row = np.concatenate([b["row"].numpy() for b in items])
+    assert np.array_equal(np.sort(window), np.arange(sum(counts)))
+    assert np.array_equal(np.bincount(row, minlength=len(clips)), counts)
+    for b in items:
+        n = len(b["window"])
+        assert b["target"].shape == (n, 3) and torch.equal(
+            b["target"], torch.from_numpy(clips.targets[b["row"]])
+        )
+        if b["whole"]:  # fast mode: one clip of several windows, whole
+            assert (
+                mode == "fast" and n > 1 and b["x"].shape[:2] == (1, 1) and len(set(b["row"].tolist())) == 1
+            )
+        else:
+            assert b["x"].shape == (n, 1, 128, 128) and (n == 5 or b is items[-1])

@@ -23,7 +23,7 @@ from noisytag.audio.model_input import (
 )
 from noisytag.config import FrontendConfig, InferConfig
 from noisytag.infer.predict import iter_window_probs, predict_cache, predict_files
-from noisytag.learn.loader import AllWindowsDataset, ClipSet, RandomWindowDataset
+from noisytag.learn.loader import ClipSet, RandomWindowDataset, ValidationBatches
 
 CFG = FrontendConfig()
 
@@ -73,8 +73,8 @@ def test_cache_and_file_paths_give_bit_identical_model_input(test_split, name):
     clips = ClipSet(
         np.full(len(names), "test", dtype=object), np.asarray(positions), np.zeros((len(names), 2))
     )
-    loader = AllWindowsDataset({"test": cache}, clips, width=128, max_stride=48, normalize=name)
-    loader_x = np.stack([loader[k][0].numpy() for k in range(len(loader))])
+    loader = ValidationBatches({"test": cache}, clips, InferConfig(), batch_size=1000, normalize=name)
+    loader_x = np.concatenate([loader[k]["x"].numpy() for k in range(len(loader))])
     assert np.array_equal(loader_x, file_x)
     randoms = RandomWindowDataset({"test": cache}, clips, width=128, seed=3, normalize=name)
     for i, clip in enumerate(from_files):
@@ -122,7 +122,7 @@ def one_line_naming_the_key(err: pytest.ExceptionInfo) -> None:
 def test_unknown_normalize_is_refused_on_the_cache_path(test_split):
     cache, names, _ = test_split
     clips = ClipSet(np.array(["test"], dtype=object), np.array([cache.position(names[0])]), np.zeros((1, 2)))
-    for make in (RandomWindowDataset, AllWindowsDataset):
+    for make in (RandomWindowDataset, ValidationBatches):
         with pytest.raises(ValueError) as err:
             make({"test": cache}, clips, normalize="zscore")
         one_line_naming_the_key(err)

@@ -8,22 +8,22 @@ from noisytag.audio.cache import FeatureCache
 from noisytag.config import FrontendConfig
 from noisytag.data.dataset import load_dataset, multi_hot
 from noisytag.learn.loader import ClipSet
-from noisytag.learn.train import fit_fold, read_metrics, score_windows
+from noisytag.learn.train import fit_fold, read_metrics, score_validation
 from noisytag.metrics import lwlrap
 
 
-def test_score_windows_averages_per_clip_and_drops_padded_duplicates():
+def test_score_validation_averages_per_clip_and_drops_padded_duplicates():
     logits = torch.tensor([[2.0, -1.0], [0.0, 1.0], [-3.0, 3.0]])
     targets = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     window = torch.tensor([0, 1, 2])
     row = torch.tensor([0, 0, 1])
-    loss, score = score_windows(logits, targets, window, row)
+    loss, score = score_validation(logits, targets, window, row)
     probs = torch.sigmoid(logits)
     clip0 = probs[:2].mean(0)
     expected = lwlrap(np.array([[1, 0], [0, 1]], bool), torch.stack([clip0, probs[2]]).numpy())
     assert score == pytest.approx(expected)
     # a distributed sampler pads by repeating windows: the repeats must not count twice
-    dup = score_windows(
+    dup = score_validation(
         torch.cat([logits, logits[:1]]),
         torch.cat([targets, targets[:1]]),
         torch.cat([window, window[:1]]),

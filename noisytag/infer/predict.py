@@ -1,11 +1,12 @@
-"""The window engine (SPEC §7): clips → windows → batched member forward → per-clip mean.
+"""Prediction through the window engine (SPEC §7): clips → windows → batched forward → per-clip mean.
 
 Flow: clips (cached log-mels or decoded audio, both from :mod:`noisytag.audio.model_input`, the one owner
 of clip → model input) → the run's normalisation → the evenly spread 128-frame windows of
 :func:`noisytag.audio.windows.window_offsets` → batches of ``cfg.batch_size`` windows
 taken from as many clips as needed → every ensemble member → sigmoid → mean over members (per
-window) → mean over the clip's windows. Clips stream through: memory holds one batch of windows and
-the (N, K) result, whatever the number of clips.
+window) → mean over the clip's windows. Windows, batches and the per-clip mean are
+:mod:`noisytag.infer.engine`'s, which training's validation uses too. Clips stream through: memory holds
+one batch of windows and the (N, K) result, whatever the number of clips.
 
 Two modes (``InferConfig.mode``):
 
@@ -32,17 +33,11 @@ import numpy as np
 from rich.progress import track
 
 from noisytag.audio.decode import load_clip
-from noisytag.audio.model_input import (
-    Clip,
-    cached_clips,
-    check_normalize,
-    loaded_clip,
-    model_input,
-    take_windows,
-)
-from noisytag.audio.windows import window_offsets
+from noisytag.audio.model_input import Clip, cached_clips, check_normalize, loaded_clip
 from noisytag.config import FrontendConfig, InferConfig
+from noisytag.infer.engine import clip_mean, stream_windows
 from noisytag.infer.members import as_members
+from noisytag.settings import check_mode
 
 log = logging.getLogger(__name__)
 
@@ -81,45 +76,15 @@ def iter_window_probs(
     run's ``data.normalize`` (ValueError naming the key for an unknown one, before any clip is read).
     """
     check_normalize(normalize)
-    if cfg.mode not in ("exact", "fast"):
-        raise ValueError(f"unknown inference mode '{cfg.mode}' (expected exact or fast)")
+    check_mode(cfg.mode)
     members = as_members(members)
-    width, bs = cfg.window, max(int(cfg.batch_size), 1)
-    pending: list[np.ndarray] = []  # windows not yet scored, in order
-    n_pending = 0
-    owners: deque = deque()  # (key, starts) of clips whose windows are queued or scored
-    scored: list[np.ndarray] = []  # probabilities of the leading windows of ``owners``
 
-    def run(final: bool) -> Iterator[tuple[object, np.ndarray, np.ndarray]]:
-        nonlocal pending, n_pending, scored
-        x = np.concatenate(pending) if len(pending) > 1 else pending[0]
-        upto = len(x) if final else len(x) // bs * bs
-        for s in range(0, upto, bs):
-            scored.append(ensemble_probs(members, x[s : s + bs]))
-        pending = [x[upto:]] if upto < len(x) else []
-        n_pending = len(x) - upto
-        done = np.concatenate(scored) if len(scored) > 1 else scored[0]
-        pos = 0
-        while owners and len(owners[0][1]) <= len(done) - pos:
-            key, starts = owners.popleft()
-            yield key, starts, done[pos : pos + len(starts)]
-            pos += len(starts)
-        scored = [done[pos:]]
+    def score(x: np.ndarray, starts: np.ndarray | None) -> np.ndarray:
+        if starts is None:
+            return ensemble_probs(members, x)
+        return fast_clip_probs(members, x, starts, cfg.window)
 
-    for clip in clips:
-        n_frames = clip.db.shape[1]
-        starts = window_offsets(n_frames, width, cfg.max_stride)
-        x = model_input(clip.db, clip.lo, clip.hi, width, normalize)
-        if cfg.mode == "fast" and len(starts) > 1:
-            yield clip.key, starts, fast_clip_probs(members, x, starts, width)
-            continue
-        pending.append(take_windows(x, starts, width))
-        n_pending += len(starts)
-        owners.append((clip.key, starts))
-        if n_pending >= bs:
-            yield from run(final=False)
-    if n_pending:
-        yield from run(final=True)
+    yield from stream_windows(clips, cfg, normalize, score)
 
 
 def _track(items: Iterable, total: int, progress: bool, label: str) -> Iterable:
@@ -150,7 +115,7 @@ def predict_cache(
     out = np.zeros((len(indices), members[0].n_classes), dtype=np.float32)
     results = iter_window_probs(members, cached_clips(cache, indices), cfg, normalize)
     for row, _starts, probs in _track(results, len(indices), progress, "predicting"):
-        out[row] = probs.mean(axis=0)
+        out[row] = clip_mean(probs)
     return out
 
 
@@ -178,7 +143,7 @@ class FileResult:
 
     @property
     def probs(self) -> np.ndarray | None:
-        return None if self.window_probs is None else self.window_probs.mean(axis=0)
+        return None if self.window_probs is None else clip_mean(self.window_probs)
 
 
 @dataclass
@@ -207,8 +172,8 @@ def iter_files(
     thread (soundfile and soxr release the GIL), so it overlaps with the models; the log-mel
     (:func:`noisytag.audio.model_input.loaded_clip`) runs here, in the caller's thread, as the models do.
     torch must stay in one thread: each thread that runs torch ops gets its own OpenMP pool, and once
-    the pools' threads outnumber the cores every pool stops spin-waiting, which made each small op 3-4×
-    slower on this 2-core CPU (a 10-s log-mel 3.4 → 11 ms). ``keep_clips``: each result also holds its
+    the pools' threads outnumber the cores every pool stops spin-waiting, which makes each small op several
+    times slower (benchmarks/README.md). ``keep_clips``: each result also holds its
     clip's log-mel (memory grows with the files).
     ``max_seconds``: a longer file is not scored; its result has its ``duration`` and an ``error``.
     """

@@ -1,4 +1,4 @@
-"""Datasets over the feature cache: random training windows and all-window validation sets.
+"""Datasets over the feature cache: random training windows and the window engine's validation batches.
 
 Training examples are one random ``width``-frame window of a clip, new every epoch (SPEC §4). The crop
 and the order of an epoch are pure functions of ``(seed, epoch, example)``: the sampler yields keys
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from noisytag.audio.model_input import cache_windows, check_normalize
-from noisytag.audio.windows import window_offsets
+from noisytag.audio.model_input import cache_windows, cached_clips, check_normalize, model_input
+from noisytag.config import InferConfig
+from noisytag.infer.engine import batch_input, plan_batches
 
 Caches = Mapping[str, object]  # split name → FeatureCache
 
@@ -66,7 +67,7 @@ class ClipSet:
 
 
 class _ClipWindows(Dataset):
-    """Shared part of the window datasets: the clips, their caches, lengths and window reads.
+    """The clips of a training window dataset: their caches, lengths and window reads.
 
     ``normalize``: the run's ``data.normalize`` (ValueError naming the key for an unknown one).
     """
@@ -132,22 +133,57 @@ class EpochSampler(Sampler[int]):
         return iter((order + self.epoch * self.n).tolist())
 
 
-class AllWindowsDataset(_ClipWindows):
-    """Every inference window (SPEC §7) of every clip: item → (x, y, window_id, clip_row).
+class ValidationBatches(Dataset):
+    """The window engine's batches of the validation clips (:mod:`noisytag.infer.engine`): item i → batch i.
 
-    Validation averages the window probabilities per ``clip_row``; ``window_id`` lets a distributed
-    run drop the duplicates its sampler pads in.
+    The same windows, batches and (after scoring) per-clip mean as out-of-fold and test prediction, so
+    a fold's ``metrics.csv`` measures what its predictions do, under either ``infer.mode``. Batches
+    hold ``batch_size`` windows (fast mode: one whole clip of several windows, ``whole``); each item
+    is a dict: ``x`` (B, 1, n_mels, width) windows or the (1, 1, n_mels, T) clip, ``starts`` (B,) their
+    start frames, ``window`` (B,) global window ids (a distributed sampler pads with repeated
+    batches; the ids let validation drop them), ``row`` (B,) the clip of each window, ``target``
+    (B, K) its clip's targets, ``whole``, ``width``.
     """
 
-    def __init__(self, caches: Caches, clips: ClipSet, width: int = 128, max_stride=48, normalize="minmax"):
-        super().__init__(caches, clips, width, normalize)
-        offsets = [window_offsets(int(n), width, max_stride) for n in self.n_frames]
-        self.rows = np.repeat(np.arange(len(offsets)), [len(o) for o in offsets]).astype(np.int64)
-        self.starts = np.concatenate(offsets).astype(np.int64) if offsets else np.zeros(0, np.int64)
+    def __init__(
+        self,
+        caches: Caches,
+        clips: ClipSet,
+        infer: InferConfig | None = None,
+        batch_size: int = 256,
+        normalize: str = "minmax",
+    ):
+        infer = infer if infer is not None else InferConfig()
+        self.caches = caches
+        self.clips = clips
+        self.width = infer.window
+        self.normalize = check_normalize(normalize)
+        n_frames = [
+            caches[s].index["n_frames"].iat[p] for s, p in zip(clips.split, clips.position, strict=True)
+        ]
+        self.starts, self.batches = plan_batches(n_frames, infer, batch_size)
+        counts = [len(s) for s in self.starts]
+        self.first_window = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.batches)
 
-    def __getitem__(self, k: int):
-        row = int(self.rows[k])
-        return self.window(row, int(self.starts[k])), torch.from_numpy(self.clips.targets[row]), k, row
+    def _input(self, i: int) -> np.ndarray:
+        (clip,) = cached_clips(self.caches[self.clips.split[i]], [int(self.clips.position[i])])
+        return model_input(clip.db, clip.lo, clip.hi, self.width, self.normalize)
+
+    def __getitem__(self, k: int) -> dict:
+        batch = self.batches[k]
+        inputs = {p.clip: self._input(p.clip) for p in batch.pieces}
+        x = batch_input(batch, lambda i: (inputs[i], self.starts[i]), self.width)
+        span = [(p.clip, np.arange(p.first, p.first + p.count)) for p in batch.pieces]
+        rows = np.concatenate([np.full(len(w), i, np.int64) for i, w in span])
+        return {
+            "x": torch.from_numpy(x[None, None] if batch.whole else x[:, None]),
+            "starts": torch.from_numpy(np.concatenate([self.starts[i][w] for i, w in span])),
+            "window": torch.from_numpy(np.concatenate([self.first_window[i] + w for i, w in span])),
+            "row": torch.from_numpy(rows),
+            "target": torch.from_numpy(self.clips.targets[rows]),
+            "whole": batch.whole,
+            "width": self.width,
+        }

@@ -1,10 +1,11 @@
 """Training of one (stage, fold) model with Lightning.
 
-``TaggerModule`` = model + batch augmentations + BCE-with-logits on soft targets + exact lwlrap over
-all windows of the validation clips. ``fit_fold`` builds the trainer (AdamW + one-cycle, mixed precision
-on a GPU, DDP when asked), resumes from the fold's ``last.ckpt`` when one exists, and returns the
-trained model. Artifacts beyond the checkpoint (weights, out-of-fold predictions, done-marker) are
-the pipeline's job.
+``TrainingModule`` (the Lightning module that trains one fold model or a student) = model + batch
+augmentations + BCE-with-logits on soft targets + lwlrap of the validation clips, scored by the window
+engine (:mod:`noisytag.infer.engine`) as out-of-fold and test predictions are, following ``infer.mode``.
+``fit_fold`` builds the trainer (AdamW + one-cycle, mixed precision on a GPU, DDP when asked), resumes
+from the fold's ``last.ckpt`` when one exists, and returns the trained model. Artifacts beyond the
+checkpoint (weights, out-of-fold predictions, done-marker) are the pipeline's job.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from torch.utils.data import DataLoader
 
 from noisytag.config import AugmentConfig, RunConfig
 from noisytag.fileio import atomic_path, write_csv
+from noisytag.infer.engine import clip_mean
+from noisytag.infer.members import WindowedHead
 from noisytag.learn.augment import build_chain
-from noisytag.learn.loader import AllWindowsDataset, ClipSet, EpochSampler, RandomWindowDataset
+from noisytag.learn.loader import ClipSet, EpochSampler, RandomWindowDataset, ValidationBatches
 from noisytag.learn.treatments import treatment as treatment_entry
 from noisytag.metrics import lwlrap
 from noisytag.models import build
@@ -38,15 +41,13 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_lwlrap", "lr", "seconds"]
 
 
-class TaggerModule(L.LightningModule):
-    """Model + augmentations + loss; validation gathers window logits and scores whole clips.
+class TrainingModule(L.LightningModule):
+    """Model + augmentations + loss; validation gathers the window engine's logits and scores whole clips.
 
     Training targets carry one extra last column, the example's untrusted share w ∈ [0, 1] (see
     :class:`noisytag.learn.loader.RandomWindowDataset`); how it enters the loss is ``noisy.treatment``
-    (SPEC §6b): "head" — a separate noisy-label output layer on the shared embedding takes the loss
-    of the untrusted share, the clean layer the rest; "lsoft" — soft bootstrapping, target
-    ``β·y + (1 − β)·sigmoid(logit)`` (prediction detached) with β = 1 − w·(1 − lsoft_beta); any
-    other treatment — plain BCE on every example. Inference uses the clean output only.
+    (SPEC §6b): the treatment's entry (:mod:`noisytag.learn.treatments`) gives the loss function and
+    whether the model gets a separate noisy-label output layer. Inference uses the clean output only.
     """
 
     def __init__(
@@ -67,10 +68,11 @@ class TaggerModule(L.LightningModule):
         self.augment = build_chain(AugmentConfig(**augment))
         self.seed = seed
         self.treatment = treatment
-        self.loss_kind = treatment_entry(treatment).loss
+        entry = treatment_entry(treatment)
+        self.treatment_loss = entry.loss
         self.lsoft_beta = float(lsoft_beta)
         self.noisy_head = None
-        if self.loss_kind == "head":
+        if entry.noisy_head:
             last = self.model.head.classify[-1]
             self.noisy_head = torch.nn.Linear(last.in_features, last.out_features)
             self.reset_noisy_head()
@@ -99,19 +101,7 @@ class TaggerModule(L.LightningModule):
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Training loss of a batch; ``targets`` (B, K + 1) = soft labels ‖ untrusted share."""
         y, w = targets[:, :-1].float(), targets[:, -1:].float()
-        if self.noisy_head is not None:
-            embedding = self.model.embed(x)
-            clean = self.model.head.classify[-1](embedding).float()
-            noisy = self.noisy_head(embedding).float()
-            per_example = (1 - w) * F.binary_cross_entropy_with_logits(
-                clean, y, reduction="none"
-            ) + w * F.binary_cross_entropy_with_logits(noisy, y, reduction="none")
-            return per_example.mean()
-        logits = self(x).float()
-        if self.loss_kind == "lsoft":
-            beta = 1 - w * (1 - self.lsoft_beta)
-            y = beta * y + (1 - beta) * torch.sigmoid(logits).detach()
-        return F.binary_cross_entropy_with_logits(logits, y)
+        return self.treatment_loss(self, x, y, w)
 
     # -- training ------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -140,28 +130,44 @@ class TaggerModule(L.LightningModule):
         self._reset_val()
 
     def validation_step(self, batch, batch_idx):
-        x, y, window, row = batch
-        logits = self(x).float()
-        self._val["logits"].append(logits)
-        self._val["targets"].append(y.float())
-        self._val["window"].append(window)
-        self._val["row"].append(row)
+        """One batch of :class:`~noisytag.learn.loader.ValidationBatches`: windows, or a whole clip."""
+        if batch["whole"]:  # fast mode: the body once over the clip, the head on each window's slice
+            logits = WindowedHead(self.model, int(batch["width"])).logits(batch["x"], batch["starts"])
+        else:
+            logits = self(batch["x"])
+        self._val["logits"].append(logits.float())
+        self._val["targets"].append(batch["target"].float())
+        self._val["window"].append(batch["window"])
+        self._val["row"].append(batch["row"])
 
     def on_validation_epoch_end(self) -> None:
         if not self._val["logits"]:
             return
         parts = {k: torch.cat(v) for k, v in self._val.items()}
         if self.trainer.world_size > 1:
-            # Every rank holds the same number of windows (the sampler pads), so all_gather works;
-            # the padding repeats windows, which the window ids let us drop.
-            parts = {k: self.all_gather(v).flatten(0, 1) for k, v in parts.items()}
-        val_loss, val_lwlrap = score_windows(
+            parts = self._gather(parts)
+        val_loss, val_lwlrap = score_validation(
             parts["logits"].cpu(), parts["targets"].cpu(), parts["window"].cpu(), parts["row"].cpu()
         )
         self.last_val = {"val_loss": val_loss, "val_lwlrap": val_lwlrap}
         self.log("val_lwlrap", val_lwlrap, prog_bar=True, rank_zero_only=True)
         self.log("val_loss", val_loss, rank_zero_only=True)
         self._reset_val()
+
+    def _gather(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every rank's windows on every rank. Ranks hold different numbers of windows (batches differ
+        in size), so each pads to the longest with window id -1, dropped after the gather; the
+        sampler's padding repeats whole batches, which the window ids let ``score_validation`` drop."""
+        n = len(parts["window"])
+        longest = int(self.all_gather(torch.tensor([n], device=self.device)).max())
+        padded = {}
+        for k, v in parts.items():
+            fill = torch.full(
+                (longest - n, *v.shape[1:]), -1 if k == "window" else 0, dtype=v.dtype, device=v.device
+            )
+            padded[k] = self.all_gather(torch.cat([v, fill])).flatten(0, 1)
+        keep = padded["window"] >= 0
+        return {k: v[keep] for k, v in padded.items()}
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -176,21 +182,22 @@ class TaggerModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def score_windows(
+def score_validation(
     logits: torch.Tensor, targets: torch.Tensor, window: torch.Tensor, row: torch.Tensor
 ) -> tuple[float, float]:
-    """Loss over unique windows and lwlrap of the per-clip mean window probability."""
-    window_ids, first = np.unique(window.numpy(), return_index=True)
+    """Loss over unique windows and lwlrap of each clip's engine mean (:func:`clip_mean`) of probabilities.
+
+    Windows are taken once each (a distributed sampler's padding repeats them) in window-id order,
+    which puts each clip's windows together in the engine's order.
+    """
+    _, first = np.unique(window.numpy(), return_index=True)
     first = torch.from_numpy(first)
-    logits, targets, row = logits[first], targets[first], row[first]
+    logits, targets, row = logits[first], targets[first], row[first].numpy()
     loss = float(F.binary_cross_entropy_with_logits(logits, targets))
-    rows, inverse = torch.unique(row, return_inverse=True)
-    n_clips, n_classes = len(rows), logits.shape[1]
-    sums = torch.zeros(n_clips, n_classes).index_add_(0, inverse, torch.sigmoid(logits))
-    counts = torch.zeros(n_clips).index_add_(0, inverse, torch.ones(len(inverse)))
-    truth = torch.zeros(n_clips, n_classes).index_copy_(0, inverse, targets)
-    probs = sums / counts[:, None]
-    return loss, float(lwlrap(truth.numpy() > 0.5, probs.numpy()))
+    probs = torch.sigmoid(logits).numpy()
+    _, starts, counts = np.unique(row, return_index=True, return_counts=True)
+    clips = np.stack([clip_mean(probs[s : s + n]) for s, n in zip(starts, counts, strict=True)])
+    return loss, float(lwlrap(targets.numpy()[starts] > 0.5, clips))
 
 
 class EpochMetricsCSV(Callback):
@@ -199,7 +206,7 @@ class EpochMetricsCSV(Callback):
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def on_train_epoch_end(self, trainer, pl_module: TaggerModule) -> None:
+    def on_train_epoch_end(self, trainer, pl_module: TrainingModule) -> None:
         train_loss = pl_module.epoch_train_loss()
         if not trainer.is_global_zero:
             return
@@ -314,11 +321,13 @@ def train_loader(cfg: RunConfig, caches: Mapping, clips: ClipSet, seed: int, dat
 
 
 def val_loader(cfg: RunConfig, caches: Mapping, clips: ClipSet) -> DataLoader:
-    data = AllWindowsDataset(caches, clips, cfg.infer.window, cfg.infer.max_stride, cfg.data.normalize)
-    return DataLoader(data, batch_size=cfg.train.val_batch_size, num_workers=cfg.train.num_workers)
+    """The window engine's batches of the validation clips (``infer`` windows and mode,
+    ``train.val_batch_size`` windows a batch); each item is already a batch."""
+    data = ValidationBatches(caches, clips, cfg.infer, cfg.train.val_batch_size, cfg.data.normalize)
+    return DataLoader(data, batch_size=None, num_workers=cfg.train.num_workers)
 
 
-def build_module(cfg: RunConfig, arch: str, n_classes: int, lr: float, seed: int) -> TaggerModule:
+def build_module(cfg: RunConfig, arch: str, n_classes: int, lr: float, seed: int) -> TrainingModule:
     spec = {
         "name": arch,
         "n_classes": n_classes,
@@ -326,7 +335,7 @@ def build_module(cfg: RunConfig, arch: str, n_classes: int, lr: float, seed: int
         "width": cfg.model.width,
     }
     t = cfg.train
-    return TaggerModule(
+    return TrainingModule(
         spec,
         asdict(cfg.augment),
         lr=lr,
@@ -355,7 +364,7 @@ def fit_fold(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     train_data=None,
-) -> TaggerModule:
+) -> TrainingModule:
     """Train one fold model, resuming from ``fold_dir/last.ckpt`` when it exists.
 
     ``init_state``: weights of the previous stage's model of the same fold (warm start); ignored
