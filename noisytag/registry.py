@@ -5,8 +5,10 @@ Why: a plug-in chosen by if/elif on strings repeats its valid names and option r
 dispatches, in the config check and in the CLI, and they drift apart. Here each entry is registered
 once, beside its code, with the config keys it reads and a check for each; so ``build(name, ...)`` is the
 only way to make one, ``names()`` gives CLI choices and parametrised tests, and ``validate(cfg)`` fails
-before any work starts with a one-line :class:`~noisytag.config.ConfigError` naming the key. (Models keep
-their registry in :mod:`noisytag.models`: their options are call arguments, not config keys.)
+before any work starts with a one-line :class:`~noisytag.config.ConfigError` naming the key. Models use
+the same class (:data:`noisytag.models.registry.MODELS`; their options are call arguments, not config
+keys). An entry's ``meta`` carries what other code needs to know of it (an augmentation's gallery title
+and forced-on fields), so a new plug-in is its entry and nothing else; ``unregister`` removes a test's.
 """
 
 from __future__ import annotations
@@ -94,6 +96,10 @@ class Registry:
             return factory
 
         return decorate
+
+    def unregister(self, name: str) -> None:
+        """Remove the entry ``name`` if there is one (a test's temporary plug-in)."""
+        self._entries.pop(name, None)
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)

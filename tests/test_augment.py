@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from noisytag.config import AugmentConfig, ConfigError
 from noisytag.learn.augment import (
     AUGMENTATIONS,
-    GALLERY_COLUMNS,
+    BatchAugment,
     Lighting,
     Masking,
     Mixup,
@@ -19,9 +19,9 @@ from noisytag.learn.augment import (
     ZoomCrop,
     build_chain,
     check_config,
-    gallery,
     zoom_theta,
 )
+from noisytag.report.gallery import gallery, gallery_columns, gallery_figure
 
 OFF = AugmentConfig(mixup_p=0, specmix_p=0, zoom_p=0, brightness_p=0, contrast_p=0, mask_p=0)
 ON = AugmentConfig(mixup_p=1, specmix_p=1, zoom_p=1, brightness_p=1, contrast_p=1, mask_p=1)
@@ -327,10 +327,64 @@ def test_every_config_key_belongs_to_one_augmentation():
 def test_gallery_columns():
     x, y = labelled_batch(b=4)
     panels = gallery(x / 4, y, AugmentConfig(), seed=0)
-    assert tuple(panels) == GALLERY_COLUMNS
+    assert tuple(panels) == gallery_columns()
+    assert gallery_columns() == ("original", "mixup", "SpecMix", "zoom", "lighting", "masking", "full chain")
     for xs, ys, _ in panels.values():
         assert xs.shape == x.shape and ys.shape == y.shape
     # the single-augmentation mixup never mixes a clip with itself
     _, ym, params = panels["mixup"]
     assert (params["lam"] >= 0.5).all()
     assert ((ym > 0).sum(1) == 2).all()
+
+
+class TimeFlip(BatchAugment):
+    """A test augmentation: reverse time with probability p. params: ``flip`` (B,) bool."""
+
+    def __init__(self, p: float, generator: torch.Generator | None = None):
+        super().__init__(generator)
+        self.p = float(p)
+
+    def sample(self, x):
+        return {"flip": self._coin(x.shape[0], self.p)}
+
+    def apply(self, x, y, params):
+        flip = params["flip"].reshape(-1, *([1] * (x.dim() - 1)))
+        return torch.where(flip, x.flip(-1), x), y
+
+
+@pytest.fixture
+def time_flip():
+    """TimeFlip registered as one more augmentation (reading mask_p, forced on in the gallery), then removed."""
+    AUGMENTATIONS.register(
+        "time_flip",
+        enabled=lambda a: a.mask_p > 0,
+        title="time flip",
+        forced={"mask_p": 1.0},
+        note=lambda p: "flipped" if p["flip"] else "",
+    )(lambda a, generator: TimeFlip(a.mask_p, generator))
+    yield "time_flip"
+    AUGMENTATIONS.unregister("time_flip")
+
+
+def test_a_new_augmentation_is_one_registry_entry_and_a_gallery_column(time_flip):
+    x, y = batch(b=3, k=3, f=8, t=10)
+    fig = gallery_figure(x[:, 0].numpy(), torch.eye(3).numpy(), ["a", "b", "c"], OFF, seed=0)
+    titles = [ax.get_title() for ax in fig.get_axes()[:8]]
+    assert titles == [
+        "original",
+        "mixup",
+        "SpecMix",
+        "zoom",
+        "lighting",
+        "masking",
+        "time flip",
+        "full chain",
+    ]
+    assert [t.get_text() for t in fig.get_axes()[6].texts] == ["flipped"]  # its note, in the corner
+    xs, ys, params = gallery(x, y, OFF, seed=0)["time flip"]  # forced on although the config has it off
+    assert params["flip"].all() and torch.equal(xs, x.flip(-1)) and torch.equal(ys, y)
+    assert list(build_chain(dataclasses.replace(OFF, mask_p=1.0)).steps) == ["masking", "time_flip"]
+
+
+def test_an_unregistered_augmentation_leaves_the_chain():
+    assert "time_flip" not in AUGMENTATIONS.names() and "time flip" not in gallery_columns()

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from conftest import tiny_config
 
 from noisytag.config import ConfigError, RunConfig, save_config
 from noisytag.rundir import RunDir
-from noisytag.runs import executors
+from noisytag.runs import executors, pipeline
 from noisytag.runs.executors import (
     EXECUTORS,
     INSTALL_HINT,
@@ -27,7 +28,7 @@ from noisytag.runs.executors import (
     RayExecutor,
     check_shared,
 )
-from noisytag.runs.pipeline import FoldJob, run_pipeline
+from noisytag.runs.pipeline import FoldJob, InProcessExecutor, batches, run_pipeline
 
 DDP_SCRIPT = Path(__file__).with_name("ddp_pipeline.py")
 VOLATILE = {"run.json", "done", "metrics.csv", "stage_table.csv", "model.json", "weights.safetensors"}
@@ -165,10 +166,8 @@ SCALE_OUT = {"address": None, "gpus_per_task": 0.5, "cpus_per_task": 1, "max_tas
 def test_every_executor_builds_from_the_cli_options(name):
     runner = executors.build(name, **SCALE_OUT)
     executors.validate(RunConfig(), name)
-    if runner is None:  # in-process: run_pipeline's own loop
-        assert name == "local"
-        return
     assert callable(runner.run_folds) and callable(runner.__enter__) and callable(runner.__exit__)
+    assert isinstance(runner.stage_at_once, bool)
 
 
 def test_executor_registry_names_and_unknown_one():
@@ -177,6 +176,69 @@ def test_executor_registry_names_and_unknown_one():
     executors.validate(RunConfig())  # the config chooses no executor
     with pytest.raises(ConfigError, match=r"^--executor: unknown executor 'slurm' \(known: local, ray\)$"):
         executors.build("slurm")
+
+
+def test_local_executor_is_a_registry_entry_like_ray():
+    """No None: the default is a real executor, with Ray's interface, that trains folds in order."""
+    runner = executors.build("local", **SCALE_OUT)
+    assert isinstance(runner, InProcessExecutor) and runner.stage_at_once is False
+    assert RayExecutor.stage_at_once is True  # Ray: each stage's folds of every architecture at once
+    with runner as entered:
+        assert entered is runner
+
+
+PLAN = SimpleNamespace(architectures=("cnn1", "vgg16"), stage_numbers=(1, 2, 3, 4))
+
+
+def test_one_loop_batches_in_each_executors_order():
+    assert batches(PLAN, stage_at_once=False) == [[(a, s)] for a in ("cnn1", "vgg16") for s in (1, 2, 3, 4)]
+    assert batches(PLAN, stage_at_once=True) == [[("cnn1", s), ("vgg16", s)] for s in (1, 2, 3, 4)]
+
+
+def pipeline_events(monkeypatch, executor, events: list[tuple]) -> list[tuple]:
+    """What run_pipeline does, in order, with every step replaced by a recorder (no training)."""
+    ctx = SimpleNamespace(plan=PLAN, cfg=SimpleNamespace(train=SimpleNamespace(folds=2)))
+    record = events.append
+    monkeypatch.setattr(pipeline, "open_run", lambda *a, **k: ctx)
+    monkeypatch.setattr(pipeline, "prepare_stage", lambda c, arch, stage: record(("prepare", arch, stage)))
+    monkeypatch.setattr(pipeline, "close_stage", lambda c, arch, stage: record(("close", arch, stage)))
+    monkeypatch.setattr(
+        pipeline, "run_fold", lambda c, arch, stage, fold: record(("fold", arch, stage, fold))
+    )
+    monkeypatch.setattr(pipeline, "finish", lambda c: record(("finish",)) or {})
+    run_pipeline("data", "run", RunConfig(), executor=executor)
+    return events
+
+
+def test_in_process_order_is_architecture_then_stage_then_fold(monkeypatch):
+    """The default executor keeps the order of the in-process loop: each architecture's stages in turn,
+    each stage prepared, its folds, closed (so results and resume stay as they were)."""
+    expected = []
+    for arch in PLAN.architectures:
+        for stage in PLAN.stage_numbers:
+            folds = [("fold", arch, stage, f) for f in (0, 1)]
+            expected += [("prepare", arch, stage), *folds, ("close", arch, stage)]
+    expected.append(("finish",))
+    assert pipeline_events(monkeypatch, None, []) == expected
+    assert pipeline_events(monkeypatch, executors.build("local"), []) == expected
+
+
+def test_ray_order_is_stage_by_stage_over_every_architecture(monkeypatch):
+    """A stage_at_once executor gets each stage's folds of every architecture as one batch."""
+    events: list[tuple] = []
+
+    class Recorder:
+        stage_at_once = True
+
+        def run_folds(self, ctx, jobs):
+            events.append(("run_folds", *[(j.arch, j.stage, j.fold) for j in jobs]))
+
+    expected = []
+    for stage in PLAN.stage_numbers:
+        expected += [("prepare", arch, stage) for arch in PLAN.architectures]
+        expected.append(("run_folds", *[(a, stage, f) for a in PLAN.architectures for f in (0, 1)]))
+        expected += [("close", arch, stage) for arch in PLAN.architectures]
+    assert pipeline_events(monkeypatch, Recorder(), events) == expected + [("finish",)]
 
 
 def test_unknown_executor_fails_in_one_line_before_any_work(tiny_data, tmp_path):
@@ -192,8 +254,6 @@ def test_unknown_executor_fails_in_one_line_before_any_work(tiny_data, tmp_path)
 
 
 def test_settings_a_fold_task_cannot_run_are_refused(tmp_path):
-    from types import SimpleNamespace
-
     with pytest.raises(ExecutorError, match="at most one GPU"), RayExecutor(gpus_per_task=2):
         pass
     ctx = SimpleNamespace(run=RunDir(tmp_path), cfg=tiny_config(**{"train.devices": "2"}))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from noisytag.learn.augment import GALLERY_COLUMNS
-from noisytag.report.gallery import gallery_figure, mixture_text
+from noisytag.report.gallery import gallery_columns, gallery_figure, mixture_text
 
 
 def test_mixture_text():
@@ -25,8 +24,8 @@ def test_gallery_figure_grid(tmp_path):
     y = np.eye(3, dtype=np.float32)
     fig = gallery_figure(x, y, ["a", "b", "c"], seed=1, names=["x.wav", "y.wav", "z.wav"])
     axes = fig.get_axes()
-    assert len(axes) == 3 * len(GALLERY_COLUMNS)
-    assert [ax.get_title() for ax in axes[: len(GALLERY_COLUMNS)]] == list(GALLERY_COLUMNS)
+    assert len(axes) == 3 * len(gallery_columns())
+    assert [ax.get_title() for ax in axes[: len(gallery_columns())]] == list(gallery_columns())
     assert axes[0].get_xlabel() == "1.00 a"
     assert " + " in axes[1].get_xlabel()  # mixup panel shows a mixture
     assert axes[0].get_ylabel().startswith("x.wav")

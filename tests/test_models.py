@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from noisytag.models import available, build, options_of, register
+from noisytag.config import ConfigError
+from noisytag.models import MODELS, available, build, options_of, register
+from noisytag.registry import Registry
 
 
 def n_trainable(model: nn.Module) -> int:
@@ -15,6 +17,7 @@ def n_trainable(model: nn.Module) -> int:
 
 def test_registry_lists_builtins():
     assert {"cnn1", "mobilenet", "vgg16"} <= set(available())
+    assert isinstance(MODELS, Registry) and available() == sorted(MODELS.names())  # the one list
     assert options_of("cnn1") == {"width": 1.0}
     assert options_of("mobilenet") == {"width": 1.0, "hidden": 256}
 
@@ -144,9 +147,23 @@ def test_register_new_model():
         assert "tiny_test_net" in available()
         assert build("tiny_test_net", 5).eval()(torch.rand(2, 1, 16, 20)).shape == (2, 5)
     finally:  # keep the registry clean for tests that iterate available()
-        from noisytag import models
+        MODELS.unregister("tiny_test_net")
+    assert "tiny_test_net" not in available()
 
-        models._REGISTRY.pop("tiny_test_net", None)
+
+def test_models_are_one_registry_filled_by_importing_the_package():
+    """No second list: a fresh interpreter that imports only the package has every architecture
+    registered, and an unknown name is the registry's one-line error naming the config key."""
+    import subprocess
+    import sys
+
+    code = "from noisytag.models import MODELS; print(','.join(MODELS.names()))"
+    names = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert set(names.stdout.strip().split(",")) == {"cnn1", "mobilenet", "vgg16"}
+    with pytest.raises(
+        ConfigError, match=r"^config key 'pipeline.architectures': unknown model 'resnet' \(known: "
+    ):
+        options_of("resnet")
 
 
 def test_mobilenet_init_kaiming_zero_biases_and_identity_residuals():

@@ -160,3 +160,31 @@ def test_stage_keys_change_only_from_the_first_stage_a_setting_touches():
 def test_unknown_treatment_names_the_key():
     with pytest.raises(ConfigError, match="noisy.treatment"):
         checked_plan(tiny_config(**{"noisy.treatment": "ignore"}))
+
+
+@pytest.fixture
+def halved_treatment():
+    """A test treatment whose loss is its own function: half the plain BCE, registered then removed."""
+    from noisytag.learn.treatments import TREATMENTS, Treatment, bce_loss
+
+    def half_bce(module, x, y, w):
+        return 0.5 * bce_loss(module, x, y, w)
+
+    TREATMENTS.register("halved")(lambda: Treatment("halved", 1.0, False, half_bce))
+    yield "halved"
+    TREATMENTS.unregister("halved")
+
+
+def test_a_new_loss_treatment_is_one_registry_entry(halved_treatment):
+    module = _module(halved_treatment).eval()
+    x, y = _batch([1.0, 0.0, 1.0, 0.0])
+    with torch.no_grad():
+        expected = 0.5 * F.binary_cross_entropy_with_logits(module(x).float(), y[:, :-1])
+        torch.testing.assert_close(module.loss(x, y), expected)
+    assert module.noisy_head is None
+
+
+def test_every_training_set_part_of_the_pipeline_plans_has_a_builder():
+    from noisytag.plan import PART_TEXT
+
+    assert set(pipeline.TRAINING_PARTS) == set(PART_TEXT) - {"teacher", "unlabelled"}  # those: distill's

@@ -15,12 +15,14 @@ the gallery and benchmarks reuse them. The chain (:func:`build_chain`) is the re
 :data:`AUGMENTATIONS` in registration order, SPEC §4: mixup → SpecMix → zoom-and-crop →
 brightness/contrast → (optional) SpecAugment masking. Each entry declares the ``augment.*`` keys it
 reads and their valid ranges (checked by :func:`validate`) and when it is switched on; a probability
-of 0 leaves the module out of the chain.
+of 0 leaves the module out of the chain. An entry's meta also says how the gallery
+(:mod:`noisytag.report.gallery`) shows it: ``title`` (its column; default the name), ``forced`` (the
+``AugmentConfig`` fields that switch it fully on in its panel) and ``note`` (one example's draws →
+the panel's corner text), so a new augmentation is one registry entry and nothing else.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -182,7 +184,7 @@ class ZoomCrop(BatchAugment):
 
     The result equals ``F.grid_sample(x, F.affine_grid(zoom_theta(params)), bilinear, border,
     align_corners=False)`` (to float rounding); because a zoom without rotation is separable, it is
-    computed as linear interpolation along mel then along time (row gathers + lerp), about 3× faster
+    computed as linear interpolation along mel then along time (row gathers + lerp), faster
     on a CPU than grid_sample. params: ``on`` (B,) bool, ``scale`` (B,), ``cy``, ``cx`` (B,) fixed
     point (mel, time) in [−1, 1].
     """
@@ -297,7 +299,8 @@ class AugmentChain(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# the registry: the chain is its entries, in registration order (SPEC §4)
+# the registry: the chain is its entries, in registration order (SPEC §4); meta: enabled(cfg), and the
+# gallery's title, forced (fields set to switch it fully on) and note(draws of one example) → text
 
 AUGMENTATIONS = Registry("augmentation", "augment", chain=True)
 PROBABILITY = in_range(0, 1)
@@ -310,7 +313,12 @@ def _mixup_alpha(cfg: RunConfig) -> None:
 
 
 @AUGMENTATIONS.register(
-    "mixup", options={"augment.mixup_p": PROBABILITY}, validate=_mixup_alpha, enabled=lambda a: a.mixup_p > 0
+    "mixup",
+    options={"augment.mixup_p": PROBABILITY},
+    validate=_mixup_alpha,
+    enabled=lambda a: a.mixup_p > 0,
+    forced={"mixup_p": 1.0},
+    note=lambda p: f"λ={p['lam']:.2f}",
 )
 def _mixup(a: AugmentConfig, generator: torch.Generator | None) -> Mixup:
     return Mixup(a.mixup_alpha, a.mixup_p, generator)
@@ -320,6 +328,9 @@ def _mixup(a: AugmentConfig, generator: torch.Generator | None) -> Mixup:
     "specmix",
     options={"augment.specmix_p": PROBABILITY, "augment.specmix_max": in_range(0, 1)},
     enabled=lambda a: a.specmix_p > 0 and a.specmix_max > 0,
+    title="SpecMix",
+    forced={"specmix_p": 1.0},
+    note=lambda p: f"h={p['h']:.2f} w={p['w']:.2f}",
 )
 def _specmix(a: AugmentConfig, generator: torch.Generator | None) -> SpecMix:
     return SpecMix(a.specmix_max, a.specmix_p, generator)
@@ -329,6 +340,8 @@ def _specmix(a: AugmentConfig, generator: torch.Generator | None) -> SpecMix:
     "zoom",
     options={"augment.zoom_p": PROBABILITY, "augment.zoom_max": in_range(1)},
     enabled=lambda a: a.zoom_p > 0 and a.zoom_max > 1,
+    forced={"zoom_p": 1.0},
+    note=lambda p: f"×{p['scale']:.3f}",
 )
 def _zoom(a: AugmentConfig, generator: torch.Generator | None) -> ZoomCrop:
     return ZoomCrop(a.zoom_max, a.zoom_p, generator)
@@ -343,6 +356,8 @@ def _zoom(a: AugmentConfig, generator: torch.Generator | None) -> ZoomCrop:
         "augment.contrast": in_range(0, 1, open_high=True),
     },
     enabled=lambda a: (a.brightness_p > 0 and a.brightness > 0) or (a.contrast_p > 0 and a.contrast > 0),
+    forced={"brightness_p": 1.0, "contrast_p": 1.0},
+    note=lambda p: f"b={1 / (1 + math.exp(-p['shift'])):.2f} c={p['scale']:.2f}",
 )
 def _lighting(a: AugmentConfig, generator: torch.Generator | None) -> Lighting:
     return Lighting(a.brightness, a.contrast, a.brightness_p, a.contrast_p, generator)
@@ -356,6 +371,8 @@ def _lighting(a: AugmentConfig, generator: torch.Generator | None) -> Lighting:
         "augment.mask_time": in_range(0),
     },
     enabled=lambda a: a.mask_p > 0 and (a.mask_freq > 0 or a.mask_time > 0),
+    forced={"mask_p": 1.0},  # shown even when the config leaves it off
+    note=lambda p: f"{p['fh']} bins, {p['tw']} frames",
 )
 def _masking(a: AugmentConfig, generator: torch.Generator | None) -> Masking:
     return Masking(a.mask_freq, a.mask_time, a.mask_p, generator)
@@ -386,37 +403,3 @@ def build_chain(cfg: AugmentConfig | None = None, generator: torch.Generator | N
     cfg = cfg or AugmentConfig()
     steps = build_steps(cfg, generator)
     return AugmentChain({k: v for k, v in steps.items() if AUGMENTATIONS.get(k).meta["enabled"](cfg)})
-
-
-GALLERY_COLUMNS = ("original", "mixup", "SpecMix", "zoom", "lighting", "masking", "full chain")
-
-
-@torch.no_grad()
-def gallery(
-    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig | None = None, seed: int = 0
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, Params]]:
-    """Each augmentation alone, then the full chain, applied to one batch: column → (x, y, params).
-
-    For the single-augmentation columns the probabilities are forced to 1 (and masking is shown
-    even when the config leaves it off) so every panel shows the effect; the partners of mixup
-    and SpecMix are a cyclic shift of the batch so no clip mixes with itself. ``params`` are the
-    draws of that column (empty for ``original`` and ``full chain``). ``full chain`` is
-    :func:`build_chain` with the config exactly as given (self-partners possible, as in training).
-    """
-    cfg = cfg or AugmentConfig()
-    forced = dataclasses.replace(
-        cfg, mixup_p=1.0, specmix_p=1.0, zoom_p=1.0, brightness_p=1.0, contrast_p=1.0, mask_p=1.0
-    )
-    gen = torch.Generator().manual_seed(seed)
-    steps = build_steps(forced, gen)
-    n = x.shape[0]
-    shifted = torch.roll(torch.arange(n), 1) if n > 1 else torch.zeros(1, dtype=torch.long)
-    out: dict[str, tuple[torch.Tensor, torch.Tensor, Params]] = {"original": (x, y, {})}
-    for column, key in zip(GALLERY_COLUMNS[1:-1], AUGMENTATIONS.names(), strict=True):
-        params = steps[key].sample(x)
-        if "perm" in params:
-            params["perm"] = shifted
-        params = {k: v.to(x.device) for k, v in params.items()}
-        out[column] = (*steps[key].apply(x, y, params), params)
-    out["full chain"] = (*build_chain(cfg, gen)(x, y), {})
-    return out

@@ -7,9 +7,9 @@ Four blocks of [3×3 conv → BN → ReLU] × 2 followed by 2×2 average pooling
 
 from __future__ import annotations
 
-from noisytag.models import register
 from noisytag.models.blocks import layer_list_net
 from noisytag.models.heads import TaggingNet
+from noisytag.models.registry import register
 
 LAYERS = (64, 64, "A", 128, 128, "A", 256, 256, "A", 512, 512, "A")
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from noisytag.models import register
 from noisytag.models.blocks import init_weights
 from noisytag.models.heads import Head, TaggingNet
+from noisytag.models.registry import register
 
 STEM = 16
 # MobileNetV3-Large's rows (expansion ratios rounded to 4 or 6, repeats trimmed), the first one
@@ -62,7 +62,7 @@ def conv_bn(
 
     The conv keeps its bias (zero at init), redundant before batch norm: the ONNX export (dynamo,
     unoptimised) builds a missing bias from ops onnxruntime cannot constant-fold, which stops it fusing
-    conv + batch norm and using its blocked conv kernels (≈ 2.5× slower there).
+    conv + batch norm and using its blocked conv kernels (much slower there).
     """
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel, stride, (kernel - 1) // 2, groups=groups, bias=True),

@@ -7,9 +7,9 @@ trainable parameters (convolutions with biases, as torchvision's ``vgg16_bn``).
 
 from __future__ import annotations
 
-from noisytag.models import register
 from noisytag.models.blocks import layer_list_net
 from noisytag.models.heads import TaggingNet
+from noisytag.models.registry import register
 
 VGG16_LAYERS = (
     64, 64, "M",

@@ -1,17 +1,20 @@
 """Augmentation gallery: a grid of a few clips' log-mel windows and each batch augmentation applied.
 
 Also the example test clips of the run report (:func:`example_clips`): log-mels of a few test clips with
-the ensemble's top labels. Rows of the gallery are clips, columns are ``noisytag.learn.augment.GALLERY_COLUMNS`` (original, mixup, SpecMix, zoom,
-lighting, masking, full chain); under each panel the target it trains on, written as a label mixture
-("0.62 bell + 0.38 siren"). Drawn with matplotlib's object API (no pyplot state), so it is safe in
+the ensemble's top labels. Rows of the gallery are clips, columns are :func:`gallery_columns`: the
+original, each entry of the augmentation registry (``noisytag.learn.augment.AUGMENTATIONS``: mixup,
+SpecMix, zoom, lighting, masking) alone, then the full chain; under each panel the target it trains
+on, written as a label mixture ("0.62 bell + 0.38 siren"). Each entry's meta gives its column title,
+the fields that force it on and its corner note, so the gallery names no augmentation itself. Drawn with matplotlib's object API (no pyplot state), so it is safe in
 tests, servers and the run report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from noisytag.audio.windows import random_offsets
 from noisytag.config import AugmentConfig, FrontendConfig, RunConfig
 from noisytag.data.dataset import multi_hot
 from noisytag.data.manifest import load_data
-from noisytag.learn.augment import gallery
+from noisytag.learn.augment import AUGMENTATIONS, Params, build_chain, build_steps
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +50,56 @@ def mixture_text(weights: np.ndarray, classes: Sequence[str], max_terms: int = 3
     return "\n".join(textwrap.wrap(text, width=width)) or text
 
 
-def _note(column: str, params: dict, row: int) -> str:
-    """Short description of one example's random draw (shown in the panel's corner)."""
-    p = {k: v[row].item() for k, v in params.items()}
-    if column == "mixup":
-        return f"λ={p['lam']:.2f}"
-    if column == "SpecMix":
-        return f"h={p['h']:.2f} w={p['w']:.2f}"
-    if column == "zoom":
-        return f"×{p['scale']:.3f}"
-    if column == "lighting":
-        bright = 1 / (1 + np.exp(-p["shift"]))
-        return f"b={bright:.2f} c={p['scale']:.2f}"
-    if column == "masking":
-        return f"{p['fh']} bins, {p['tw']} frames"
-    return ""
+def _title(name: str) -> str:
+    return AUGMENTATIONS.get(name).meta.get("title", name)
+
+
+def gallery_columns() -> tuple[str, ...]:
+    """Column titles: ``original``, each registered augmentation (registration order), ``full chain``."""
+    return ("original", *map(_title, AUGMENTATIONS.names()), "full chain")
+
+
+def forced_on(cfg: AugmentConfig) -> AugmentConfig:
+    """``cfg`` with each augmentation's ``forced`` fields (its probabilities 1), so every panel shows it."""
+    forced: dict = {}
+    for name in AUGMENTATIONS.names():
+        forced |= AUGMENTATIONS.get(name).meta.get("forced", {})
+    return dataclasses.replace(cfg, **forced)
+
+
+@torch.no_grad()
+def gallery(
+    x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig | None = None, seed: int = 0
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, Params]]:
+    """Each augmentation alone, then the full chain, applied to one batch: column → (x, y, params).
+
+    For the single-augmentation columns the config is :func:`forced_on` (masking is shown even when
+    the config leaves it off) so every panel shows the effect; partners (a ``perm`` draw, as in mixup
+    and SpecMix) are a cyclic shift of the batch so no clip mixes with itself. ``params`` are the
+    draws of that column (empty for ``original`` and ``full chain``). ``full chain`` is
+    :func:`~noisytag.learn.augment.build_chain` with the config exactly as given (self-partners
+    possible, as in training).
+    """
+    cfg = cfg or AugmentConfig()
+    gen = torch.Generator().manual_seed(seed)
+    steps = build_steps(forced_on(cfg), gen)
+    n = x.shape[0]
+    shifted = torch.roll(torch.arange(n), 1) if n > 1 else torch.zeros(1, dtype=torch.long)
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, Params]] = {"original": (x, y, {})}
+    for name, step in steps.items():
+        params = step.sample(x)
+        if "perm" in params:
+            params["perm"] = shifted
+        params = {k: v.to(x.device) for k, v in params.items()}
+        out[_title(name)] = (*step.apply(x, y, params), params)
+    out["full chain"] = (*build_chain(cfg, gen)(x, y), {})
+    return out
+
+
+def _notes() -> dict[str, Callable[[dict], str]]:
+    """Column title → its entry's ``note`` (one example's draws → the panel's corner text)."""
+    entries = [AUGMENTATIONS.get(name) for name in AUGMENTATIONS.names()]
+    return {_title(e.name): e.meta["note"] for e in entries if "note" in e.meta}
 
 
 def gallery_figure(
@@ -76,8 +114,8 @@ def gallery_figure(
 
     ``x``: (N, F, T) or (N, 1, F, T) log-mel windows scaled to [0, 1] (numpy or torch); ``y``: (N, K)
     multi-hot targets; ``classes``: the K class names; ``names``: optional row titles (file names).
-    Augmentations come from :func:`noisytag.learn.augment.gallery` with ``cfg`` and ``seed``; each
-    single-augmentation panel notes its random draw in the corner.
+    Augmentations come from :func:`gallery` with ``cfg`` and ``seed``; each single-augmentation panel
+    notes its random draw in the corner (its entry's ``note``).
     """
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     if x.dim() == 3:
@@ -87,7 +125,7 @@ def gallery_figure(
         raise ValueError(
             f"gallery: expected x (N, F, T), y (N, {len(classes)}); got {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    panels = gallery(x, y, cfg or AugmentConfig(), seed=seed)
+    panels, notes = gallery(x, y, cfg or AugmentConfig(), seed=seed), _notes()
     n_rows, n_cols = x.shape[0], len(panels)
     fig = Figure(figsize=(1.95 * n_cols, 2.35 * n_rows + 0.4), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
@@ -107,7 +145,7 @@ def gallery_figure(
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(mixture_text(targets[row], classes), fontsize=7, labelpad=3)
-            note = _note(title, params, row) if params else ""
+            note = notes[title]({k: v[row].item() for k, v in params.items()}) if title in notes else ""
             if note:
                 ax.text(
                     0.02,

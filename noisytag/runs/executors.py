@@ -2,7 +2,9 @@
 
 :func:`noisytag.runs.pipeline.run_pipeline` hands each stage's (architecture, fold) jobs to an executor and
 waits for all of them before the next stage, whose noisy-clip selection (stages 3–4) the driver has
-computed once beforehand. :class:`RayExecutor` runs every job as a Ray task: the task opens its own
+computed once beforehand. Every executor has the same interface
+(:class:`~noisytag.runs.pipeline.FoldExecutor`): a context manager with ``run_folds(ctx, jobs)`` and
+``stage_at_once``, so the pipeline has one loop. :class:`RayExecutor` runs every job as a Ray task: the task opens its own
 :class:`~noisytag.runs.context.RunContext` on the same run directory and calls
 :func:`~noisytag.runs.pipeline.run_fold`, so it writes exactly what the in-process loop writes.
 
@@ -13,9 +15,10 @@ storage every node sees at the same path; each task checks that first, against a
 wrote. Ray is optional (``pip install 'noisytag[ray]'``) and imported only inside this module's
 functions.
 
-:data:`EXECUTORS` is the registry the CLI's ``--executor`` choices come from: ``local`` (the default: the
-pipeline's own in-process loop, built as None, which is what ``run_pipeline(executor=None)`` runs) and
-``ray``. ``build(name, address=..., gpus_per_task=..., cpus_per_task=..., max_tasks=...)`` makes one.
+:data:`EXECUTORS` is the registry the CLI's ``--executor`` choices come from: ``local`` (the default:
+:class:`~noisytag.runs.pipeline.InProcessExecutor`, the folds one after another in this process,
+architecture by architecture, which is also what ``run_pipeline(executor=None)`` runs) and ``ray``.
+``build(name, address=..., gpus_per_task=..., cpus_per_task=..., max_tasks=...)`` makes one.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -39,7 +42,7 @@ from noisytag.fileio import write_json, write_text
 from noisytag.registry import Registry
 from noisytag.rundir import RunDir
 from noisytag.runs.context import RunContext, open_run
-from noisytag.runs.pipeline import FoldExecutor, FoldJob, run_fold
+from noisytag.runs.pipeline import FoldExecutor, FoldJob, InProcessExecutor, run_fold
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +170,11 @@ class RayExecutor:
     ``gpus_per_task`` ≤ 1 (0.5 packs two folds on a GPU); None = 1 when the cluster has GPUs, else 0.
     ``cpus_per_task`` None = the cluster's CPUs per GPU, or on CPUs alone shared out over the tasks
     that run at once. ``max_tasks`` caps how many run at once (None: as many as resources allow).
-    ``on_done(job, seconds)`` is called on the driver after each finished job.
+    ``on_done(job, seconds)`` is called on the driver after each finished job. Each stage's folds of
+    every architecture are one batch (``stage_at_once``), so they can all run at once.
     """
+
+    stage_at_once: ClassVar[bool] = True
 
     address: str | None = None
     gpus_per_task: float | None = None
@@ -322,10 +328,10 @@ EXECUTORS = Registry("executor", "--executor")
 
 
 @EXECUTORS.register("local")
-def _local(**ray_options: Any) -> None:
-    """In-process: None, so :func:`~noisytag.runs.pipeline.run_pipeline` runs its own loop of folds (or
-    joins this DDP job); the Ray options mean nothing here and are ignored."""
-    return None
+def _local(**ray_options: Any) -> InProcessExecutor:
+    """In-process, one fold after another (or this DDP job's ranks together); the Ray options mean
+    nothing here and are ignored."""
+    return InProcessExecutor()
 
 
 @EXECUTORS.register("ray")
@@ -340,7 +346,7 @@ def _ray(
     return RayExecutor(address, gpus_per_task, cpus_per_task, max_tasks, **more)
 
 
-def build(name: str, **options: Any) -> FoldExecutor | None:
+def build(name: str, **options: Any) -> FoldExecutor:
     """The executor ``name`` (ConfigError naming --executor and the known names if there is none)."""
     return EXECUTORS.build(name, **options)
 
