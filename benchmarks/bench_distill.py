@@ -208,13 +208,13 @@ def model_facts(run_dir: Path, seconds: float = 10.0) -> dict:
 
 def onnx_facts(run_dir: Path, precision: str) -> dict:
     """Bytes of the exported graphs in RUN/onnx: ``model`` (exact windows) and ``fast`` per member."""
-    from noisytag.infer.ensemble import read_manifest
+    from noisytag.infer.ensemble import read_export_index
     from noisytag.infer.members import OnnxMember
     from noisytag.rundir import RunDir
 
     out = RunDir(run_dir).onnx_dir
     files = {}
-    for m in read_manifest(out)["members"]:
+    for m in read_export_index(out)["members"]:
         graphs = OnnxMember.graphs(m, precision)
         files |= {str(out / graphs[k]): (out / graphs[k]).stat().st_size for k in ("model", "fast")}
     exact = sum(size for f, size in files.items() if Path(f).name.startswith("model."))

@@ -51,9 +51,9 @@ def per_window_ms(sessions: dict, x: np.ndarray, seconds: float) -> dict[str, fl
     return {name: 1e3 * statistics.median(t) / len(x) for name, t in times.items()}
 
 
-def parity_lines(manifest: dict) -> list[str]:
+def parity_lines(index: dict) -> list[str]:
     lines = []
-    for m in manifest["members"]:
+    for m in index["members"]:
         p = m["int8"]["parity"]
         line = (
             f"  {m['name']:22s} max |int8 - float| {p['max_abs_diff']:.4f} windows "
@@ -63,7 +63,7 @@ def parity_lines(manifest: dict) -> list[str]:
         if "lwlrap_float" in p:
             line += f"; lwlrap {p['lwlrap_float']:.4f} -> {p['lwlrap_int8']:.4f}"
         lines.append(line)
-    ens = manifest["int8"]["ensemble"]
+    ens = index["int8"]["ensemble"]
     line = f"  ensemble of {ens['members']}: max |int8 - float| {ens['clip_max_abs_diff']:.4f} clips"
     if "lwlrap_float" in ens:
         line += f"; lwlrap {ens['lwlrap_float']:.4f} -> {ens['lwlrap_int8']:.4f}"
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
 
     from noisytag.config import FrontendConfig
     from noisytag.infer.calibration import calibration_set
-    from noisytag.infer.ensemble import read_manifest
+    from noisytag.infer.ensemble import read_export_index
     from noisytag.infer.export import export_run
     from noisytag.infer.members import session
     from noisytag.infer.quantize import quantize_members, window_feeds
@@ -98,28 +98,28 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         out = Path(tmp)
         t = time.perf_counter()
-        manifest = export_run(args.run_dir, out, stages)
+        index = export_run(args.run_dir, out, stages)
         t_float = time.perf_counter() - t
         t = time.perf_counter()
-        frontend = FrontendConfig(**(manifest.get("frontend") or {}))
-        calib = calibration_set(args.run_dir, frontend, manifest["classes"], args.calibration)
-        manifest = quantize_members(out, calib, activation=args.activations)
+        frontend = FrontendConfig(**(index.get("frontend") or {}))
+        calib = calibration_set(args.run_dir, frontend, index["classes"], args.calibration)
+        index = quantize_members(out, calib, activation=args.activations)
         t_int8 = time.perf_counter() - t
-        assert manifest == read_manifest(out)
-        member = manifest["members"][0]
+        assert index == read_export_index(out)
+        member = index["members"][0]
         spec = member["spec"]
         print(
-            f"exported {len(manifest['members'])} member(s) in {t_float:.1f} s, quantised (calibration, "
+            f"exported {len(index['members'])} member(s) in {t_float:.1f} s, quantised (calibration, "
             f"parity) in {t_int8:.1f} s; timing {member['name']} ({spec['name']}, width "
             f"{spec.get('options', {}).get('width', 1.0)}, {member['n_classes']} classes)"
         )
-        info = manifest["int8"]
+        info = index["int8"]
         print(f"int8: {info['format']}")
         print(f"calibration: {info['calibration']['source']}, {info['calibration']['windows']} windows")
         print(f"parity on {info['heldout']['source']}:")
-        print("\n".join(parity_lines(manifest)))
+        print("\n".join(parity_lines(index)))
 
-        width, stride, norm = manifest["window"], manifest["max_stride"], manifest["normalize"]
+        width, stride, norm = index["window"], index["max_stride"], index["normalize"]
         feeds = window_feeds(calib.heldout + calib.calibrate, width, stride, norm, max_windows=args.batch)
         x = np.concatenate([f["x"] for f in feeds])
         x = np.concatenate([x] * -(-args.batch // len(x)))[: args.batch]

@@ -2,9 +2,9 @@
 
     python3 benchmarks/gpu_check.py [--json OUT.json] [--cpu-only]
 
-Run by ``benchmarks/gpu_check.sh``. Training: examples/s of :class:`noisytag.learn.train.TaggerModule`'s own
-step (the augmentation chain on the device, BCE on soft targets, AdamW) on random 128×128 batches, for
-full-width cnn1 and VGG-16-BN; 16-bit mixed precision on the GPU (autocast + GradScaler, as Lightning's
+Run by ``benchmarks/gpu_check.sh``. Training: examples/s of
+:class:`noisytag.learn.train.TrainingModule`'s own step (the augmentation chain on the device, BCE on soft
+targets, AdamW) on random 128×128 batches, for full-width cnn1 and VGG-16-BN; 16-bit mixed precision on the GPU (autocast + GradScaler, as Lightning's
 ``16-mixed``), 32-bit on the CPU. Inference: × real time of one model through the window engine
 (:func:`noisytag.infer.predict.iter_window_probs`, exact mode: 128-frame windows, stride ≤ 48, batches of
 256, float32 as ``noisytag predict`` runs) over random log-mels of the test set's mean clip length

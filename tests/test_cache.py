@@ -51,7 +51,7 @@ def data(tmp_path):
 
 
 def _files(directory: Path) -> dict[str, bytes]:
-    return {n: (directory / n).read_bytes() for n in ("frames.f16", "index.csv", "manifest.json", "done")}
+    return {n: (directory / n).read_bytes() for n in ("frames.f16", "index.csv", "cache.json", "done")}
 
 
 def test_build_and_read(data, tmp_path):
@@ -62,7 +62,7 @@ def test_build_and_read(data, tmp_path):
     assert len(cache) == 8 and cache.index["fname"].tolist() == sorted(cache.index["fname"])
     failed = dict(cache.failed)
     assert set(failed) == {"corrupt.wav", "empty.wav"} and "empty file" in failed["empty.wav"]
-    assert cache.manifest["frontend"] == dataclasses.asdict(CFG)
+    assert cache.info["frontend"] == dataclasses.asdict(CFG)
     for i, row in cache.index.iterrows():
         path = data / "train_curated" / row.fname
         want = log_mel(load(path)).astype(np.float16).astype(np.float32)
@@ -129,9 +129,29 @@ def test_parameter_change_builds_a_new_cache(data, tmp_path):
     lo_a = FeatureCache.open(tmp_path / "cache", CFG, "test").index["lo"]
     lo_b = FeatureCache.open(tmp_path / "cache", other, "test").index["lo"]
     assert (lo_b > lo_a).all()  # a 60 dB floor instead of 80
-    (b / "test" / "manifest.json").write_text((a / "test" / "manifest.json").read_text())
+    (b / "test" / "cache.json").write_text((a / "test" / "cache.json").read_text())
     with pytest.raises(CacheError, match="other front-end parameters"):
         FeatureCache.open(tmp_path / "cache", other, "test")
+
+
+def test_a_cache_from_before_0_4_stays_valid_without_a_rebuild(data, tmp_path):
+    """A cache whose info file is still called manifest.json (before 0.4) is read as built, and a later
+    rebuild leaves one info file, cache.json."""
+    build_cache(data, tmp_path / "cache", CFG, splits=("curated",), workers=1, progress=False)
+    out = split_dir(tmp_path / "cache", CFG, "curated")
+    assert not (out / "manifest.json").exists()
+    new = FeatureCache.open(tmp_path / "cache", CFG, "curated")
+    (out / "cache.json").rename(out / "manifest.json")
+    stamp = (out / "frames.f16").stat().st_mtime_ns
+    build_cache(data, tmp_path / "cache", CFG, splits=("curated",), workers=1, progress=False)
+    assert (out / "frames.f16").stat().st_mtime_ns == stamp and not (out / "cache.json").exists()
+    old = FeatureCache.open(tmp_path / "cache", CFG, "curated")
+    assert old.info == new.info and old.failed == new.failed and old.index.equals(new.index)
+    np.testing.assert_array_equal(old.clip(3), new.clip(3))
+    sf.write(data / "train_curated" / "new.wav", np.full(60_000, 0.2, dtype=np.float32), 44100)
+    build_cache(data, tmp_path / "cache", CFG, splits=("curated",), workers=1, progress=False)
+    assert (out / "cache.json").is_file() and not (out / "manifest.json").exists()
+    assert len(FeatureCache.open(tmp_path / "cache", CFG, "curated")) == len(new) + 1
 
 
 _SLOW_BUILD = """

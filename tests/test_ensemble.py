@@ -60,9 +60,31 @@ def test_onnx_backend_needs_a_current_export(run):
     assert not onnx_current(run, dirs)
     with pytest.raises(ExportError, match="missing or stale; run `noisytag export"):
         load_ensemble(run, stages=[2], backend="onnx")
-    # a manifest of other weights is stale too
+    # an export index of other weights is stale too
     onnx_dir = run / "onnx"
     onnx_dir.mkdir()
     members = [{"name": f"cnn1_stage2_fold{f}", "weights_sha256": "0" * 64} for f in (0, 1)]
-    (onnx_dir / "manifest.json").write_text(json.dumps({"window": 128, "members": members}))
+    (onnx_dir / "export.json").write_text(json.dumps({"window": 128, "members": members}))
     assert not onnx_current(run, dirs)
+
+
+def test_an_export_index_from_before_0_4_is_read(run, tmp_path):
+    """An export folder made before 0.4 names its index manifest.json: still read; export.json wins
+    when both are there, and writing the index leaves only export.json."""
+    from noisytag.infer.ensemble import read_export_index, read_metas, write_export_index
+
+    dirs = select_model_dirs(run, stages=[2])
+    metas = read_metas(dirs)
+    members = [
+        {"name": member_name(m, d), "weights_sha256": m["weights_sha256"]}
+        for m, d in zip(metas, dirs, strict=True)
+    ]
+    (tmp_path / "manifest.json").write_text(json.dumps({"window": 128, "members": members}))
+    assert read_export_index(tmp_path)["members"] == members
+    assert onnx_current(run, dirs, onnx_dir=tmp_path)
+    stale = [{**m, "weights_sha256": "0" * 64} for m in members]
+    (tmp_path / "export.json").write_text(json.dumps({"window": 128, "members": stale}))
+    assert not onnx_current(run, dirs, onnx_dir=tmp_path)
+    write_export_index(tmp_path, {"window": 128, "members": members})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json"]
+    assert onnx_current(run, dirs, onnx_dir=tmp_path)

@@ -1,4 +1,5 @@
-"""ONNX export: manifest, parity with PyTorch (exact and fast mode), onnxruntime members, waveform graph."""
+"""ONNX export: export index, parity with PyTorch (exact and fast mode), onnxruntime members, waveform
+graph."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def exported(tmp_path_factory):
     from noisytag.infer.export import export_run
 
     run = make_run(tmp_path_factory.mktemp("run"), in_channels=3)
-    manifest = export_run(run, run / "onnx", stages=[2, 3])
-    return run, manifest
+    index = export_run(run, run / "onnx", stages=[2, 3])
+    return run, index
 
 
 def _clips(seed=0):
@@ -39,14 +40,14 @@ def _clips(seed=0):
 
 
 @pytest.mark.slow
-def test_manifest_and_recorded_parity(exported):
-    run, manifest = exported
-    assert [m["name"] for m in manifest["members"]] == ["cnn1_stage2_fold0", "cnn1_stage3_fold0"]
-    assert manifest["classes"] == CLASSES and manifest["frontend"]["hop_length"] == 694
-    assert manifest["normalize"] == "minmax" and manifest["window"] == 128
-    on_disk = json.loads((run / "onnx" / "manifest.json").read_text())
-    assert on_disk["members"] == manifest["members"]
-    for m in manifest["members"]:
+def test_export_index_and_recorded_parity(exported):
+    run, index = exported
+    assert [m["name"] for m in index["members"]] == ["cnn1_stage2_fold0", "cnn1_stage3_fold0"]
+    assert index["classes"] == CLASSES and index["frontend"]["hop_length"] == 694
+    assert index["normalize"] == "minmax" and index["window"] == 128
+    on_disk = json.loads((run / "onnx" / "export.json").read_text())
+    assert on_disk["members"] == index["members"] and not (run / "onnx" / "manifest.json").exists()
+    for m in index["members"]:
         assert m["parity_max_abs_diff"] <= 1e-4 and m["in_channels"] == 3
         assert (run / "onnx" / m["model"]).is_file() and (run / "onnx" / m["fast"]).is_file()
 
@@ -74,7 +75,7 @@ def test_reexport_is_a_no_op_and_cli(exported):
 
     from noisytag.cli import app
 
-    run, manifest = exported
+    run, index = exported
     stamp = (run / "onnx" / "cnn1_stage2_fold0" / "model.onnx").stat().st_mtime_ns
     res = CliRunner().invoke(app, ["export", str(run), "--onnx", str(run / "onnx"), "--stages", "2,3"])
     assert res.exit_code == 0, res.output
@@ -82,6 +83,39 @@ def test_reexport_is_a_no_op_and_cli(exported):
     assert (run / "onnx" / "cnn1_stage2_fold0" / "model.onnx").stat().st_mtime_ns == stamp
     res = CliRunner().invoke(app, ["export", str(run), "--onnx", str(run / "x"), "--stages", "7"])
     assert res.exit_code != 0 and "no finished models for stages 7" in " ".join(res.output.split())
+
+
+@pytest.mark.slow
+def test_an_export_from_before_0_4_still_loads(exported, tmp_path):
+    """An export folder whose index is still manifest.json (with the waveform graph's entry under
+    "tagger") loads and is current; exporting into it again writes only export.json."""
+    import shutil
+
+    from noisytag.infer.ensemble import load_ensemble, onnx_current
+    from noisytag.infer.export import export_run
+    from noisytag.infer.members import OnnxMember
+    from noisytag.infer.predict import iter_window_probs
+
+    run, _ = exported
+    old = shutil.copytree(run / "onnx", tmp_path / "old")
+    index = json.loads((old / "export.json").read_text())
+    index["tagger"] = {"file": "graph.onnx", "parity_max_abs_diff": 0.0}
+    del index["waveform"]
+    (old / "manifest.json").write_text(json.dumps(index))
+    (old / "export.json").unlink()
+    assert onnx_current(run, sorted(run.glob("cnn1/stage*/fold*")), onnx_dir=old)
+    ens = load_ensemble(run, stages=[2, 3], backend="onnx", onnx_dir=old)
+    assert all(isinstance(m, OnnxMember) for m in ens.members)
+    new = load_ensemble(run, stages=[2, 3], backend="onnx")
+    cfg = InferConfig(batch_size=4)
+    a = {k: p for k, _, p in iter_window_probs(ens.members, _clips(), cfg)}
+    b = {k: p for k, _, p in iter_window_probs(new.members, _clips(), cfg)}
+    assert all(np.array_equal(a[k], b[k]) for k in b)
+    stamp = (old / "cnn1_stage2_fold0" / "model.onnx").stat().st_mtime_ns
+    again = export_run(run, old, stages=[2, 3])
+    assert (old / "cnn1_stage2_fold0" / "model.onnx").stat().st_mtime_ns == stamp  # nothing re-exported
+    assert sorted(p.name for p in old.glob("*.json")) == ["export.json"]
+    assert again["waveform"] == index["tagger"] and "tagger" not in again
 
 
 def test_weight_swap_checks_names():
@@ -105,17 +139,17 @@ def test_weight_swap_checks_names():
 
 @pytest.mark.slow
 def test_waveform_graph_matches_torch_path(tmp_path):
-    """tagger.onnx: waveform → probabilities equals decode-free torch path (trim, pad, log-mel, windows)."""
+    """waveform.onnx: waveform → probabilities equals decode-free torch path (trim, pad, log-mel, windows)."""
     from noisytag.audio.decode import prepare
     from noisytag.audio.features import log_mel
     from noisytag.infer.ensemble import load_ensemble
-    from noisytag.infer.export import export_tagger
+    from noisytag.infer.export import export_waveform
     from noisytag.infer.members import session
     from noisytag.infer.predict import Clip, iter_window_probs
 
     run = make_run(tmp_path / "run", members=((2, 0),))
-    entry = export_tagger(sorted(run.glob("cnn1/stage*/fold*")), tmp_path)
-    assert entry["parity_max_abs_diff"] <= 1e-4
+    entry = export_waveform(sorted(run.glob("cnn1/stage*/fold*")), tmp_path)
+    assert entry["parity_max_abs_diff"] <= 1e-4 and entry["file"] == "waveform.onnx"
     ens = load_ensemble(run, stages=[2])
     sess = session(tmp_path / entry["file"])
     rng = np.random.default_rng(3)
@@ -136,24 +170,55 @@ def test_waveform_graph_matches_torch_path(tmp_path):
 
 
 @pytest.mark.slow
-def test_onnx_backend_exports_on_first_use(tmp_path):
-    """Tagger(backend="onnx") exports a run's members to RUN/onnx once, then reads them."""
+def test_export_is_a_build_step_the_tagger_never_runs(tmp_path):
+    """Tagger(backend="onnx") only reads: without a current export it names the command to run;
+    ensure_onnx (what tag/serve/predict run first) exports to RUN/onnx once, then the Tagger reads it."""
     import soundfile as sf
 
-    from noisytag.infer.members import OnnxMember
+    from noisytag.infer.build import ensure_onnx
+    from noisytag.infer.members import ExportError, OnnxMember
     from noisytag.infer.tag import Tagger
 
     run = make_run(tmp_path / "run", members=((2, 0),))
+    with pytest.raises(ExportError, match=r"missing or stale; run `noisytag export") as missing:
+        Tagger(run, stages=[2], backend="onnx")
+    assert "\n" not in str(missing.value) and not (run / "onnx").exists()
+    assert ensure_onnx(run, [2], backend="torch").folder is None  # torch needs no build
+    built = ensure_onnx(run, [2], backend="onnx")
+    assert (built.folder, built.exported, built.quantised, built.temporary) == (run / "onnx", 1, 0, False)
     tagger = Tagger(run, stages=[2], backend="onnx", mode="fast")
     assert [type(m) for m in tagger.ensemble.members] == [OnnxMember]
     model_file = run / "onnx" / "cnn1_stage2_fold0" / "model.onnx"
     stamp = model_file.stat().st_mtime_ns
-    Tagger(run, stages=[2], backend="onnx")  # current: no second export
+    assert ensure_onnx(run, [2], backend="onnx").exported == 0  # current: no second export
     assert model_file.stat().st_mtime_ns == stamp
     wave = np.random.default_rng(0).standard_normal(44100 * 3).astype(np.float32) * 0.1
     sf.write(tmp_path / "a.wav", wave, 44100)
     (record,) = tagger.tag([tmp_path / "a.wav"], top_k=2)
     assert record.error is None and len(record.labels) == 2
+
+
+@pytest.mark.slow
+def test_read_only_run_exports_to_a_temporary_folder(tmp_path, monkeypatch):
+    """A run directory that cannot be written gets its export in a new temporary folder (the command
+    removes it); the run's files stay as they were, and the Tagger reads the members from there."""
+    import shutil
+
+    from noisytag.infer import build
+    from noisytag.infer.members import OnnxMember
+    from noisytag.infer.tag import Tagger
+
+    run = make_run(tmp_path / "run", members=((2, 0),))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    monkeypatch.setattr(build, "writable", lambda folder: False)
+    made = build.ensure_onnx(run, [2], backend="onnx")
+    try:
+        assert made.temporary and made.exported == 1 and run not in made.folder.parents
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+        tagger = Tagger(run, stages=[2], backend="onnx", onnx_dir=made.folder)
+        assert [type(m) for m in tagger.ensemble.members] == [OnnxMember]
+    finally:
+        shutil.rmtree(made.folder)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,8 +262,8 @@ def test_int8_graphs_are_qdq_with_int8_weights(int8_run):
     import onnx
     from onnx import numpy_helper
 
-    run, manifest = int8_run
-    (member,) = manifest["members"]
+    run, index = int8_run
+    (member,) = index["members"]
     for kind in ("model", "fast"):
         path = run / "onnx" / member["int8"][kind]
         assert path.name == f"{kind}.int8.onnx"
@@ -217,14 +282,14 @@ def test_int8_graphs_are_qdq_with_int8_weights(int8_run):
 
 
 @pytest.mark.slow
-def test_int8_manifest_records_parity(int8_run):
-    run, manifest = int8_run
-    assert json.loads((run / "onnx" / "manifest.json").read_text()) == manifest
-    info = manifest["int8"]
+def test_int8_export_index_records_parity(int8_run):
+    run, index = int8_run
+    assert json.loads((run / "onnx" / "export.json").read_text()) == index
+    info = index["int8"]
     assert info["activations"] == "uint8" and "QDQ" in info["format"]
     assert info["calibration"]["source"].startswith("data set ") and 0 < info["calibration"]["windows"] <= 256
     assert "test clips with truth" in info["heldout"]["source"] and info["heldout"]["clips"] == 12
-    (member,) = manifest["members"]
+    (member,) = index["members"]
     p = member["int8"]["parity"]
     assert member["int8"]["weights_sha256"] == member["weights_sha256"]
     assert p["clips"] == 12 and p["windows"] >= 12
@@ -240,15 +305,15 @@ def test_int8_members_load_and_match_float(int8_run, tiny_data, tiny_cache, mode
     from noisytag.audio.cache import FeatureCache
     from noisytag.audio.model_input import cached_clips
     from noisytag.config import FrontendConfig
+    from noisytag.infer.build import refresh_onnx
     from noisytag.infer.ensemble import load_members, onnx_current, onnx_members
-    from noisytag.infer.export import refresh_onnx
     from noisytag.infer.predict import iter_window_probs
 
     run, _ = int8_run
     dirs = sorted(run.glob("cnn1/stage*/fold*"))
     assert onnx_current(run, dirs) and onnx_current(run, dirs, precision="int8")
     stamp = (run / "onnx" / "cnn1_stage2_fold0" / "model.int8.onnx").stat().st_mtime_ns
-    refresh_onnx(run, dirs, precision="int8")  # current: nothing to do
+    assert refresh_onnx(run, dirs, precision="int8") == (0, 0)  # current: nothing to do
     assert (run / "onnx" / "cnn1_stage2_fold0" / "model.int8.onnx").stat().st_mtime_ns == stamp
     (int8,) = onnx_members(run, dirs, precision="int8")
     (flt,) = load_members(run / "onnx")
@@ -271,16 +336,16 @@ def test_refresh_quantises_stale_int8_members(int8_run, tmp_path, stale):
     from other weights, or by an older calibration recipe)."""
     import shutil
 
+    from noisytag.infer.build import refresh_onnx
     from noisytag.infer.ensemble import onnx_current
-    from noisytag.infer.export import refresh_onnx
 
     run = shutil.copytree(int8_run[0], tmp_path / "run")
     dirs = sorted(run.glob("cnn1/stage*/fold*"))
-    manifest = json.loads((run / "onnx" / "manifest.json").read_text())
-    manifest["members"][0]["int8"] |= stale
-    (run / "onnx" / "manifest.json").write_text(json.dumps(manifest))
+    index = json.loads((run / "onnx" / "export.json").read_text())
+    index["members"][0]["int8"] |= stale
+    (run / "onnx" / "export.json").write_text(json.dumps(index))
     assert onnx_current(run, dirs) and not onnx_current(run, dirs, precision="int8")
-    refresh_onnx(run, dirs, precision="int8")
+    assert refresh_onnx(run, dirs, precision="int8") == (0, 1)  # float graphs kept, one member quantised
     assert onnx_current(run, dirs, precision="int8")
 
 
@@ -290,7 +355,7 @@ def test_int8_members_missing_is_one_clear_error(tmp_path):
     from noisytag.infer.members import ExportError
 
     entry = {"name": "cnn1_stage2_fold0", "n_classes": 3, "model": "a/model.onnx", "fast": "a/fast.onnx"}
-    (tmp_path / "manifest.json").write_text(json.dumps({"window": 128, "members": [entry]}))
+    (tmp_path / "export.json").write_text(json.dumps({"window": 128, "members": [entry]}))
     with pytest.raises(ExportError, match=r"no int8 graphs for cnn1_stage2_fold0 \(run `noisytag export"):
         load_members(tmp_path, precision="int8")
     with pytest.raises(ValueError, match="unknown precision 'int4'"):
@@ -320,8 +385,8 @@ def test_int8_cli_with_calibration_folder(int8_run, tiny_data, tmp_path):
     assert "exported 1 member(s)" in text and "calibrated on audio folder" in text
     assert "cnn1_stage2_fold0: max |int8 - float|" in text
     assert "histogram" not in text  # onnxruntime's calibrator prints its progress; the user sees ours
-    manifest = json.loads((out / "manifest.json").read_text())
-    (member,) = manifest["members"]
+    index = json.loads((out / "export.json").read_text())
+    (member,) = index["members"]
     assert (
         member["int8"]["calibration"].startswith("audio folder")
         and "lwlrap_float" not in member["int8"]["parity"]

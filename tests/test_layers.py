@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("models", {"models"}),
     ("audio", {"audio"}),
     ("data", {"data"}),
-    ("base", {"config", "plan", "rundir", "fileio", "metrics", "registry"}),
+    ("base", {"config", "plan", "rundir", "fileio", "metrics", "bootstrap", "registry", "settings"}),
 ]
 LAZY_ALLOWED = {"cli"}  # may import the package's modules inside functions (heavy, optional at --help)
 
@@ -214,6 +214,57 @@ def test_every_folder_says_what_it_owns():
         assert doc and len(doc) > 40, (
             f"{init.relative_to(PACKAGE.parent)} needs a docstring: what it owns, what it may import"
         )
+
+
+# Build steps: exporting traces graphs, quantising calibrates on the training data set. The runtime (the
+# Tagger and the service) only reads what they wrote, so it may not import them, not even through a module
+# it imports (the commands run them first: noisytag.infer.build).
+BUILD_STEPS = {"infer.export", "infer.quantize", "infer.calibration"}
+RUNTIME = ("serve", "infer.tag")
+
+
+def loaded_with(module: str, edges: dict[str, list[tuple[str, int, bool]]]) -> dict[str, str]:
+    """Every module that importing ``module`` loads (its module-level imports, followed, and the packages
+    above each) → the module that imports it."""
+    seen: dict[str, str] = {}
+    todo = [module]
+    while todo:
+        here = todo.pop()
+        parents = [".".join(here.split(".")[:i]) for i in range(1, len(here.split(".")))]
+        for target in [t for t, _, local in edges.get(here, []) if not local] + parents:
+            if target not in seen and target != module:
+                seen[target] = here
+                todo.append(target)
+    return seen
+
+
+def runtime_build_imports(root: Path = PACKAGE) -> list[str]:
+    edges = graph(root)
+    runtime = [m for m in edges if any(m == r or m.startswith(r + ".") for r in RUNTIME)]
+    return [
+        f"{module} loads {target} (imported by {by})"
+        for module in runtime
+        for target, by in sorted(loaded_with(module, edges).items())
+        if target in BUILD_STEPS
+    ]
+
+
+def test_runtime_does_not_import_build_steps():
+    wrong = runtime_build_imports()
+    assert not wrong, "\n".join(wrong)
+
+
+def test_checker_catches_a_build_step_behind_another_module(tmp_path):
+    root = _fake_package(
+        tmp_path,
+        {
+            "infer/__init__.py": "",
+            "infer/export.py": "",
+            "infer/helper.py": "from noisytag.infer import export\n",
+            "infer/tag.py": "from noisytag.infer.helper import x\n",
+        },
+    )
+    assert runtime_build_imports(root) == ["infer.tag loads infer.export (imported by infer.helper)"]
 
 
 def test_no_module_is_too_long():

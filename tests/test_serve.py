@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -55,6 +54,17 @@ def one_sentence(response) -> str:
 @pytest.fixture(scope="module")
 def model_run(tmp_path_factory):
     return write_model_run(tmp_path_factory.mktemp("serve_run"), CLASSES, bn_stats=True)
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(model_run, tmp_path_factory):
+    """model_run's members exported outside the run (as the build step ``noisytag serve`` runs first)."""
+    from noisytag.infer.export import export_run
+
+    folder = tmp_path_factory.mktemp("serve_onnx")
+    export_run(model_run, folder)
+    assert not (model_run / "onnx").exists()
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +217,9 @@ def test_too_long_audio_whose_header_does_not_say_so(service, monkeypatch, tmp_p
 
 
 @pytest.mark.parametrize("backend, mode", [("onnx", "exact"), ("torch", "fast")])
-def test_onnx_backend_and_fast_mode_agree_with_torch(model_run, client, wav_file, backend, mode):
+def test_onnx_backend_and_fast_mode_agree_with_torch(model_run, onnx_dir, client, wav_file, backend, mode):
     reference = post_file(client, "warble.wav", wav_file.read_bytes()).json()
-    other = open_service(model_run, backend=backend, mode=mode)
+    other = open_service(model_run, backend=backend, mode=mode, onnx_dir=onnx_dir)
     with running(create_app(other)) as url, httpx.Client(base_url=url, timeout=60) as c:
         body = post_file(c, "warble.wav", wav_file.read_bytes()).json()
     other.close()
@@ -226,27 +236,54 @@ def listing(root):
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
-def test_onnx_backend_never_writes_into_the_run(model_run, wav_file, tmp_path):
-    """No RUN/onnx: the members are exported to a temporary folder for the service's life; a current
-    RUN/onnx is used as it is. Either way the run directory's files stay as they were."""
+def test_the_service_only_reads_the_run(model_run, onnx_dir, wav_file, tmp_path):
+    """Exporting is a build step the service never runs: without current ONNX members it refuses in one
+    line naming the command; it reads them from ``onnx_dir`` (where ``noisytag serve`` exported them) or
+    from a current RUN/onnx. Either way the run directory's files stay as they were."""
+    from noisytag.infer.members import ExportError
+
     before = listing(model_run)
-    service = open_service(model_run, backend="onnx", warm_up=False)
+    with pytest.raises(ExportError, match="missing or stale; run `noisytag export") as refused:
+        open_service(model_run, backend="onnx", warm_up=False)
+    assert "\n" not in str(refused.value) and listing(model_run) == before
+    service = open_service(model_run, backend="onnx", warm_up=False, onnx_dir=onnx_dir)
     try:
-        assert listing(model_run) == before
-        workdir = Path(service.workdir.name)
-        assert (workdir / "manifest.json").is_file() and model_run.resolve() not in workdir.resolve().parents
         assert {type(m).__name__ for m in service.tagger.ensemble.members} == {"OnnxMember"}
         assert service.tag_file(wav_file, "warble.wav").labels
-        exported = tmp_path / "run"
-        shutil.copytree(model_run, exported)
-        shutil.copytree(workdir, exported / "onnx")  # as `noisytag export RUN --onnx RUN/onnx` leaves it
     finally:
         service.close()
-    assert not workdir.exists() and listing(model_run) == before
+    assert listing(model_run) == before
+    exported = tmp_path / "run"
+    shutil.copytree(model_run, exported)
+    shutil.copytree(onnx_dir, exported / "onnx")  # as `noisytag export RUN --onnx RUN/onnx` leaves it
     kept = listing(exported)
     again = open_service(exported, backend="onnx", warm_up=False)
-    assert again.workdir is None and listing(exported) == kept  # read from RUN/onnx, nothing exported
+    assert listing(exported) == kept  # read from RUN/onnx, nothing exported
     assert {type(m).__name__ for m in again.tagger.ensemble.members} == {"OnnxMember"}
+    again.close()
+
+
+def test_the_run_config_chooses_backend_and_mode(model_run, onnx_dir, tmp_path):
+    """A run whose config says infer.backend onnx and infer.mode fast is served that way without
+    arguments; an argument given still overrides its setting (and only that one)."""
+    from noisytag.config import load_config, save_config
+
+    run = shutil.copytree(model_run, tmp_path / "run")
+    shutil.copytree(onnx_dir, run / "onnx")
+    save_config(load_config(None, ["infer.backend=onnx", "infer.mode=fast"]), run / "config.yaml")
+    served = open_service(run, warm_up=False)
+    try:
+        assert (served.info.backend, served.info.mode) == ("onnx", "fast")
+        assert {type(m).__name__ for m in served.tagger.ensemble.members} == {"OnnxMember"}
+    finally:
+        served.close()
+    flagged = open_service(run, backend="torch", warm_up=False)
+    try:
+        assert (flagged.info.backend, flagged.info.mode) == ("torch", "fast")
+        assert {type(m).__name__ for m in flagged.tagger.ensemble.members} == {"TorchMember"}
+        assert flagged.tagger.settings.sources["backend"] == "flag"
+    finally:
+        flagged.close()
 
 
 def test_page_header_reads_well_for_a_run_named_run(model_run, tmp_path):
@@ -294,7 +331,7 @@ def test_models_load_and_run_on_the_one_inference_thread(model_run, monkeypatch)
     assert worker != threading.get_ident()
 
 
-def test_onnx_services_overlap_requests_with_one_torch_thread_each(model_run, monkeypatch):
+def test_onnx_services_overlap_requests_with_one_torch_thread_each(model_run, onnx_dir, monkeypatch):
     """With onnxruntime members torch only makes the log-mel: each of the ``max_in_flight`` inference
     threads runs it with one torch thread (no OpenMP pool), so concurrent requests overlap."""
     import torch
@@ -303,7 +340,9 @@ def test_onnx_services_overlap_requests_with_one_torch_thread_each(model_run, mo
 
     seen = torch_calls(monkeypatch, (features.LogMel, "frames_db"))  # (thread, torch threads) per log-mel
     default = torch.get_num_threads()
-    fresh = open_service(model_run, backend="onnx", settings=ServeSettings(max_in_flight=3))
+    fresh = open_service(
+        model_run, backend="onnx", settings=ServeSettings(max_in_flight=3), onnx_dir=onnx_dir
+    )
     later = ThreadPoolExecutor(1)  # a thread of the caller's, started after the service
     data = encoded(tone(3.0), 44100, "WAV")
     statuses: list[int] = []

@@ -204,3 +204,84 @@ def test_logmel_picture_max_pools_time_into_at_most_600_columns(n_frames):
     expect = np.round((padded.reshape(8, cols, per).max(axis=2) - lo) / (hi - lo) * 255)
     assert image.shape == (8, cols) and cols <= MAX_COLUMNS and (per == 1) == (n_frames <= MAX_COLUMNS)
     np.testing.assert_array_equal(image, expect.astype(np.uint8)[::-1])
+
+
+def write_infer_config(run, *sets: str) -> None:
+    """The run's config.yaml with these ``infer`` settings (as a pipeline run saves its config)."""
+    from noisytag.config import load_config, save_config
+
+    save_config(load_config(None, list(sets)), run / "config.yaml")
+
+
+@pytest.mark.slow
+def test_the_run_config_chooses_backend_and_mode(tmp_path, audio):
+    """A run whose config says infer.backend onnx and infer.mode fast tags that way without flags: the
+    command exports the members first (one line on stderr), the Tagger reads them. A flag given still
+    overrides its setting, and only that one; ``info`` shows each value and where it came from."""
+    from typer.testing import CliRunner
+
+    from noisytag.cli import app
+    from noisytag.infer.members import OnnxMember, TorchMember
+    from noisytag.infer.tag import Tagger
+
+    run = make_run(tmp_path / "run", stages=(2,))
+    write_infer_config(run, "infer.backend=onnx", "infer.mode=fast")
+    runner = CliRunner()
+    res = runner.invoke(app, ["tag", str(run), str(audio / "short.wav"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "exported 1" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert json.loads(res.stdout)[0]["labels"] and (run / "onnx" / "export.json").is_file()
+    tagger = Tagger(run)
+    assert [type(m) for m in tagger.ensemble.members] == [OnnxMember] and tagger.cfg.mode == "fast"
+    assert tagger.settings.sources["backend"] == tagger.settings.sources["mode"] == "config"
+    flagged = Tagger(run, backend="torch")
+    assert [type(m) for m in flagged.ensemble.members] == [TorchMember] and flagged.cfg.mode == "fast"
+    assert flagged.settings.sources["backend"] == "flag"
+    res = runner.invoke(app, ["tag", str(run), str(audio / "short.wav"), "--json", "--backend", "torch"])
+    assert res.exit_code == 0 and "exported" not in res.stderr
+    res = runner.invoke(app, ["info", str(run), "--mode", "exact"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    cells = [line.replace("│", " ").split() for line in res.stdout.splitlines() if "infer." in line]
+    rows = {cell[0]: cell[1:] for cell in cells}
+    assert rows["infer.backend"] == ["onnx", "config"] and rows["infer.mode"] == ["exact", "flag"]
+    res = runner.invoke(app, ["tag", str(run), str(audio / "short.wav"), "--mode", "slow"])
+    assert res.exit_code != 0 and "--mode: 'exact' or 'fast', got 'slow'" in res.output
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_a_tagger_reads_each_model_json_once(tmp_path, monkeypatch, backend):
+    """One Tagger selects the model folders once and reads each member's model.json once, whoever needs
+    its classes, front end, name or weights' checksum."""
+    import collections
+    import sys
+    from pathlib import Path
+
+    from noisytag.infer.export import export_run
+    from noisytag.infer.tag import Tagger
+    from noisytag.rundir import RunDir
+
+    run = make_run(tmp_path / "run")
+    if backend == "onnx":
+        export_run(run, run / "onnx")
+    dirs = sorted(run.glob("cnn1/stage*/fold*"))
+    reads: collections.Counter = collections.Counter()
+    selections = []
+    for name, module in list(sys.modules.items()):
+        original = getattr(module, "read_meta", None) if name.startswith("noisytag.") else None
+        if callable(original):
+
+            def counted(directory, _original=original):
+                reads[Path(directory)] += 1
+                return _original(directory)
+
+            monkeypatch.setattr(module, "read_meta", counted)
+    model_dirs = RunDir.model_dirs
+
+    def selected(self, *args, **kwargs):
+        selections.append(args)
+        return model_dirs(self, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "model_dirs", selected)
+    tagger = Tagger(run, stages=[2, 3], backend=backend)
+    assert reads == {d: 1 for d in dirs} and len(tagger.ensemble.members) == 2
+    assert len(selections) == 1

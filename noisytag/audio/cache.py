@@ -8,12 +8,13 @@ changes the key, so a new cache is built beside the old one instead of silently 
 - ``progress.jsonl`` one JSON line per finished file (its size/mtime, offset, n_frames, lo, hi,
   duration — or the error), appended only after the clip's rows are written to ``frames.f16``.
 - ``index.csv``    fname, offset, n_frames, lo, hi, duration of the current files, sorted by fname.
-- ``manifest.json`` front-end parameters, sizes, and the failed files [(fname, reason)].
+- ``cache.json``   front-end parameters, sizes, and the failed files [(fname, reason)] (the cache info;
+  caches built before 0.4 name it ``manifest.json``, still read).
 - ``done``         signature of the extracted file list (names, sizes, mtimes), written last.
 
 Kill safety (kill -9 at any moment): on restart the progress log is cut after its last complete line,
 ``frames.f16`` is truncated to the end of the last logged clip (dropping a half-written one) and only
-unlogged files are extracted. ``index.csv``, ``manifest.json`` and ``done`` are written atomically
+unlogged files are extracted. ``index.csv``, ``cache.json`` and ``done`` are written atomically
 (temporary file + rename). When ``done`` matches the files on disk, a build returns at once; files
 added or changed later are appended (their old rows stay in ``frames.f16`` but leave the index).
 
@@ -54,14 +55,9 @@ from noisytag.fileio import write_text
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-FRAMES, PROGRESS, INDEX, MANIFEST, DONE, LOCK = (
-    "frames.f16",
-    "progress.jsonl",
-    "index.csv",
-    "manifest.json",
-    "done",
-    ".lock",
-)
+FRAMES, PROGRESS, INDEX = "frames.f16", "progress.jsonl", "index.csv"
+CACHE_INFO, DONE, LOCK = "cache.json", "done", ".lock"
+OLD_CACHE_INFO = "manifest.json"  # the cache info's name before 0.4: read when cache.json is absent
 INDEX_COLUMNS = ["fname", "offset", "n_frames", "lo", "hi", "duration"]
 _DTYPE = np.dtype("<f2")
 # Reading a page of a mapping also maps its cached neighbours (the kernel's fault-around, 64 KB),
@@ -198,7 +194,7 @@ def _build_group(
         index = index.sort_values("fname", kind="stable").reset_index(drop=True)
         write_text(out / INDEX, index.to_csv(index=False))
         failed = [[e["fname"], e["error"]] for e in kept if "error" in e]
-        manifest = {
+        info = {
             "format_version": FORMAT_VERSION,
             "key": cfg.key(),
             "split": out.name,
@@ -212,7 +208,8 @@ def _build_group(
             "seconds": float(index["duration"].astype(float).sum()),
             "failed": failed,
         }
-        write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        write_text(out / CACHE_INFO, json.dumps(info, indent=1) + "\n")
+        (out / OLD_CACHE_INFO).unlink(missing_ok=True)  # a rebuilt pre-0.4 cache keeps one info file
         write_text(done, signature)
 
 
@@ -256,7 +253,7 @@ def build_cache(
     ``data_dir``: a folder in the competition layout (every audio file of each split folder goes to a
     cache folder of the same name) or a manifest CSV (its clips go to the shared ``files`` pool, keyed by
     resolved path). Resumable after any interruption; an up-to-date split returns at once. A missing
-    split folder is skipped with a warning; unreadable files are logged, listed in the manifest and
+    split folder is skipped with a warning; unreadable files are logged, listed in the cache info and
     skipped. ``workers``: extraction processes (0 = all cores, 1 = this process). ``data``: the
     manifest's data set when already loaded (it is not read again).
     """
@@ -319,6 +316,13 @@ def build_folder_cache(
 # reading
 
 
+def read_cache_info(directory: str | Path) -> dict:
+    """A built cache folder's ``cache.json``, or the ``manifest.json`` of one built before 0.4 (still valid)."""
+    path = Path(directory) / CACHE_INFO
+    old = Path(directory) / OLD_CACHE_INFO
+    return json.loads((path if path.is_file() or not old.is_file() else old).read_text())
+
+
 class FeatureCache:
     """Read access to one split of a built cache: the index and memory-mapped float16 frames.
 
@@ -345,8 +349,8 @@ class FeatureCache:
             raise CacheError(
                 f"{self.directory}: no complete feature cache here (run `noisytag features DATA_DIR`)"
             )
-        self.manifest = json.loads((self.directory / MANIFEST).read_text())
-        self.n_mels = int(self.manifest["n_mels"])
+        self.info = read_cache_info(self.directory)
+        self.n_mels = int(self.info["n_mels"])
         if index is None:
             index = pd.read_csv(
                 self.directory / INDEX,
@@ -360,7 +364,7 @@ class FeatureCache:
                 keep_default_na=False,
             )
         self.index = index
-        self.failed: list[tuple[str, str]] = [(f, r) for f, r in self.manifest["failed"]]
+        self.failed: list[tuple[str, str]] = [(f, r) for f, r in self.info["failed"]]
         self._offset = self.index["offset"].to_numpy(np.int64)
         self._n_frames = self.index["n_frames"].to_numpy(np.int64)
         self._lo = self.index["lo"].to_numpy(np.float32)
@@ -377,7 +381,7 @@ class FeatureCache:
         with open(self.directory / FRAMES, "rb") as f:
             if os.fstat(f.fileno()).st_size < size:
                 raise CacheError(
-                    f"{self.directory / FRAMES}: shorter than its manifest says (rebuild the cache)"
+                    f"{self.directory / FRAMES}: shorter than its cache info says (rebuild the cache)"
                 )
             self._mmap = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
         self.frames = np.frombuffer(self._mmap, dtype=_DTYPE).reshape(total, self.n_mels)
@@ -386,7 +390,7 @@ class FeatureCache:
     def open(cls, cache_dir: str | Path, cfg: FrontendConfig, split: str, resident_mb: float = 32.0):
         """The cache of ``split`` built by ``build_cache(…, cache_dir, cfg)`` (``cache_dir`` as given there)."""
         cache = cls(split_dir(cache_dir, cfg, split), resident_mb, split)
-        if cache.manifest.get("frontend") != dataclasses.asdict(cfg):
+        if cache.info.get("frontend") != dataclasses.asdict(cfg):
             raise CacheError(f"{cache.directory}: built with other front-end parameters than requested")
         return cache
 

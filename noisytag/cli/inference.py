@@ -1,12 +1,17 @@
-"""Inference commands: submissions, evaluation, tagging anyone's audio, ONNX export.
+"""Inference commands: submissions, evaluation, tagging anyone's audio, ONNX export, a run's settings.
 
 The library modules (torch, onnx, pandas) are imported inside each command, so ``--help`` stays instant.
+``predict``, ``tag`` and ``serve`` run with the run's ``infer`` settings; only the flags given replace
+them (``info`` shows each value and where it came from). With an onnxruntime backend they first run the
+export build step when the run's ONNX files are missing or stale (:func:`onnx_ready`).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,17 +33,75 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [n for v in values for n in v.split(",") if n] if values else None
 
 
-def check_model_options(run_dir: Path, mode: str | None, backend: str | None) -> None:
-    """The one-line refusals predict, tag and serve share (None: the run's own setting)."""
-    if mode is not None and mode not in ("exact", "fast"):
-        fail(f"--mode: expected exact or fast, got '{mode}'")
-    if backend is not None:
-        from noisytag.infer.ensemble import BACKENDS  # the registry names the backends
-
-        if backend not in BACKENDS.names():
-            fail(f"--backend: expected {', '.join(BACKENDS.names())}, got '{backend}'")
+def check_run_dir(run_dir: Path) -> None:
+    """The one-line refusal predict, tag, serve and info share (values are checked as they resolve)."""
     if not run_dir.is_dir():
         fail(f"run directory '{run_dir}' does not exist")
+
+
+def given_settings(command: str, stages, mode, backend, batch_size) -> dict[str, Any]:
+    """The inference settings the user gave by flag (field → value, through the flag table of
+    :mod:`noisytag.cli.flags`); the run's config supplies the rest."""
+    from noisytag.cli.flags import given_fields
+
+    try:
+        return given_fields(
+            command, "infer", stages=stages, mode=mode, backend=backend, batch_size=batch_size
+        )
+    except ValueError as err:  # ConfigError: a malformed --stages
+        fail(str(err))
+
+
+def resolve_or_fail(run_dir: Path, given: dict[str, Any]):
+    """:func:`noisytag.infer.ensemble.resolved_infer`, or exit with its one-line reason."""
+    from noisytag.infer.ensemble import resolved_infer  # heavy (torch): imported when the command runs
+
+    check_run_dir(run_dir)
+    try:
+        return resolved_infer(run_dir, given)
+    except (ValueError, OSError) as err:
+        fail(str(err))
+
+
+@contextlib.contextmanager
+def onnx_ready(run_dir: Path, backend: str, stages, archs) -> Iterator[Path | None]:
+    """The build step before an onnxruntime backend loads: export (and quantise) the run's members when
+    missing or stale, say so in one line, yield the folder to read them from (None for torch); a
+    temporary folder (read-only run directory) is removed afterwards."""
+    import shutil
+
+    from noisytag.infer.build import ensure_onnx  # heavy (torch, onnx): imported when the command runs
+
+    try:
+        build = ensure_onnx(run_dir, stages, archs, backend)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+        fail(str(err))
+    if build.exported or build.quantised:
+        note = " (temporary: the run directory is read-only)" if build.temporary else ""
+        err_console.print(
+            f"[yellow]onnx:[/] exported {build.exported}, quantised {build.quantised} model(s) for the "
+            f"{backend} backend -> {build.folder}{note}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    try:
+        yield build.folder
+    finally:
+        if build.temporary:
+            shutil.rmtree(build.folder, ignore_errors=True)
+
+
+def infer_table(resolved):
+    """A rich Table of a :class:`~noisytag.settings.ResolvedInfer`: key, value, where it came from."""
+    from rich.table import Table
+
+    table = Table(title="inference settings")
+    for name in ("key", "value", "from"):
+        table.add_column(name)
+    for key, value, source in resolved.rows():
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        table.add_row(key, shown, source)
+    return table
 
 
 StagesOpt = Annotated[
@@ -51,14 +114,22 @@ ArchOpt = Annotated[
 ]
 ModeOpt = Annotated[
     str | None,
-    typer.Option("--mode", help="exact: one forward per window (SPEC §7); fast: conv body once per clip."),
+    typer.Option(
+        "--mode",
+        help="exact: one forward per window (SPEC §7); fast: conv body once per clip "
+        "(default: config infer.mode).",
+    ),
 ]
 BackendOpt = Annotated[
     str | None,
     typer.Option(
         "--backend",
-        help="torch, onnx (onnxruntime; exports to RUN_DIR/onnx once) or onnx-int8 (also quantises there once).",
+        help="torch, onnx (onnxruntime; exports to RUN_DIR/onnx once) or onnx-int8 (also quantises there "
+        "once); default: config infer.backend.",
     ),
+]
+BatchOpt = Annotated[
+    int | None, typer.Option(help="Windows per forward pass (default: config infer.batch_size).", min=1)
 ]
 
 
@@ -78,7 +149,7 @@ def predict(
     arch: ArchOpt = None,
     mode: ModeOpt = None,
     backend: BackendOpt = None,
-    batch_size: Annotated[int | None, typer.Option(help="Windows per forward pass.", min=1)] = None,
+    batch_size: BatchOpt = None,
     device: Annotated[str, typer.Option(help="torch device (cpu, cuda).")] = "cpu",
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
 ) -> None:
@@ -88,23 +159,19 @@ def predict(
     then over each clip's windows. Columns: fname + one per class, in the order of
     TEST_DIR/../sample_submission.csv when it exists, else the models' class order.
     """
-    import dataclasses
+    from noisytag.infer.tag import predict_run  # heavy (torch): imported when the command runs
 
-    from noisytag.infer.ensemble import run_infer_config  # heavy (torch): imported when the command runs
-    from noisytag.infer.tag import predict_run
-
-    check_model_options(run_dir, mode or None, backend or None)
+    resolved = resolve_or_fail(run_dir, given_settings("predict", stages, mode, backend, batch_size))
     if not test_dir.exists():
         fail(f"test folder or manifest '{test_dir}' does not exist")
-    cfg = run_infer_config(run_dir)
-    changes = {k: v for k, v in {"mode": mode, "backend": backend, "batch_size": batch_size}.items() if v}
-    cfg = dataclasses.replace(cfg, **changes)
-    try:
-        frame, failures = predict_run(
-            run_dir, test_dir, out, _stage_list(stages), _names(arch), cfg, device=device, progress=progress
-        )
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
-        fail(str(err))
+    chosen, archs = _stage_list(stages), _names(arch)
+    with onnx_ready(run_dir, resolved.cfg.backend, chosen, archs) as onnx_dir:
+        try:
+            frame, failures = predict_run(
+                run_dir, test_dir, out, chosen, archs, resolved.cfg, device, progress, onnx_dir
+            )
+        except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+            fail(str(err))
     for reason in failures:
         err_console.print(f"[yellow]skipped[/] {reason} (all-zero row)", highlight=False)
     console.print(
@@ -162,10 +229,9 @@ def tag(
     ] = False,
     stages: StagesOpt = None,
     arch: ArchOpt = None,
-    mode: Annotated[
-        str, typer.Option(help="exact (SPEC §7 windows) or fast (conv body once per clip).")
-    ] = "exact",
-    backend: Annotated[str, typer.Option(help="torch, onnx or onnx-int8 (onnxruntime).")] = "torch",
+    mode: ModeOpt = None,
+    backend: BackendOpt = None,
+    batch_size: BatchOpt = None,
     device: Annotated[str, typer.Option(help="torch device (cpu, cuda).")] = "cpu",
 ) -> None:
     """Tag audio files (WAV/FLAC/OGG/MP3, any rate) with a run's ensemble: top-k labels per file.
@@ -179,14 +245,14 @@ def tag(
 
     if json_ and csv_:
         fail("choose one of --json and --csv")
-    check_model_options(run_dir, mode, backend)
-    try:
-        tagger = Tagger(
-            run_dir, _stage_list(stages), backend=backend, mode=mode, archs=_names(arch), device=device
-        )
-        records = tagger.tag(paths, top_k=top_k, frames=frames, progress=not (json_ or csv_))
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
-        fail(str(err))
+    resolved = resolve_or_fail(run_dir, given_settings("tag", stages, mode, backend, batch_size))
+    chosen, archs = _stage_list(stages), _names(arch)
+    with onnx_ready(run_dir, resolved.cfg.backend, chosen, archs) as onnx_dir:
+        try:
+            tagger = Tagger(run_dir, chosen, backend, mode, archs, device, batch_size, onnx_dir)
+            records = tagger.tag(paths, top_k=top_k, frames=frames, progress=not (json_ or csv_))
+        except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+            fail(str(err))
     if not records:
         fail("no audio files found in " + ", ".join(map(str, paths)))
     if json_:
@@ -200,14 +266,12 @@ def tag(
 @app.command(rich_help_panel="Inference")
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with finished fold models.")],
-    onnx: Annotated[
-        Path, typer.Option("--onnx", help="Output folder for the ONNX graphs and manifest.json.")
-    ],
+    onnx: Annotated[Path, typer.Option("--onnx", help="Output folder for the ONNX graphs and export.json.")],
     stages: StagesOpt = None,
     arch: ArchOpt = None,
     with_frontend: Annotated[
         bool,
-        typer.Option(help="Also write tagger.onnx: mono 44.1 kHz waveform -> ensemble probabilities."),
+        typer.Option(help="Also write waveform.onnx: mono 44.1 kHz waveform -> ensemble probabilities."),
     ] = False,
     int8: Annotated[
         bool,
@@ -224,13 +288,13 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export the ensemble members as ONNX (dynamic batch and time axes) + manifest.json.
+    """Export the ensemble members as ONNX (dynamic batch and time axes) + an index, export.json.
 
     Each member gets model.onnx (normalised log-mel windows -> probabilities) and fast.onnx (whole clip +
     window starts -> probabilities); every member is checked against PyTorch (max difference <= 1e-4).
     With --int8 also model.int8.onnx and fast.int8.onnx (int8 weights per channel, uint8 activations),
     calibrated on a few hundred windows and compared with the float graphs on other clips (largest
-    probability difference; lwlrap of both when those clips have labels), recorded in manifest.json.
+    probability difference; lwlrap of both when those clips have labels), recorded in export.json.
     """
     from noisytag.infer.export import export_run  # heavy (torch, onnx): imported when the command runs
 
@@ -239,7 +303,7 @@ def export(
     if calibration is not None and not int8:
         fail("--calibration only applies with --int8")
     try:
-        manifest = export_run(
+        index = export_run(
             run_dir,
             onnx,
             _stage_list(stages),
@@ -251,24 +315,23 @@ def export(
         )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
         fail(str(err))
-    worst = max(m["parity_max_abs_diff"] for m in manifest["members"])
+    worst = max(m["parity_max_abs_diff"] for m in index["members"])
     console.print(
-        f"[green]exported[/] {len(manifest['members'])} member(s) -> {onnx} "
-        f"(max |ONNX - PyTorch| = {worst:.1e})"
+        f"[green]exported[/] {len(index['members'])} member(s) -> {onnx} (max |ONNX - PyTorch| = {worst:.1e})"
     )
-    if manifest.get("tagger"):
-        t = manifest["tagger"]
+    if index.get("waveform"):
+        t = index["waveform"]
         console.print(
-            f"waveform tagger: {onnx / t['file']} (max |diff| vs PyTorch path = {t['parity_max_abs_diff']:.1e})"
+            f"waveform graph: {onnx / t['file']} (max |diff| vs PyTorch path = {t['parity_max_abs_diff']:.1e})"
         )
-    if int8 and manifest.get("int8"):
-        info = manifest["int8"]
+    if int8 and index.get("int8"):
+        info = index["int8"]
         console.print(
             f"[green]int8[/] {info['format']}\n  calibrated on {info['calibration']['source']} "
             f"({info['calibration']['windows']} windows)\n  parity on {info['heldout']['source']}:",
             highlight=False,
         )
-        for m in manifest["members"]:
+        for m in index["members"]:
             p = (m.get("int8") or {}).get("parity")
             if p is None:
                 continue
@@ -287,3 +350,30 @@ def export(
             if "lwlrap_float" in ens:
                 line += f"; lwlrap {ens['lwlrap_float']:.4f} float, {ens['lwlrap_int8']:.4f} int8"
             console.print(line, highlight=False)
+
+
+@app.command(rich_help_panel="Inference")
+def info(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    stages: StagesOpt = None,
+    mode: ModeOpt = None,
+    backend: BackendOpt = None,
+    batch_size: BatchOpt = None,
+) -> None:
+    """Show the inference settings predict, tag and serve use for RUN_DIR, and where each comes from.
+
+    Each value is the run's config (config.yaml, infer section) unless the same flag is given here, as it
+    would be to those commands. The ensemble's stages follow the run plan.
+    """
+    from noisytag.infer.ensemble import ensemble_stages, select_model_dirs  # heavy (torch): imported here
+
+    resolved = resolve_or_fail(run_dir, given_settings("info", stages, mode, backend, batch_size))
+    console.print(infer_table(resolved))
+    chosen = _stage_list(stages)
+    try:
+        shown = chosen or ensemble_stages(run_dir)
+        found = len(select_model_dirs(run_dir, chosen))
+    except (ValueError, OSError) as err:  # FileNotFoundError: no finished models for those stages
+        fail(str(err))
+    where = "--stages" if chosen else "run plan"
+    console.print(f"ensemble: stages {','.join(map(str, shown))} ({where}), {found} finished model(s)")

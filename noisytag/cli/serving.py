@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from noisytag.cli import app, console, err_console, fail  # noqa: F401
-from noisytag.cli.inference import ArchOpt, StagesOpt, _names, _stage_list, check_model_options
+from noisytag.cli.inference import (
+    ArchOpt,
+    BackendOpt,
+    BatchOpt,
+    ModeOpt,
+    StagesOpt,
+    _names,
+    _stage_list,
+    given_settings,
+    onnx_ready,
+    resolve_or_fail,
+)
 
 
 @app.command(rich_help_panel="Inference")
@@ -16,16 +27,9 @@ def serve(
     run_dir: Annotated[Path, typer.Argument(help="Run directory with finished fold models.")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free port).", min=0, max=65535)] = 8000,
-    backend: Annotated[
-        str,
-        typer.Option(
-            help="torch, onnx or onnx-int8 (onnxruntime; RUN/onnx, else exported and quantised to a "
-            "temporary folder)."
-        ),
-    ] = "torch",
-    mode: Annotated[
-        str, typer.Option(help="exact (SPEC §7 windows) or fast (conv body once per clip).")
-    ] = "exact",
+    backend: BackendOpt = None,
+    mode: ModeOpt = None,
+    batch_size: BatchOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Labels per answer (default).", min=1)] = 5,
     max_seconds: Annotated[
         float, typer.Option("--max-seconds", help="Longest audio accepted, seconds.", min=0.1)
@@ -50,7 +54,8 @@ def serve(
 ) -> None:
     """Serve a run: POST /api/tag (JSON tags, timeline, log-mel), a web page at /, API docs at /docs.
 
-    The ensemble is loaded once and shared by all requests. Bad uploads (not audio, empty, undecodable,
+    The ensemble is loaded once and shared by all requests. With an onnxruntime backend, members missing
+    or stale in RUN_DIR/onnx are exported there first (a temporary folder when the run is read-only). Bad uploads (not audio, empty, undecodable,
     too long, too large) get a 4xx with a one-sentence reason. There is no authentication: keep --host
     on 127.0.0.1 unless the network is trusted.
     """
@@ -59,21 +64,35 @@ def serve(
     from noisytag.serve.app import create_app
     from noisytag.serve.service import ServeSettings, open_service
 
-    check_model_options(run_dir, mode, backend)
+    resolved = resolve_or_fail(run_dir, given_settings("serve", stages, mode, backend, batch_size))
     settings = ServeSettings(top_k, max_seconds, max_mb, max_in_flight, wait_seconds)
-    try:
-        service = open_service(
-            run_dir, backend, mode, _stage_list(stages), _names(arch), device=device, settings=settings
+    chosen, archs = _stage_list(stages), _names(arch)
+    with onnx_ready(run_dir, resolved.cfg.backend, chosen, archs) as onnx_dir:
+        try:
+            service = open_service(
+                run_dir,
+                backend,
+                mode,
+                chosen,
+                archs,
+                device,
+                settings,
+                batch_size=batch_size,
+                onnx_dir=onnx_dir,
+            )
+        except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+            fail(str(err))
+        info = service.info
+        where = (
+            f"http://{host}:{port}/ (API docs at /docs)" if port else "a free port (uvicorn names it below)"
         )
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
-        fail(str(err))
-    info = service.info
-    where = f"http://{host}:{port}/ (API docs at /docs)" if port else "a free port (uvicorn names it below)"
-    console.print(
-        f"[green]serving[/] {info.run}: {info.members} model(s), {info.n_classes} classes, "
-        f"{backend}/{mode}, on {where}",
-        highlight=False,
-    )
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"[yellow]warning:[/] listening on {host} without authentication", highlight=False)
-    uvicorn.run(create_app(service), host=host, port=port, log_level="info")
+        console.print(
+            f"[green]serving[/] {info.run}: {info.members} model(s), {info.n_classes} classes, "
+            f"{info.backend}/{info.mode}, on {where}",
+            highlight=False,
+        )
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            err_console.print(
+                f"[yellow]warning:[/] listening on {host} without authentication", highlight=False
+            )
+        uvicorn.run(create_app(service), host=host, port=port, log_level="info")

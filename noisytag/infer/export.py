@@ -7,12 +7,15 @@
 * ``{member}/fast.onnx``: ``x`` (1, 1, n_mels, T) whole clip + ``starts`` (n,) int64 window start frames →
   ``probs`` (n, K): the fast mode of :mod:`noisytag.infer.predict` (body once, head per window slice);
 
-plus ``manifest.json`` (classes, front-end parameters, normalisation, window arithmetic, members and
-their measured parity with PyTorch). ``--with-frontend`` adds ``tagger.onnx``, one graph from a mono
-44.1 kHz waveform to the ensemble's clip probabilities (:class:`noisytag.infer.onnx_frontend.WaveformTagger`).
+plus the export index ``export.json`` (classes, front-end parameters, normalisation, window arithmetic,
+members and their measured parity with PyTorch; ``manifest.json`` before 0.4, still read).
+``--with-frontend`` adds ``waveform.onnx``, one graph from a mono 44.1 kHz waveform to the ensemble's
+clip probabilities (:class:`noisytag.infer.onnx_frontend.WaveformEnsemble`).
 ``--int8`` adds ``{member}/model.int8.onnx`` and ``{member}/fast.int8.onnx``, statically quantised and
 checked on held-out clips (:mod:`noisytag.infer.quantize`).
 This module only writes; :mod:`noisytag.infer.ensemble` and :mod:`noisytag.infer.members` read and run the files.
+It is a build step: the runtime (``Tagger``, the service) never imports it; :mod:`noisytag.infer.build`
+keeps a run's export current for the ``tag``, ``serve`` and ``predict`` commands.
 
 Export is slow per graph (torch.export), but members of one architecture differ only in their
 weights: each architecture is traced once without graph optimisation, so its initializers keep the
@@ -37,16 +40,17 @@ from rich.progress import track
 from noisytag.audio.decode import prepare
 from noisytag.audio.features import log_mel
 from noisytag.config import FrontendConfig, InferConfig
-from noisytag.fileio import atomic_path, write_json
+from noisytag.fileio import atomic_path
 from noisytag.infer.calibration import calibration_set
 from noisytag.infer.ensemble import (
-    MANIFEST,
+    EXPORT_INDEX,
     member_name,
-    onnx_current,
-    read_manifest,
+    read_export_index,
+    read_metas,
     run_infer_config,
     select_model_dirs,
     shared_settings,
+    write_export_index,
 )
 from noisytag.infer.members import (
     ExportError,
@@ -54,20 +58,18 @@ from noisytag.infer.members import (
     ProbsModel,
     TorchMember,
     WindowedHead,
-    int8_current,
     session,
 )
-from noisytag.infer.onnx_frontend import WaveformTagger
+from noisytag.infer.onnx_frontend import WaveformEnsemble
 from noisytag.infer.predict import Clip, iter_window_probs
 from noisytag.infer.quantize import quantize_members
-from noisytag.models.weights import load_model, read_meta
-from noisytag.rundir import RunDir
+from noisytag.models.weights import load_model
 
 log = logging.getLogger(__name__)
 
 FORMAT = "noisytag-onnx/1"
 PARITY_TOL = 1e-4
-TAGGER_FILE = "tagger.onnx"
+WAVEFORM_FILE = "waveform.onnx"  # the waveform graph (``--with-frontend``)
 
 
 @contextlib.contextmanager
@@ -181,25 +183,27 @@ def export_models(
     window: int = 128,
     max_stride: int = 48,
     progress: bool = False,
+    metas: Sequence[dict] | None = None,
 ) -> dict:
-    """Export the fold models of ``model_dirs`` into ``out_dir`` and (re)write its manifest.
+    """Export the fold models of ``model_dirs`` (``metas``: their model.json records, read when not given)
+    into ``out_dir`` and (re)write its export index.
 
-    Members already exported with the same weights (sha256) are kept; the manifest lists every member
+    Members already exported with the same weights (sha256) are kept; the index lists every member
     present. Raises :class:`ExportError` when a member differs from PyTorch by more than 1e-4.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        manifest = read_manifest(out_dir)
+        index = read_export_index(out_dir)
     except FileNotFoundError:
-        manifest = {}
-    if manifest and manifest.get("window") != window:
-        manifest = {}  # traced for another window width: start over
-    known = {m["name"]: m for m in manifest.get("members", [])}
-    metas = [read_meta(d) for d in model_dirs]
+        index = {}
+    if index and index.get("window") != window:
+        index = {}  # traced for another window width: start over
+    known = {m["name"]: m for m in index.get("members", [])}
+    metas = read_metas(model_dirs) if metas is None else list(metas)
     classes, _frontend, normalize = shared_settings(metas, list(model_dirs))
-    if manifest and manifest.get("classes") != classes:
-        raise ExportError(f"{out_dir / MANIFEST}: holds members for other classes; use another directory")
+    if index and index.get("classes") != classes:
+        raise ExportError(f"{out_dir / EXPORT_INDEX}: holds members for other classes; use another directory")
     templates: dict[str, tuple] = {}
     items = list(zip(model_dirs, metas, strict=True))
     if progress:
@@ -208,7 +212,7 @@ def export_models(
         name = member_name(meta, Path(directory))
         if name in known and known[name].get("weights_sha256") == meta.get("weights_sha256"):
             continue
-        model, _ = load_model(directory)
+        model, _ = load_model(directory, meta=meta)
         spec_key = json.dumps(model.spec, sort_keys=True)
         if spec_key not in templates:
             templates[spec_key] = trace_templates(model, window)
@@ -236,7 +240,7 @@ def export_models(
             raise ExportError(f"{member_dir}: ONNX differs from PyTorch by {diff:.2e} (> {PARITY_TOL})")
         entry["parity_max_abs_diff"] = diff
         known[name] = entry
-    manifest = {
+    index = {
         "format": FORMAT,
         "classes": classes,
         "frontend": metas[0].get("frontend") or {},
@@ -249,11 +253,11 @@ def export_models(
         },
         "outputs": "probs float32 (rows, n_classes): sigmoid probabilities, columns in 'classes' order",
         "members": sorted(known.values(), key=lambda m: m["name"]),
-        "tagger": manifest.get("tagger"),
-        "int8": manifest.get("int8"),  # how the members' int8 graphs were made (noisytag.infer.quantize)
+        "waveform": index.get("waveform", index.get("tagger")),  # "tagger" before 0.4
+        "int8": index.get("int8"),  # how the members' int8 graphs were made (noisytag.infer.quantize)
     }
-    write_json(out_dir / MANIFEST, manifest)
-    return manifest
+    write_export_index(out_dir, index)
+    return index
 
 
 def export_run(
@@ -273,65 +277,45 @@ def export_run(
     """
     cfg = run_infer_config(run_dir)
     dirs = select_model_dirs(run_dir, stages, archs)
-    manifest = export_models(dirs, out_dir, cfg.window, cfg.max_stride, progress)
+    metas = read_metas(dirs)
+    index = export_models(dirs, out_dir, cfg.window, cfg.max_stride, progress, metas)
     if with_frontend:
-        manifest["tagger"] = export_tagger(dirs, Path(out_dir), cfg.window, cfg.max_stride)
-        write_json(Path(out_dir) / MANIFEST, manifest)
+        index["waveform"] = export_waveform(dirs, Path(out_dir), cfg.window, cfg.max_stride, metas=metas)
+        write_export_index(out_dir, index)
     if int8:
-        names = [member_name(read_meta(d), Path(d)) for d in dirs]
-        manifest = quantize_int8(run_dir, out_dir, names, calibration, progress)
-    return manifest
+        names = [member_name(m, Path(d)) for m, d in zip(metas, dirs, strict=True)]
+        index = quantize_int8(run_dir, out_dir, names, calibration, progress)
+    return index
 
 
 def quantize_int8(
     run_dir: str | Path, out_dir: str | Path, names=None, calibration=None, progress: bool = False
 ) -> dict:
     """Quantise members ``names`` of export directory ``out_dir``, calibrated on ``calibration`` (default:
-    the run's data set) → the manifest."""
-    manifest = read_manifest(out_dir)
-    frontend = FrontendConfig(**(manifest.get("frontend") or {}))
-    calib = calibration_set(run_dir, frontend, manifest["classes"], calibration)
+    the run's data set) → the export index."""
+    index = read_export_index(out_dir)
+    frontend = FrontendConfig(**(index.get("frontend") or {}))
+    calib = calibration_set(run_dir, frontend, index["classes"], calibration)
     return quantize_members(out_dir, calib, names, progress=progress)
-
-
-def refresh_onnx(run_dir: str | Path, model_dirs: Sequence[Path], precision: str = "float32") -> None:
-    """Export ``model_dirs`` of a run into ``RUN_DIR/onnx`` unless they are there and current.
-
-    ``precision="int8"``: and quantise those without current int8 graphs, calibrated on the run's data set.
-    """
-    if onnx_current(run_dir, model_dirs, precision):
-        return
-    out_dir = RunDir(run_dir).onnx_dir
-    if not onnx_current(run_dir, model_dirs):
-        cfg = run_infer_config(run_dir)
-        log.info("exporting %d model(s) to %s", len(model_dirs), out_dir)
-        export_models(model_dirs, out_dir, cfg.window, cfg.max_stride)
-    if precision == "int8":
-        ensure_int8(run_dir, out_dir, [member_name(read_meta(d), Path(d)) for d in model_dirs])
-
-
-def ensure_int8(run_dir: str | Path, out_dir: str | Path, names) -> None:
-    """Quantise those members ``names`` of export directory ``out_dir`` that lack int8 graphs of their
-    current weights made by the current recipe (from any calibration), calibrated on the run's data set."""
-    entries = {m["name"]: m for m in read_manifest(out_dir)["members"]}
-    stale = [n for n in names if not int8_current(entries[n])]
-    if stale:
-        log.info("quantising %d model(s) in %s", len(stale), out_dir)
-        quantize_int8(run_dir, out_dir, stale)
 
 
 # ----------------------------------------------------------------------------------------------
 # waveform graph
 
 
-def export_tagger(
-    model_dirs: Sequence[Path], out_dir: Path, width: int = 128, max_stride: int = 48, check: bool = True
+def export_waveform(
+    model_dirs: Sequence[Path],
+    out_dir: Path,
+    width: int = 128,
+    max_stride: int = 48,
+    check: bool = True,
+    metas: Sequence[dict] | None = None,
 ) -> dict:
-    """Write ``out_dir/tagger.onnx`` for the fold models of ``model_dirs``; return its manifest entry."""
-    metas = [read_meta(d) for d in model_dirs]
+    """Write ``out_dir/waveform.onnx`` for the fold models of ``model_dirs``; return its export index entry."""
+    metas = read_metas(model_dirs) if metas is None else list(metas)
     _classes, frontend, normalize = shared_settings(metas, list(model_dirs))
-    models = [load_model(d)[0] for d in model_dirs]
-    module = WaveformTagger(models, frontend, width, max_stride, normalize).eval()
+    models = [load_model(d, meta=m)[0] for d, m in zip(model_dirs, metas, strict=True)]
+    module = WaveformEnsemble(models, frontend, width, max_stride, normalize).eval()
     example = torch.from_numpy(_example_wave(frontend.sample_rate, 3.3))[None]
     samples = torch.export.Dim("samples", min=frontend.n_fft)
     with _quiet_exporter():
@@ -346,13 +330,13 @@ def export_tagger(
             verbose=False,
         )
     proto = program.model_proto
-    path = Path(out_dir) / TAGGER_FILE
+    path = Path(out_dir) / WAVEFORM_FILE
     if proto.ByteSize() > 1_800_000_000:  # protobuf's 2 GB limit: weights beside the graph
-        _save(proto, path, save_as_external_data=True, location=TAGGER_FILE + ".data")
+        _save(proto, path, save_as_external_data=True, location=WAVEFORM_FILE + ".data")
     else:
         _save(proto, path)
     entry = {
-        "file": TAGGER_FILE,
+        "file": WAVEFORM_FILE,
         "members": [str(d) for d in model_dirs],
         "input": f"waveform float32 (1, samples): mono at {frontend.sample_rate} Hz, untrimmed, ≥ {frontend.n_fft} samples",
         "outputs": {
@@ -362,7 +346,7 @@ def export_tagger(
         },
     }
     if check:
-        diff = tagger_parity(path, models, frontend, width, max_stride, normalize)
+        diff = waveform_parity(path, models, frontend, width, max_stride, normalize)
         if diff > 1e-3:
             raise ExportError(f"{path}: differs from the PyTorch path by {diff:.2e}")
         entry["parity_max_abs_diff"] = diff
@@ -380,8 +364,8 @@ def _example_wave(sr: int, seconds: float, seed: int = 0) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def tagger_parity(path, models, frontend: FrontendConfig, width, max_stride, normalize) -> float:
-    """Largest |tagger.onnx − PyTorch path| clip probability on test signals of 0.5 s, 2.7 s and 7.1 s."""
+def waveform_parity(path, models, frontend: FrontendConfig, width, max_stride, normalize) -> float:
+    """Largest |waveform.onnx − PyTorch path| clip probability on test signals of 0.5 s, 2.7 s and 7.1 s."""
     sess = session(path)
     cfg = InferConfig(window=width, max_stride=max_stride)
     worst = 0.0

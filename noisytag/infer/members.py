@@ -57,6 +57,10 @@ class WindowedHead(nn.Module):
         self.steps = max(width // self.reduction, 1)
 
     def forward(self, x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x, starts))
+
+    def logits(self, x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """The same windows' logits (training's validation scores its loss on them)."""
         fmap = self.model.features(x)[0]  # (D, F', T'); the model expands channels itself
         last = torch.ones_like(starts) * (fmap.shape[-1] - self.steps)
         first = torch.round(starts.to(torch.float32) / self.reduction).to(torch.int64)
@@ -64,14 +68,14 @@ class WindowedHead(nn.Module):
         idx = first[:, None] + torch.arange(self.steps, device=starts.device)[None, :]  # (n, w')
         windows = fmap[:, :, idx].permute(2, 0, 1, 3)  # (D, F', n, w') → (n, D, F', w')
         head = self.model.head
-        return torch.sigmoid(head.classify(head.pool(windows)))
+        return head.classify(head.pool(windows))
 
 
 def folded(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with each batch norm that directly follows a convolution in an
     ``nn.Sequential`` folded into that convolution's weights and bias (the same function up to float
-    rounding, ~4e-7 in probability): the demo's mobilenet student ran 28 % faster on this CPU, a cnn1
-    member 16 %. The caller's model is left as it was."""
+    rounding): fewer passes over the activations, so faster members (benchmarks/README.md). The
+    caller's model is left as it was."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     model = copy.deepcopy(model).eval()
@@ -88,7 +92,7 @@ class TorchMember:
     """One PyTorch model behind the member interface (eval mode, inference mode, sigmoid outputs).
 
     It runs a :func:`folded` copy of the model on ``device``; on the CPU the copy's weights are also in
-    the channels-last layout, which oneDNN convolutions run ≈ 20 % faster.
+    the channels-last layout, which oneDNN convolutions run faster.
     """
 
     def __init__(self, model, device: str = "cpu", name: str = ""):
@@ -126,8 +130,7 @@ def session(path: str | Path, threads: int = 0):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     # Idle intra-op threads sleep instead of spinning: a server's request threads and the front end's
-    # workers share the cores with them, and spinning threads starve those (one-client serve with
-    # int8 members: 1.8 → 12.6 requests/s on this 2-core CPU).
+    # workers share the cores with them, and spinning threads starve those (see benchmarks/README.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
@@ -136,13 +139,13 @@ def session(path: str | Path, threads: int = 0):
 
 PRECISIONS = ("float32", "int8")  # graphs of an export directory: float, or int8 (``noisytag export --int8``)
 # The int8 recipe (noisytag.infer.quantize): activation ranges from the (100 - p)th to the pth percentile
-# of the calibration values. int8 graphs a manifest records with another method are stale and remade.
+# of the calibration values. int8 graphs an export index records with another method are stale and remade.
 INT8_PERCENTILE = 99.999
 INT8_METHOD = f"percentile {INT8_PERCENTILE}"
 
 
 def int8_current(entry: dict, source: str | None = None, activation: str | None = None) -> bool:
-    """Whether manifest member ``entry`` has int8 graphs of its current weights (made from calibration
+    """Whether export index member ``entry`` has int8 graphs of its current weights (made from calibration
     ``source`` with ``activation`` types, when given)."""
     int8 = entry.get("int8") or {}
     return (
@@ -155,9 +158,9 @@ def int8_current(entry: dict, source: str | None = None, activation: str | None 
 
 
 class OnnxMember:
-    """One exported member (``model.onnx`` + ``fast.onnx`` of a manifest entry) run by onnxruntime (CPU).
+    """One exported member (``model.onnx`` + ``fast.onnx`` of an index entry) run by onnxruntime (CPU).
 
-    ``entry``: the member's manifest entry (``name``, ``n_classes``, ``model``, ``fast`` paths relative to
+    ``entry``: the member's export index entry (``name``, ``n_classes``, ``model``, ``fast`` paths relative to
     ``root``); ``window``: the window width ``fast.onnx`` was traced for. ``precision="int8"`` runs the
     quantised graphs of the entry's ``int8`` section instead (same inputs and outputs; ExportError when the
     member has none). Sessions open on first use.
@@ -179,7 +182,7 @@ class OnnxMember:
 
     @staticmethod
     def graphs(entry: dict, precision: str = "float32") -> dict | None:
-        """The fields of a manifest entry for ``precision``: ``model``, ``fast`` (paths) and
+        """The fields of an export index entry for ``precision``: ``model``, ``fast`` (paths) and
         ``weights_sha256`` (of the weights they were made from); None when not exported at that precision."""
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision '{precision}' (expected {' or '.join(PRECISIONS)})")

@@ -1,6 +1,6 @@
 """One torch module from mono waveform to ensemble probabilities, made for export as one ONNX graph.
 
-:class:`WaveformTagger` re-states the whole inference path with export-friendly tensor operations, so a
+:class:`WaveformEnsemble` re-states the whole inference path with export-friendly tensor operations, so a
 deployment needs only an audio decoder (to mono float32 at 44.1 kHz) and onnxruntime:
 
 1. trim silence (SPEC §2.3; frame energies from a float64 cumulative sum, as ``audio.frame_power``),
@@ -13,7 +13,7 @@ deployment needs only an audio decoder (to mono float32 at 44.1 kHz) and onnxrun
 
 Outputs: ``probs`` (1, K), ``window_probs`` (n, K) and ``starts`` (n,) window start frames (of the
 trimmed, padded clip). Data-dependent sizes (trim bounds, window count) are exported through
-``torch.export`` unbacked sizes. ``noisytag.infer.export.export_tagger`` writes it as ``tagger.onnx``
+``torch.export`` unbacked sizes. ``noisytag.infer.export.export_waveform`` writes it as ``waveform.onnx``
 (``noisytag export --with-frontend``) and checks it against the PyTorch path.
 """
 
@@ -41,7 +41,7 @@ def dft_basis(n_fft: int) -> np.ndarray:
     )
 
 
-class WaveformTagger(nn.Module):
+class WaveformEnsemble(nn.Module):
     """(1, N) mono float32 waveform at ``frontend.sample_rate`` → (probs (1, K), window_probs (n, K), starts (n,))."""
 
     def __init__(
@@ -143,4 +143,4 @@ class WaveformTagger(nn.Module):
         return window_probs.mean(dim=0, keepdim=True), window_probs, starts
 
 
-__all__ = ["WaveformTagger", "dft_basis"]
+__all__ = ["WaveformEnsemble", "dft_basis"]

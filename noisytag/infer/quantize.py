@@ -23,7 +23,8 @@ a member's largest error at 0.07, 128 / 256 at 0.045; 512 windows did no better)
 to 16 clips cut or padded to 512 frames (the percentile calibration needs inputs of one shape). Parity is
 measured on other clips (the test split with truth when the data set has one): largest and mean
 |int8 − float| window probability in both modes and, with labels, each member's lwlrap at both precisions.
-Everything lands in ``manifest.json``: the member's ``int8`` entry and the directory's ``int8`` section.
+Everything lands in the export index (``export.json``): the member's ``int8`` entry and the directory's
+``int8`` section.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ import numpy as np
 from noisytag.audio.model_input import Clip, model_input, take_windows
 from noisytag.audio.windows import window_offsets
 from noisytag.config import InferConfig
-from noisytag.fileio import atomic_path, write_json
+from noisytag.fileio import atomic_path
 from noisytag.infer.calibration import CalibrationSet
-from noisytag.infer.ensemble import MANIFEST, manifest_members
+from noisytag.infer.ensemble import index_members, write_export_index
 from noisytag.infer.members import INT8_METHOD, INT8_PERCENTILE, OnnxMember, int8_current
 from noisytag.infer.predict import iter_window_probs
 from noisytag.metrics import lwlrap
@@ -126,8 +127,8 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], activation: str = "u
     """Float graph ``src`` → static QDQ int8 graph ``dst`` calibrated on ``feeds`` (kill-safe write).
 
     The first convolution stays in float: it sees the normalised log-mel itself, whose 256 uint8 levels
-    doubled the largest probability error of a tiny trained cnn1 (0.08 → 0.04), for ~1 % of the work
-    (one input channel).
+    doubled the largest probability error of a tiny trained cnn1, for a small share of the work (one
+    input channel; figures in benchmarks/README.md).
     """
     import tempfile
 
@@ -212,7 +213,7 @@ def quantize_members(
     force: bool = False,
     progress: bool = False,
 ) -> dict:
-    """Quantise members ``names`` (default: all) of export directory ``out_dir`` → the updated manifest.
+    """Quantise members ``names`` (default: all) of export directory ``out_dir`` → the updated export index.
 
     A member whose int8 graphs were made from its current weights with the same calibration source is
     kept (unless ``force``). Each new one is checked on the held-out clips (:func:`int8_parity`).
@@ -220,8 +221,8 @@ def quantize_members(
     from rich.progress import track
 
     out_dir = Path(out_dir)
-    manifest, entries, names = manifest_members(out_dir, names)
-    width, stride, normalize = manifest["window"], manifest["max_stride"], manifest.get("normalize", "minmax")
+    index, entries, names = index_members(out_dir, names)
+    width, stride, normalize = index["window"], index["max_stride"], index.get("normalize", "minmax")
     todo = [n for n in names if force or not int8_current(entries[n], calib.source, activation)]
     if todo:
         model_feeds = window_feeds(calib.calibrate, width, stride, normalize)
@@ -264,9 +265,9 @@ def quantize_members(
             "heldout": {"source": calib.heldout_source, "clips": len(calib.heldout)},
             "ensemble": ensemble_parity(ensemble[0], ensemble[1], calib.truth),
         }
-        manifest["int8"] = section
-        write_json(out_dir / MANIFEST, manifest)
-    return manifest
+        index["int8"] = section
+        write_export_index(out_dir, index)
+    return index
 
 
 def ensemble_parity(float_probs: list, int8_probs: list, truth: np.ndarray | None) -> dict:

@@ -61,6 +61,16 @@ def evaluate_submission(submission: str | Path, truth_csv: str | Path):
     label must be a submission column. The per-class frame (class, lwlrap, positives, weight) is
     sorted worst first; clips without labels count for nothing (SPEC §8).
     """
+    _, classes, y, scores = submission_scores(submission, truth_csv)
+    values, weights = per_class_lwlrap(y, scores)
+    table = pd.DataFrame({"class": classes, "lwlrap": values, "positives": y.sum(axis=0), "weight": weights})
+    table = table[table["positives"] > 0].sort_values(["lwlrap", "class"]).reset_index(drop=True)
+    return float(lwlrap(y, scores)), table
+
+
+def submission_scores(submission: str | Path, truth_csv: str | Path):
+    """A submission's rows aligned with a truth CSV → (fnames, classes, truth (N, K) bool, scores (N, K)
+    float64), rows in the truth file's order; checked as :func:`evaluate_submission` describes."""
     sub = pd.read_csv(submission, dtype={"fname": str})
     if "fname" not in sub.columns:
         raise ValueError(f"{submission}: no 'fname' column")
@@ -80,7 +90,4 @@ def evaluate_submission(submission: str | Path, truth_csv: str | Path):
     y = np.zeros(scores.shape, dtype=bool)
     for row, labels in enumerate(truth["labels"]):
         y[row, [col[lab] for lab in labels]] = True
-    values, weights = per_class_lwlrap(y, scores)
-    table = pd.DataFrame({"class": classes, "lwlrap": values, "positives": y.sum(axis=0), "weight": weights})
-    table = table[table["positives"] > 0].sort_values(["lwlrap", "class"]).reset_index(drop=True)
-    return float(lwlrap(y, scores)), table
+    return list(truth["fname"]), classes, y, scores

@@ -6,6 +6,10 @@ CLI prints as a rich table, JSON or CSV (:func:`to_json`, :func:`to_csv`, :func:
 serve`` answers as JSON (the same record, plus the model and the time taken). Folders are expanded
 recursively to supported audio files; a file that cannot be decoded becomes a record with ``error`` set,
 and the other files are still tagged. :func:`predict_run` writes the submission of a test folder.
+
+The Tagger only reads: its settings are the run's ``infer`` config with the arguments given in their place
+(:func:`noisytag.infer.ensemble.resolved_infer`), and with an onnxruntime backend it loads members that
+``noisytag.infer.build.ensure_onnx`` (a build step the commands run first) left current.
 """
 
 from __future__ import annotations
@@ -26,22 +30,11 @@ from noisytag.audio.decode import audio_files
 from noisytag.audio.image import gray_image, png_gray
 from noisytag.audio.model_input import check_normalize
 from noisytag.config import FrontendConfig, InferConfig
+from noisytag.data.dataset import SUBMISSION
 from noisytag.data.manifest import is_manifest, load_manifest
-from noisytag.infer.ensemble import (
-    BACKENDS,
-    Ensemble,
-    load_ensemble,
-    load_members,
-    member_name,
-    onnx_current,
-    run_infer_config,
-    select_model_dirs,
-    shared_settings,
-)
-from noisytag.infer.export import ensure_int8, export_models, refresh_onnx
+from noisytag.infer.ensemble import load_ensemble, resolved_infer, run_infer_config
 from noisytag.infer.predict import FileResult, iter_files, predict_files
 from noisytag.infer.submission import write_submission
-from noisytag.models.weights import read_meta
 
 # The records below are also the HTTP API's schema (noisytag serve): field descriptions come from the
 # docstrings under the fields.
@@ -177,66 +170,32 @@ def logmel_image(result: FileResult, frontend: FrontendConfig) -> LogMelImage:
     )
 
 
-def open_ensemble(
-    run_dir: str | Path,
-    stages=None,
-    archs=None,
-    device: str = "cpu",
-    backend: str = "torch",
-    onnx_dir: str | Path | None = None,
-) -> Ensemble:
-    """:func:`~noisytag.infer.ensemble.load_ensemble`. With the onnx backend, members missing or stale in
-    ``RUN_DIR/onnx`` are exported first: into ``RUN_DIR/onnx`` (once per set of weights), or into
-    ``onnx_dir`` when given, so that the run directory is only read."""
-    precision = BACKENDS.get(backend).meta["precision"]
-    if precision is not None:  # an onnxruntime backend
-        dirs = select_model_dirs(run_dir, stages, archs)
-        if onnx_dir is not None and not onnx_current(run_dir, dirs, precision):
-            return _exported_ensemble(run_dir, dirs, Path(onnx_dir), precision)
-        refresh_onnx(run_dir, dirs, precision)
-    return load_ensemble(run_dir, stages, archs, device, backend)
-
-
-def _exported_ensemble(run_dir: str | Path, dirs: Sequence[Path], out_dir: Path, precision: str) -> Ensemble:
-    """Export ``dirs`` into ``out_dir`` (outside the run; int8: quantised there, calibrated on the run's
-    data set) and load them from there as ONNX members."""
-    cfg = run_infer_config(run_dir)
-    export_models(dirs, out_dir, cfg.window, cfg.max_stride)
-    metas = [read_meta(d) for d in dirs]
-    classes, frontend, normalize = shared_settings(metas, list(dirs))
-    names = [member_name(m, Path(d)) for m, d in zip(metas, dirs, strict=True)]
-    if precision == "int8":
-        ensure_int8(run_dir, out_dir, names)
-    return Ensemble(load_members(out_dir, names, precision=precision), classes, frontend, normalize)
-
-
 class Tagger:
     """A run's ensemble ready to tag audio files.
 
     ``stages``/``archs`` choose the members (default: the run's ensemble, all architectures);
-    ``backend`` torch or onnx; ``mode`` exact (SPEC §7 windows) or fast (body once per clip);
-    ``onnx_dir``: where the onnx backend exports members the run does not hold exported (default
-    ``RUN_DIR/onnx``; see :func:`open_ensemble`).
+    ``backend`` torch, onnx or onnx-int8; ``mode`` exact (SPEC §7 windows) or fast (body once per clip);
+    ``batch_size`` windows per forward. None (the default) means the run's config; ``settings`` says
+    where each value came from. ``onnx_dir``: where the onnx backends read the members (default
+    ``RUN_DIR/onnx``); missing or stale members are an error naming the command that exports them.
     """
 
     def __init__(
         self,
         run_dir: str | Path,
         stages: Sequence[int] | None = None,
-        backend: str = "torch",
-        mode: str = "exact",
+        backend: str | None = None,
+        mode: str | None = None,
         archs: Sequence[str] | None = None,
         device: str = "cpu",
         batch_size: int | None = None,
         onnx_dir: str | Path | None = None,
     ):
-        cfg = run_infer_config(run_dir)
-        changes = {"backend": backend, "mode": mode}
-        if batch_size:
-            changes["batch_size"] = int(batch_size)
-        self.cfg = dataclasses.replace(cfg, **changes)
+        given = {"stages": stages or None, "backend": backend, "mode": mode, "batch_size": batch_size or None}
+        self.settings = resolved_infer(run_dir, given)
+        self.cfg = self.settings.cfg
         self.device = device
-        self.ensemble = open_ensemble(run_dir, stages, archs, device, backend, onnx_dir)
+        self.ensemble = load_ensemble(run_dir, stages, archs, device, self.cfg.backend, onnx_dir)
         check_normalize(self.ensemble.normalize)
         self.classes = self.ensemble.classes
 
@@ -292,6 +251,7 @@ def predict_run(
     cfg: InferConfig | None = None,
     device: str = "cpu",
     progress: bool = False,
+    onnx_dir: str | Path | None = None,
 ):
     """Predict every audio file of ``test_dir`` (or every test clip of a manifest) with the run's
     ensemble and write the submission.
@@ -299,11 +259,12 @@ def predict_run(
     Returns ``(frame, failures)``. Column order: ``test_dir/../sample_submission.csv`` when present,
     else the models' class order. Unreadable files are reported (logging) and get all-zero rows so the
     submission still lists every file. A manifest's clips are named by their ``path`` as written.
+    ``onnx_dir``: where an onnx backend reads the members (default ``RUN_DIR/onnx``).
     """
     cfg = cfg or run_infer_config(run_dir)
-    ens = open_ensemble(run_dir, stages, archs, device, cfg.backend)
+    ens = load_ensemble(run_dir, stages, archs, device, cfg.backend, onnx_dir)
     test_dir = Path(test_dir)
-    sample = test_dir.parent / "sample_submission.csv"
+    sample = test_dir.parent / SUBMISSION
     if is_manifest(test_dir) and test_dir.suffix.lower() == ".csv":
         table = load_manifest(test_dir, skip_invalid=True, splits=("test",)).test
         paths, fnames, sample = [Path(p) for p in table["path"]], list(table["fname"]), None

@@ -110,7 +110,7 @@ class TeacherWindowDataset(_ClipWindows):
     ``crop="random"``: any start frame, as the pipeline's training crops, with the target interpolated
     linearly between the two teacher windows around it (the grid is at most ``max_stride`` frames
     apart); ``crop="grid"``: one of the teacher's own windows, with its exact target. The last target
-    column is the untrusted flag of :class:`noisytag.learn.train.TaggerModule` (0: all trusted).
+    column is the untrusted flag of :class:`noisytag.learn.train.TrainingModule` (0: all trusted).
     """
 
     def __init__(

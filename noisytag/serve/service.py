@@ -8,16 +8,17 @@ Uploads are decoded from a temporary file the service names itself; every refusa
 
 Everything that runs the models (loading them, the warm-up, every request) runs on the service's
 inference threads (:func:`inference_threads`). torch gives each thread that calls it its own OpenMP
-pool, and once the pools' threads outnumber the cores no pool spin-waits between ops, which made a
-10-s clip's log-mel 3.4 → 11 ms on a 2-core CPU. So with torch models there is one inference thread,
-with all the cores to itself, and requests queue for it. With onnxruntime models (which have their own
+pool, and once the pools' threads outnumber the cores no pool spin-waits between ops, which makes
+every small op several times slower (figures in benchmarks/README.md). So with torch models there is
+one inference thread, with all the cores to itself, and requests queue for it. With onnxruntime models (which have their own
 thread pool) torch only makes the log-mel: then each of ``max_in_flight`` threads runs torch on
 itself alone, with no pool, and requests overlap. The HTTP app (:mod:`noisytag.serve.app`) bounds how
 many requests wait.
 
-With the onnx backend, members that the run does not hold exported and current in ``RUN/onnx`` are
-exported into a temporary folder that lives as long as the service: starting a server never writes
-into the run directory.
+The service only reads: its settings are the run's ``infer`` config with the arguments given in their
+place, and with an onnxruntime backend it loads members that are already exported and current (in
+``RUN/onnx``, or the ``onnx_dir`` that ``noisytag serve`` exported them to first; exporting is a build
+step this package's runtime never imports).
 """
 
 from __future__ import annotations
@@ -36,10 +37,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from noisytag.infer.ensemble import BACKENDS, select_model_dirs
+from noisytag.infer.ensemble import BACKENDS, resolved_infer
 from noisytag.infer.tag import Tagger, TagRecord
-from noisytag.models.weights import read_meta
-from noisytag.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +107,9 @@ def undecodable(name: str, reason: str) -> str:
     return f"'{name}' cannot be used as audio: {reason}"
 
 
-def model_info(tagger: Tagger, run_dir: str | Path, stages=None, archs=None) -> ModelInfo:
-    """What the API reports about the ensemble (from the members' model.json files)."""
-    metas = [read_meta(d) for d in select_model_dirs(run_dir, stages, archs)]
+def model_info(tagger: Tagger, run_dir: str | Path) -> ModelInfo:
+    """What the API reports about the ensemble (from the members' model.json records the Tagger read)."""
+    metas = tagger.ensemble.metas
     return ModelInfo(
         run=Path(run_dir).resolve().name,
         stages=sorted({int(m["stage"]) for m in metas if "stage" in m}),
@@ -127,7 +126,7 @@ def model_info(tagger: Tagger, run_dir: str | Path, stages=None, archs=None) -> 
 def inference_threads(torch_models: bool = True, max_in_flight: int = 1) -> ThreadPoolExecutor:
     """The threads a service runs its models on (see the module's docstring): one with all of torch's
     threads for torch models; ``max_in_flight`` with one torch thread each when torch only makes the
-    log-mel (one client, int8 student: 61–68 requests/s either way; 8 clients: 59–68 → 78–90).
+    log-mel (requests then overlap: see benchmarks/README.md for the measured gain).
 
     The pool's threads are all started here, and torch's default thread count, which setting theirs
     changes, is restored: threads the caller starts later are not affected.
@@ -150,24 +149,18 @@ def _one_torch_thread() -> None:
 
 class TagService:
     """A loaded :class:`Tagger` and the server's limits; :meth:`submit` tags an upload on the service's
-    inference threads (``worker``; one new thread when not given).
-
-    ``workdir``: a temporary directory the service owns (exported ONNX members), removed by :meth:`close`
-    or when the service is garbage-collected.
-    """
+    inference threads (``worker``; one new thread when not given)."""
 
     def __init__(
         self,
         tagger: Tagger,
         info: ModelInfo,
         settings: ServeSettings = ServeSettings(),
-        workdir: tempfile.TemporaryDirectory | None = None,
         worker: ThreadPoolExecutor | None = None,
     ):
         self.tagger = tagger
         self.info = info
         self.settings = settings
-        self.workdir = workdir
         self.worker = worker or inference_threads()
 
     def submit(
@@ -229,61 +222,40 @@ class TagService:
             self.worker.submit(self.tag_file, tmp.name, "warm-up").result()
 
     def close(self) -> None:
-        """Stop the inference threads (after the queued requests) and remove the service's temporary
-        directory (exported members), if it has one."""
+        """Stop the inference threads (after the queued requests)."""
         self.worker.shutdown()
-        if self.workdir is not None:
-            self.workdir.cleanup()
-            self.workdir = None
 
 
 def open_service(
     run_dir: str | Path,
-    backend: str = "torch",
-    mode: str = "exact",
+    backend: str | None = None,
+    mode: str | None = None,
     stages: Sequence[int] | None = None,
     archs: Sequence[str] | None = None,
     device: str = "cpu",
     settings: ServeSettings = ServeSettings(),
     warm_up: bool = True,
+    batch_size: int | None = None,
+    onnx_dir: str | Path | None = None,
 ) -> TagService:
     """Load the run's ensemble once → a :class:`TagService`; the run directory is only read.
 
-    The onnx backend uses ``RUN/onnx`` when it holds the members exported from their current weights, and
-    otherwise exports them into a temporary directory for the service's life (a few seconds per member
-    at every start; ``noisytag export RUN --onnx RUN/onnx`` once avoids that).
+    ``backend``, ``mode``, ``batch_size``: None means the run's config (as for :class:`Tagger`). The
+    onnx backends read members exported and current in ``onnx_dir`` (default ``RUN/onnx``): an error
+    naming the command otherwise (``noisytag serve`` exports them first).
     """
-    BACKENDS.get(backend)  # ConfigError (a ValueError) naming the known backends
-    if mode not in ("exact", "fast"):
-        raise ValueError(f"unknown inference mode '{mode}' (expected exact or fast)")
-    onnx = BACKENDS.get(backend).meta["precision"] is not None
-    workdir = tempfile.TemporaryDirectory(prefix="noisytag-onnx-") if onnx else None
-    onnx_dir = workdir.name if workdir else None
+    given = {"backend": backend, "mode": mode, "batch_size": batch_size}
+    chosen = resolved_infer(run_dir, given).cfg.backend  # ConfigError naming the known backends
+    onnx = BACKENDS.get(chosen).meta["precision"] is not None
     worker = inference_threads(not onnx, settings.max_in_flight)
     try:  # loaded on an inference thread too: no torch pool is left behind in this one
         tagger = worker.submit(
-            Tagger, run_dir, stages, backend, mode, archs, device, onnx_dir=onnx_dir
+            Tagger, run_dir, stages, backend, mode, archs, device, batch_size, onnx_dir
         ).result()
     except BaseException:
         worker.shutdown()
-        if workdir is not None:
-            workdir.cleanup()
         raise
-    if workdir is not None and not any(Path(workdir.name).iterdir()):
-        workdir.cleanup()  # RUN/onnx was current: nothing exported
-        workdir = None
-    elif workdir is not None:
-        onnx = RunDir(run_dir).onnx_dir
-        log.warning(
-            "%s holds no current ONNX export: exported %d model(s) to %s for this server; "
-            "`noisytag export %s --onnx %s` once makes starting faster",
-            onnx,
-            len(tagger.ensemble.members),
-            workdir.name,
-            run_dir,
-            onnx,
-        )
-    service = TagService(tagger, model_info(tagger, run_dir, stages, archs), settings, workdir, worker)
+    service = TagService(tagger, model_info(tagger, run_dir), settings, worker)
     if warm_up:
         service.warm_up()
     return service
