@@ -44,9 +44,10 @@ from pathlib import Path
 
 import yaml
 
+from noisytag import plan as run_plan
 from noisytag.config import RunConfig, config_from_dict, save_config
 from noisytag.fileio import software_versions, write_json
-from noisytag.plan import RunPlan, build_plan, plan_from_saved, resume_conflicts
+from noisytag.plan import RunPlan, plan_from_saved, resume_conflicts
 
 
 class RunConfigMismatch(RuntimeError):
@@ -137,12 +138,14 @@ class RunDir:
             return None
         return config_from_dict(yaml.safe_load(self.config.read_text()))
 
-    def adopt_config(self, cfg: RunConfig, force: bool = False) -> None:
-        """Save ``cfg`` as the run's config; refuse one that changes results unless ``force``."""
-        self.check_config(cfg, force)
+    def adopt_config(self, cfg: RunConfig, force: bool = False, plan: RunPlan | None = None) -> None:
+        """Save ``cfg`` and its plan (``plan``: built by the caller; default: built here) as the run's;
+        refuse a config that changes results unless ``force``."""
+        plan = plan or run_plan.build_plan(cfg)
+        self.check_config(cfg, force, plan)
         self.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.config)
-        write_json(self.plan_file, build_plan(cfg).to_dict())
+        write_json(self.plan_file, plan.to_dict())
 
     def plan(self) -> RunPlan:
         """The run's plan (``plan.json``; rebuilt from ``config.yaml`` for runs made before plans)."""
@@ -152,12 +155,13 @@ class RunDir:
             raise FileNotFoundError(f"{self.root}: not a run directory (no config.yaml)")
         return plan_from_saved(None, yaml.safe_load(self.config.read_text()))
 
-    def check_config(self, cfg: RunConfig, force: bool = False) -> None:
-        """Raise :class:`RunConfigMismatch` when ``cfg`` would change the results of the saved config
-        (the check without the save: for processes that must not write, e.g. DDP ranks, Ray tasks)."""
+    def check_config(self, cfg: RunConfig, force: bool = False, plan: RunPlan | None = None) -> None:
+        """Raise :class:`RunConfigMismatch` when ``cfg`` (whose plan is ``plan``, when the caller has it)
+        would change the results of the saved config (the check without the save: for processes that
+        must not write, e.g. DDP ranks, Ray tasks)."""
         saved = self.saved_config()
         if saved is not None and not force:
-            diffs = resume_conflicts(saved, cfg)  # the run plan's rule: no stage may change its result
+            diffs = resume_conflicts(saved, cfg, plan)  # the run plan's rule: no stage may change its result
             if diffs:
                 raise RunConfigMismatch(
                     f"{self.root} was made with another config ({'; '.join(diffs)}); "

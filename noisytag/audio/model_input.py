@@ -22,7 +22,7 @@ import torch
 from noisytag.audio.decode import LoadedClip, decode, load_clip, prepare
 from noisytag.audio.features import LogMel, log_mel_frames
 from noisytag.audio.features import normalize as minmax
-from noisytag.config import FrontendConfig
+from noisytag.config import ConfigError, FrontendConfig
 
 
 def _unscaled(db, lo, hi):
@@ -35,10 +35,12 @@ NORMALIZERS = {"minmax": minmax, "none": _unscaled}
 
 
 def check_normalize(name: str) -> str:
-    """``name`` if it is a known normalisation, else ValueError (one line naming ``data.normalize``)."""
+    """``name`` if it is a known normalisation, else a one-line :class:`ConfigError` (a ValueError)
+    naming ``data.normalize`` and the allowed names. The one check: config validation
+    (:func:`noisytag.runs.validate.checked_plan`) and the run-time readers all ask here."""
     if name not in NORMALIZERS:
         known = " or ".join(NORMALIZERS)
-        raise ValueError(f"data.normalize: unknown normalisation '{name}' (expected {known})")
+        raise ConfigError(f"config key 'data.normalize': unknown normalisation '{name}' (expected {known})")
     return name
 
 
@@ -70,7 +72,7 @@ def rounded_log_mel(
     """A prepared clip (N,) → (dB float16 (T, n_mels), time-major as the cache stores it; lo; hi).
 
     ``lo``/``hi`` are the min/max of the float16 values: rounding is monotonic, so they are the rounded
-    float32 min/max. torch converts with F16C, ~10× faster than numpy's astype(float16) (same
+    float32 min/max. torch converts with F16C, much faster than numpy's astype(float16) (same
     round-to-nearest-even). ``module``: a ready :class:`~noisytag.audio.features.LogMel` for ``cfg``.
     """
     db = log_mel_frames(samples, cfg, module)

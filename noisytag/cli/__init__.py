@@ -34,17 +34,23 @@ SetOpt = Annotated[
 ]
 
 
-def load_cfg(config: Path | None, overrides: list[str] | None):
-    """Load the run config and validate its run plan, or exit with the one-line reason naming the key."""
+def load_planned(config: Path | None, overrides: list[str] | None):
+    """The run config and its validated run plan, built once for the command to pass down, or exit
+    (code 2) with the one-line reason naming the key. ``overrides``: ``--set``s, then the flags the
+    user gave (:func:`noisytag.cli.flags.with_flags`)."""
     from noisytag.config import ConfigError, load_config
     from noisytag.runs.validate import checked_plan
 
     try:
         cfg = load_config(config, overrides or [])
-        checked_plan(cfg)  # every range and plug-in option, before any work starts
-        return cfg
+        return cfg, checked_plan(cfg)  # every range and plug-in option, before any work starts
     except ConfigError as err:
         fail(str(err))
+
+
+def load_cfg(config: Path | None, overrides: list[str] | None):
+    """Load the run config and validate it (:func:`load_planned`, for commands that need no plan)."""
+    return load_planned(config, overrides)[0]
 
 
 def fail(message: str, code: int = 2) -> None:

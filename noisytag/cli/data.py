@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from noisytag.cli import ConfigOpt, SetOpt, app, console, err_console, fail, load_cfg  # noqa: F401
+from noisytag.cli.flags import with_flags
 
 
 @app.command(rich_help_panel="Data")
@@ -81,15 +82,21 @@ def check(
         bool, typer.Option("--skip-invalid", help="Report bad rows and count the rest instead of failing.")
     ] = False,
     max_lines: Annotated[int, typer.Option(help="Problem lines to print at most.")] = 50,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Validate a data set (CSVs, class list, audio files and their headers) and print its counts.
 
     Every problem is one line naming the file and CSV line: missing audio file, unknown label, duplicate
     file name, empty label field, malformed CSV, unreadable audio; for a manifest also the same file
     listed twice, a clip in two subsets, an unknown subset or fold. Exit code 1 when the data set is
-    invalid (unless --skip-invalid).
+    invalid (unless --skip-invalid). With --config or --set the run config is checked first: a wrong
+    value is one line naming its key (exit code 2), before any file is read.
     """
     from rich.table import Table
+
+    if config is not None or set_:
+        load_cfg(config, set_)
 
     from noisytag.data.dataset import DataError, describe
     from noisytag.data.manifest import load_data
@@ -150,51 +157,28 @@ def features(
 ) -> None:
     """Extract the log-mel features of every clip into the feature cache, once.
 
-    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + manifest); the
+    Each split folder goes to CACHE/<front-end key>/<folder>/ (float16 frames + index + cache.json); the
     clips of a manifest go to CACHE/<front-end key>/files/, keyed by resolved path (manifests over the same
     files share it).
 
     Safe to interrupt (even kill -9): run it again and it continues where it stopped. An up-to-date cache returns at once; changing any front-end parameter builds a new cache; unreadable files are listed and skipped.
     """
-    from rich.table import Table
-
-    from noisytag.audio.cache import (
-        CacheError,
-        FeatureCache,
-        build_cache,
-        cache_folder,
-        default_cache_dir,
-        split_folder,
-    )
+    from noisytag.audio.cache import CacheError, build_cache, default_cache_dir, split_folder
     from noisytag.data.dataset import DataError
+    from noisytag.report.tables import print_cache
 
-    cfg = load_cfg(config, set_)
+    cfg = load_cfg(config, with_flags(set_, "features", cache_dir=cache_dir, workers=workers))
     splits = tuple(split or ("curated", "noisy", "test"))
     try:
         for s in splits:
             split_folder(s)
-        root = cache_dir or (Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir))
-        n_workers = cfg.data.workers if workers is None else workers
-        out = build_cache(data_dir, root, cfg.frontend, splits=splits, workers=n_workers, progress=progress)
+        root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data_dir)
+        out = build_cache(
+            data_dir, root, cfg.frontend, splits=splits, workers=cfg.data.workers, progress=progress
+        )
     except (CacheError, DataError) as err:
         fail(str(err))
-    table = Table("split", "clips", "failed", "audio", "frames", "MB", title=f"feature cache {out}")
-    failures = []
-    for s in dict.fromkeys(cache_folder(data_dir, s) for s in splits):  # a manifest's splits share one
-        try:
-            cache = FeatureCache.open(root, cfg.frontend, s)
-        except CacheError:
-            continue  # split folder missing (already warned)
-        m = cache.manifest
-        size = f"{m['total_frames'] * m['n_mels'] * 2 / 2**20:.1f}"
-        audio = f"{m['seconds'] / 3600:.2f} h" if m["seconds"] >= 360 else f"{m['seconds'] / 60:.1f} min"
-        table.add_row(s, str(len(cache)), str(len(cache.failed)), audio, str(m["total_frames"]), size)
-        failures += [(s, f, r) for f, r in cache.failed]
-    console.print(table)
-    for s, fname, reason in failures[:20]:
-        console.print(f"[yellow]failed[/] {s}/{fname}: {reason}", highlight=False)
-    if len(failures) > 20:
-        console.print(f"... and {len(failures) - 20} more (see manifest.json of each split)")
+    print_cache(console, data_dir, root, cfg.frontend, splits, out)
 
 
 @app.command("augment-gallery", rich_help_panel="Data")

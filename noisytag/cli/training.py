@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from noisytag.cli import ConfigOpt, SetOpt, app, console, fail, load_cfg
-from noisytag.config import with_overrides
-from noisytag.data.dataset import DataError
+from noisytag.cli import ConfigOpt, SetOpt, app, console, fail, load_planned
+from noisytag.cli.flags import with_flags
+from noisytag.data.dataset import SUBMISSION, DataError
 from noisytag.rundir import RunConfigMismatch
 
 # Heavy (torch, lightning, ray): imported inside the commands so `noisytag --help` stays instant.
@@ -53,20 +52,14 @@ def train(
     select noisy clips from the earlier stages' out-of-fold scores. With --devices/--num-nodes the same
     command runs under Lightning's DDP (or launch it with torchrun / SLURM).
     """
-    cfg = load_cfg(run_config(config, out), set_)
-    extra = []
-    if devices is not None:
-        extra.append(f"train.devices={devices}")
-    if num_nodes is not None:
-        extra.append(f"train.num_nodes={num_nodes}")
-    if extra:
-        cfg = with_overrides(cfg, extra)
+    sets = with_flags(set_, "train", devices=devices, num_nodes=num_nodes)
+    cfg, plan = load_planned(run_config(config, out), sets)
     from noisytag.runs.context import open_run
     from noisytag.runs.pipeline import run_stage
 
     archs = arch or list(cfg.pipeline.architectures)
     try:
-        ctx = open_run(data_dir, out, cfg, force=force, progress=progress)
+        ctx = open_run(data_dir, out, cfg, force=force, progress=progress, plan=plan)
         for name in archs:
             run_stage(ctx, name, stage, fold)
     except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
@@ -74,13 +67,10 @@ def train(
     console.print(f"[green]stage {stage} of {', '.join(archs)} trained[/] -> {out}")
 
 
-def print_plan(cfg) -> None:
-    """The run plan of ``cfg`` as the article's stage table (SPEC §6), one row per stage."""
+def print_plan(plan) -> None:
+    """A run plan as the article's stage table (SPEC §6), one row per stage."""
     from rich.table import Table
 
-    from noisytag.plan import build_plan
-
-    plan = build_plan(cfg)
     rows = plan.table()
     table = Table(title=f"run plan: {plan.kind}, {plan.folds} folds, {', '.join(plan.architectures)}")
     for column in rows[0]:
@@ -104,7 +94,7 @@ def plan_command(
     what it selects from, and which stages form the ensemble. Nothing is trained."""
     if run is not None:
         config = run_config(config, run)
-    print_plan(load_cfg(config, set_))
+    print_plan(load_planned(config, set_)[1])
 
 
 @app.command(rich_help_panel="Training")
@@ -190,13 +180,15 @@ def pipeline(
         )
     except ValueError as err:
         fail(escape(str(err)))
-    cfg = load_cfg(run_config(config, out), set_)
+    cfg, plan = load_planned(run_config(config, out), set_)
     if dry_run:
-        print_plan(cfg)
+        print_plan(plan)
         return
     try:
-        with runner if runner is not None else contextlib.nullcontext():
-            results = run_pipeline(data_dir, out, cfg, force=force, progress=progress, executor=runner)
+        with runner:  # every executor is a context manager (local: nothing to start)
+            results = run_pipeline(
+                data_dir, out, cfg, force=force, progress=progress, executor=runner, plan=plan
+            )
     except (DataError, RunConfigMismatch, executors.ExecutorError, ValueError, RuntimeError) as err:
         fail(escape(str(err)))  # messages quote paths and extras ("noisytag[ray]") that are not markup
     if not is_global_zero():
@@ -232,10 +224,12 @@ def distill(
     from noisytag.report.page import write_report
     from noisytag.report.summary import print_results
     from noisytag.runs.distill import load_student_config, run_distill
+    from noisytag.runs.validate import checked_plan
 
     try:
         cfg = load_student_config(run, out, config, set_ or [])
-        results = run_distill(run, out, cfg, force=force, progress=progress)
+        plan = checked_plan(cfg)  # the whole config, in one line, before the teacher is read
+        results = run_distill(run, out, cfg, force=force, progress=progress, plan=plan)
     except (ConfigError, DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
         fail(escape(str(err)))
     if report:
@@ -267,16 +261,16 @@ def demo(
     from noisytag.runs.pipeline import run_pipeline
 
     started = time.perf_counter()
-    cfg = load_cfg(config, set_)
+    cfg, plan = load_planned(config, set_)
     stale = synth_mismatch(data, scale=scale, test_domain=test_domain)
-    if stale or not (data / "sample_submission.csv").is_file():
+    if stale or not (data / SUBMISSION).is_file():
         console.print(f"generating the demo data set in {data}{f' ({stale})' if stale else ''} ...")
         summary = generate(data, scale=scale, seed=0, test_domain=test_domain)
         console.print(
             f"noisy-label rate of the noisy set: {summary.get('noisy_label_rate', float('nan')):.1%}"
         )
     try:
-        results = run_pipeline(data, out, cfg, force=force, progress=True)
+        results = run_pipeline(data, out, cfg, force=force, progress=True, plan=plan)
     except (DataError, RunConfigMismatch, ValueError, RuntimeError) as err:
         fail(str(err))
     results["report"] = write_report(out, data_dir=data)

@@ -1,20 +1,26 @@
 """One check of a whole config before any work starts: the run plan's ranges, then each plug-in axis.
 
 The plan (:mod:`noisytag.plan`, base layer) validates the core sections; each registry (augmentations,
-detectors, treatments, backends, models) validates the options of the entry a config chooses. Both
-raise :class:`noisytag.config.ConfigError` naming the key, so a wrong value never waits until the first
-fold starts, after the feature cache is built.
+detectors, treatments, backends, models) validates the options of the entry a config chooses, and the
+normalisation table (:func:`noisytag.audio.model_input.check_normalize`) the value of ``data.normalize``.
+All raise :class:`noisytag.config.ConfigError` naming the key, so a wrong value never waits until the
+first fold starts, after the feature cache is built.
+
+A command builds its plan once, here, and passes it down (``open_run(plan=...)``); the plan is looked
+up through its module (``run_plan.build_plan``), so one test spy sees every build.
 """
 
 from __future__ import annotations
 
+from noisytag import plan as run_plan
+from noisytag.audio.model_input import check_normalize
 from noisytag.config import ConfigError, RunConfig
 from noisytag.infer.ensemble import BACKENDS
 from noisytag.learn.augment import AUGMENTATIONS
 from noisytag.learn.detectors import DETECTORS
 from noisytag.learn.treatments import TREATMENTS
 from noisytag.models import available as model_names
-from noisytag.plan import RunPlan, build_plan
+from noisytag.plan import RunPlan
 from noisytag.registry import Registry
 
 # The axes a config chooses from (executors are a command-line choice, checked by the CLI).
@@ -25,6 +31,7 @@ def validate_plugins(cfg: RunConfig) -> None:
     """Each plug-in axis checks the entry the config names and its options."""
     for registry in CONFIG_REGISTRIES:
         registry.validate(cfg)
+    check_normalize(cfg.data.normalize)
     known = model_names()
     chosen = [("distill.arch", cfg.distill.arch)] if cfg.pipeline.mode == "student" else []
     chosen += [("pipeline.architectures", a) for a in cfg.pipeline.architectures]
@@ -35,6 +42,6 @@ def validate_plugins(cfg: RunConfig) -> None:
 
 def checked_plan(cfg: RunConfig) -> RunPlan:
     """The run plan of ``cfg``, with every range and plug-in option validated."""
-    plan = build_plan(cfg)
+    plan = run_plan.build_plan(cfg)
     validate_plugins(cfg)
     return plan
