@@ -5,7 +5,7 @@ The public surface is imported lazily, so ``import noisytag`` (and ``noisytag --
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.4.0.dev0"
 
 # public name → "module:attribute"
 _LAZY = {

@@ -49,7 +49,7 @@ def decode(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(str(path)) as f:
             sr, subtype = f.samplerate, f.subtype
-            if subtype == "PCM_16":  # reading int16 and scaling here is ~2× faster, and bit-identical
+            if subtype == "PCM_16":  # reading int16 and scaling here is faster, and bit-identical
                 data = f.read(dtype="int16", always_2d=True) * np.float32(1 / 32768)
             else:
                 data = f.read(dtype="float32", always_2d=True)

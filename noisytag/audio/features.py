@@ -4,18 +4,17 @@
 hop_length=694, n_mels=128, fmin=20, fmax=22050, pad_mode='reflect'))`` with librosa's own
 (float32, Slaney) mel filter bank.
 
-Precision: librosa multiplies float32 frames by a float64 window, so its FFT runs in float64 and is
-exact to ≈1e-5 dB. A float32 FFT is ≈3× faster than a float64 one; its rounding error, largest on
-pure tones in bins just above the (max − 80 dB) floor, measured ≤ 2e-3 dB against librosa (sines,
-chirps, two tones 60 dB apart, clicks, noise, 200 synthetic clips of 1–30 s) — five times inside the
-0.01 dB budget. Power, mel sums and logs add nothing measurable in float32.
-``LogMel(dtype=torch.float64)`` gives ≈1e-5 dB when wanted.
+Precision: librosa multiplies float32 frames by a float64 window, so its FFT runs in float64. Ours
+runs in float32, which is faster; its rounding error, largest on pure tones in bins just above the
+(max − 80 dB) floor, stays well inside the 0.01 dB budget (tests/test_audio.py checks it against
+librosa; the measured figures are in benchmarks/README.md, "Figures the code relies on").
+``LogMel(dtype=torch.float64)`` matches librosa's float64 path when wanted.
 
-Speed (CPU, ≈2.6× librosa per clip): only the few frames that reach into the reflect padding are
-copied (the rest are a strided view of the signal); frames are transformed in chunks of
-``chunk_frames`` through a per-thread reused buffer (fresh megabyte tensors page-fault); and the mel
-product only multiplies the non-zero band of each group of 16 filters (each FFT bin lies in at most
-two adjacent triangles), ≈8× fewer multiply-adds than the dense (n_mels × bins) product.
+Speed: only the few frames that reach into the reflect padding are copied (the rest are a strided
+view of the signal); frames are transformed in chunks of ``chunk_frames`` through a per-thread reused
+buffer (fresh megabyte tensors page-fault); and the mel product only multiplies the non-zero band of
+each group of 16 filters (each FFT bin lies in at most two adjacent triangles), a fraction of the
+multiply-adds of the dense (n_mels × bins) product. ``benchmarks/bench_features.py`` measures it.
 """
 
 from __future__ import annotations
@@ -162,8 +161,8 @@ _SCRATCH = threading.local()
 def _scratch(batch: int, step: int, n_fft: int, dtype: torch.dtype, device: torch.device, keep: bool):
     """Per-thread (B, step, n_fft) buffer for the windowed frames of a chunk, reused across calls.
 
-    A fresh multi-megabyte tensor page-faults on every allocation, which doubled the time of a 2 s
-    clip. Buffers are per thread (callers may extract in several threads) and only kept for bounded
+    A fresh multi-megabyte tensor page-faults on every allocation, which costs more than the FFT of a
+    short clip. Buffers are per thread (callers may extract in several threads) and only kept for bounded
     chunk sizes (``keep``); at most a few shapes are held.
     """
     key = (batch, step, n_fft, dtype, str(device))

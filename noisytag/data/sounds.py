@@ -19,7 +19,7 @@ import numpy as np
 
 
 def _fast_len(n: int) -> int:
-    """Smallest 2^a·3^b·5^c ≥ n: FFTs of prime-ish lengths are ~20× slower."""
+    """Smallest 2^a·3^b·5^c ≥ n: FFTs of prime-ish lengths are many times slower."""
     best, p5 = 1 << (n - 1).bit_length(), 1
     while p5 < best:
         p35 = p5
@@ -59,7 +59,7 @@ def _stft_filter(x: np.ndarray, sr: int, gains: Callable[[np.ndarray, np.ndarray
 
 
 def _ipow(x: np.ndarray, k: int) -> np.ndarray:
-    """x**k for a small integer k by repeated multiplication (float ** is ~10× slower)."""
+    """x**k for a small integer k by repeated multiplication (float ** is much slower)."""
     out = x
     for _ in range(k - 1):
         out = out * x
