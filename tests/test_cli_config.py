@@ -95,3 +95,10 @@ def test_distill_builds_the_plan_once(tiny_run, tmp_path, plan_builds, monkeypat
     assert isinstance(result.exception, Stop), result.output
     assert (out / "plan.json").is_file()
     assert plan_builds == ["student"]
+
+
+def test_plan_shows_the_inference_settings_a_config_resolves_to():
+    result = CliRunner().invoke(app, ["plan", "--set", "infer.mode=fast", "--set", "infer.backend=onnx"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if "│ infer." in line}
+    assert "fast" in rows["infer.mode"] and "onnx" in rows["infer.backend"] and "config" in rows["infer.mode"]

@@ -91,19 +91,6 @@ def onnx_ready(run_dir: Path, backend: str, stages, archs) -> Iterator[Path | No
             shutil.rmtree(build.folder, ignore_errors=True)
 
 
-def infer_table(resolved):
-    """A rich Table of a :class:`~noisytag.settings.ResolvedInfer`: key, value, where it came from."""
-    from rich.table import Table
-
-    table = Table(title="inference settings")
-    for name in ("key", "value", "from"):
-        table.add_column(name)
-    for key, value, source in resolved.rows():
-        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        table.add_row(key, shown, source)
-    return table
-
-
 StagesOpt = Annotated[
     str | None,
     typer.Option("--stages", help="Stages of the ensemble, e.g. 2,3,4 (default: config infer.stages)."),
@@ -368,6 +355,8 @@ def info(
     from noisytag.infer.ensemble import ensemble_stages, select_model_dirs  # heavy (torch): imported here
 
     resolved = resolve_or_fail(run_dir, given_settings("info", stages, mode, backend, batch_size))
+    from noisytag.report.tables import infer_table
+
     console.print(infer_table(resolved))
     chosen = _stage_list(stages)
     try:

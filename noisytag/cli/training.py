@@ -67,8 +67,9 @@ def train(
     console.print(f"[green]stage {stage} of {', '.join(archs)} trained[/] -> {out}")
 
 
-def print_plan(plan) -> None:
-    """A run plan as the article's stage table (SPEC §6), one row per stage."""
+def print_plan(plan, cfg=None) -> None:
+    """A run plan as the article's stage table (SPEC §6), one row per stage; with ``cfg``, also the
+    inference settings that predict/tag/serve will resolve from it (each from the config)."""
     from rich.table import Table
 
     rows = plan.table()
@@ -80,6 +81,11 @@ def print_plan(plan) -> None:
     console.print(table)
     console.print("fold f of a stage: the clips of the other folds, from fold f of its start")
     console.print(f"ensemble: stages {', '.join(map(str, plan.ensemble))} x folds x architectures")
+    if cfg is not None:
+        from noisytag.report.tables import infer_table
+        from noisytag.settings import resolve_infer
+
+        console.print(infer_table(resolve_infer(cfg.infer)))
 
 
 @app.command(name="plan", rich_help_panel="Training")
@@ -94,7 +100,7 @@ def plan_command(
     what it selects from, and which stages form the ensemble. Nothing is trained."""
     if run is not None:
         config = run_config(config, run)
-    print_plan(load_planned(config, set_)[1])
+    print_plan(*reversed(load_planned(config, set_)))
 
 
 @app.command(rich_help_panel="Training")
@@ -182,7 +188,7 @@ def pipeline(
         fail(escape(str(err)))
     cfg, plan = load_planned(run_config(config, out), set_)
     if dry_run:
-        print_plan(plan)
+        print_plan(plan, cfg)
         return
     try:
         with runner:  # every executor is a context manager (local: nothing to start)

@@ -1,4 +1,4 @@
-"""Console tables of what the data commands built: the feature cache of each split folder.
+"""Console tables: the feature cache of each split folder; the inference settings an entry resolves.
 
 Presentation only: the commands call these after the work, so the CLI parses options and the
 library computes, and what a table shows is decided here.
@@ -58,3 +58,14 @@ def print_cache(
         console.print(f"[yellow]failed[/] {folder}/{fname}: {reason}", highlight=False)
     if len(failures) > SHOWN_FAILURES:
         console.print(f"... and {len(failures) - SHOWN_FAILURES} more (see manifest.json of each split)")
+
+
+def infer_table(resolved) -> Table:
+    """A :class:`~noisytag.settings.ResolvedInfer` as key, value and where it came from (config or flag)."""
+    table = Table(title="inference settings")
+    for name in ("key", "value", "from"):
+        table.add_column(name)
+    for key, value, source in resolved.rows():
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        table.add_row(key, shown, source)
+    return table
