@@ -327,6 +327,54 @@ def test_int8_members_load_and_match_float(int8_run, tiny_data, tiny_cache, mode
     assert 0 < diff < INT8_TOL
 
 
+def _tail(graph):
+    """Op types from the graph output back to (and including) its last Gemm."""
+    produced = {o: n for n in graph.node for o in n.output}
+    node, ops = produced[graph.output[0].name], []
+    while True:
+        ops.append(node.op_type)
+        if node.op_type == "Gemm":
+            return node, ops
+        node = produced[node.input[0]]
+
+
+@pytest.mark.slow
+def test_int8_output_layer_stays_float_so_scores_do_not_tie(int8_run, tiny_cache):
+    """The last linear layer and the sigmoid run in float: no QuantizeLinear/DequantizeLinear after the
+    last Gemm, and the probabilities are not on a 256-level grid (a quantised output tied most rows)."""
+    import onnx
+
+    from noisytag.audio.cache import FeatureCache
+    from noisytag.audio.model_input import cached_clips
+    from noisytag.config import FrontendConfig
+    from noisytag.infer.ensemble import load_members
+    from noisytag.infer.predict import iter_window_probs
+
+    run, index = int8_run
+    (member,) = index["members"]
+    for kind in ("model", "fast"):
+        graph = onnx.load(str(run / "onnx" / member["int8"][kind])).graph
+        gemm, ops = _tail(graph)
+        assert ops == ["Sigmoid", "Gemm"], ops  # nothing quantised between the output and the Gemm
+        assert gemm.input[1] in {i.name for i in graph.initializer}  # its weights float, not dequantised
+    (int8,) = load_members(run / "onnx", precision="int8")
+    cache = FeatureCache.open(tiny_cache, FrontendConfig(), "curated")
+    clips = list(cached_clips(cache, range(len(cache))))
+    for mode in ("exact", "fast"):
+        cfg = InferConfig(batch_size=8, mode=mode)
+        probs = np.concatenate([p for _, _, p in iter_window_probs([int8], clips, cfg)])
+        assert probs.size > 300 and len(np.unique(probs)) > 256  # more values than 8 bits can hold
+        distinct = np.array([len(np.unique(row)) for row in probs])
+        assert (distinct == probs.shape[1]).all(), np.mean(distinct < probs.shape[1])  # no tied row
+
+
+def test_int8_graphs_of_the_quantised_output_recipe_are_stale():
+    from noisytag.infer.members import int8_current
+
+    entry = {"weights_sha256": "w", "int8": {"weights_sha256": "w", "method": "percentile 99.999"}}
+    assert not int8_current(entry)  # made before the output layer stayed float: remade
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "stale", [{"weights_sha256": "of other weights"}, {"method": "minmax"}], ids=["weights", "recipe"]

@@ -106,3 +106,50 @@ def test_interrupted_fit_resumes_to_the_same_weights(tmp_path, curated_clips):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     rows = read_metrics(tmp_path / "cut" / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+
+
+class StepStates(Callback):
+    """The model's state after each optimizer step."""
+
+    def __init__(self):
+        self.states = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+
+@pytest.mark.slow
+def test_ema_fit_returns_the_averaged_model(tmp_path, curated_clips):
+    """The model fit_fold returns (the one the pipeline saves and predicts with) is the EMA of the
+    weights and batch-norm buffers after each step, not the last step's weights."""
+    caches, clips, n_classes = curated_clips
+    steps, d = StepStates(), 0.7
+    module = _fit(tmp_path, caches, clips, n_classes, epochs=2, callbacks=[steps],
+                  **{"train.average": "ema", "train.ema_decay": d})  # fmt: skip
+    expected = dict(steps.states[0])
+    for w in steps.states[1:]:
+        expected = {k: d * expected[k] + (1 - d) * v if v.is_floating_point() else v for k, v in w.items()}
+    got = module.model.state_dict()
+    assert len(steps.states) > 2 and not torch.equal(
+        got["head.classify.6.weight"], w["head.classify.6.weight"]
+    )
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("average", ["ema", "swa"])
+def test_interrupted_averaged_fit_resumes_to_the_same_weights(tmp_path, curated_clips, average):
+    """The average is checkpointed: a fit killed after averaging began resumes to the same model, and
+    one resumed from the last checkpoint with nothing left to train still returns the average."""
+    caches, clips, n_classes = curated_clips
+    sets = {"train.average": average, "train.ema_decay": 0.8, "train.swa_start": 0.5}
+    whole = _fit(tmp_path / "whole", caches, clips, n_classes, epochs=3, **sets)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        _fit(tmp_path / "cut", caches, clips, n_classes, epochs=3, callbacks=[StopAtEpoch(2)], **sets)
+    resumed = _fit(tmp_path / "cut", caches, clips, n_classes, epochs=3, **sets)
+    again = _fit(tmp_path / "cut", caches, clips, n_classes, epochs=3, **sets)  # last.ckpt of a done fit
+    for model in (resumed, again):
+        a, b = whole.model.state_dict(), model.model.state_dict()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)

@@ -139,9 +139,10 @@ def session(path: str | Path, threads: int = 0):
 
 PRECISIONS = ("float32", "int8")  # graphs of an export directory: float, or int8 (``noisytag export --int8``)
 # The int8 recipe (noisytag.infer.quantize): activation ranges from the (100 - p)th to the pth percentile
-# of the calibration values. int8 graphs an export index records with another method are stale and remade.
+# of the calibration values, the output layer in float (graphs before it quantised their probabilities).
+# int8 graphs an export index records with another method are stale and remade.
 INT8_PERCENTILE = 99.999
-INT8_METHOD = f"percentile {INT8_PERCENTILE}"
+INT8_METHOD = f"percentile {INT8_PERCENTILE}, float output"
 
 
 def int8_current(entry: dict, source: str | None = None, activation: str | None = None) -> bool:

@@ -12,7 +12,9 @@ min–max ranges, 4 of 4 graphs). Before quantising, onnxruntime's basic graph
 optimisation folds each batch norm into its convolution (the optimisation step of ``quant_pre_process``;
 its symbolic shape inference fails on torch.export's ``Constant`` nodes and these graphs do not need it),
 so the convolutions are quantised with the batch-norm scale in their weights; the first convolution, which
-sees the log-mel itself, stays in float (:func:`quantize_graph`). onnxruntime fuses the QDQ pairs into
+sees the log-mel itself, and the output layer (the last linear layer and the sigmoid after it, so the
+probabilities are not rounded to 256 levels and tied) stay in float (:func:`quantize_graph`,
+:func:`output_nodes`). onnxruntime fuses the QDQ pairs into
 integer kernels (VNNI where the CPU has it) when it loads the graph.
 
 Calibration clips (:class:`~noisytag.infer.calibration.CalibrationSet`) come from the run's data set (run.json ``data_dir``; features
@@ -54,6 +56,7 @@ MAX_WINDOWS = 256  # calibration windows of model.int8.onnx
 MAX_CLIPS_FAST = 16  # calibration clips of fast.int8.onnx
 FAST_FRAMES = 512  # their length in frames (≈ 6 s at the default hop)
 BATCH = 16
+LINEAR_OPS = ("Gemm", "MatMul", "Conv")  # where the float output layer (:func:`output_nodes`) begins
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,12 +126,34 @@ def _quiet_quantizer():
         root.removeFilter(keep)
 
 
+def output_nodes(graph) -> list[str]:
+    """Names of the nodes from the last linear layer (``Gemm``, ``MatMul`` or ``Conv``) to each graph
+    output, that layer included.
+
+    They stay in float so the output tensor is never quantised: a quantised sigmoid output holds at
+    most 256 values, and quantised logits few more, so most rows of real clips held tied scores (99.3 %
+    of an int8 student's on realdev), which costs a ranking metric.
+    """
+    produced = {o: n for n in graph.node for o in n.output}
+    names: list[str] = []
+    todo = [o.name for o in graph.output]
+    while todo:
+        node = produced.get(todo.pop())
+        if node is None or node.name in names:
+            continue
+        names.append(node.name)
+        if node.op_type not in LINEAR_OPS:
+            todo.extend(i for i in node.input if i in produced)
+    return names
+
+
 def quantize_graph(src: Path, dst: Path, feeds: list[dict], activation: str = "uint8") -> None:
     """Float graph ``src`` → static QDQ int8 graph ``dst`` calibrated on ``feeds`` (kill-safe write).
 
     The first convolution stays in float: it sees the normalised log-mel itself, whose 256 uint8 levels
     doubled the largest probability error of a tiny trained cnn1, for a small share of the work (one
-    input channel; figures in benchmarks/README.md).
+    input channel; figures in benchmarks/README.md). So does the output layer (:func:`output_nodes`):
+    one small matrix product, and the probabilities keep their float resolution.
     """
     import tempfile
 
@@ -145,7 +170,8 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], activation: str = "u
         opts.optimized_model_filepath = str(optimized)
         opts.log_severity_level = 3
         ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
-        convs = [n.name for n in onnx.load(str(optimized)).graph.node if n.op_type == "Conv"]
+        graph = onnx.load(str(optimized)).graph
+        convs = [n.name for n in graph.node if n.op_type == "Conv"]
         with atomic_path(dst) as out:
             quantize_static(
                 str(optimized),
@@ -157,7 +183,7 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict], activation: str = "u
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.Percentile,
                 extra_options={"CalibPercentile": INT8_PERCENTILE},
-                nodes_to_exclude=convs[:1],
+                nodes_to_exclude=convs[:1] + output_nodes(graph),
             )
 
 
@@ -253,7 +279,8 @@ def quantize_members(
 
         section = {
             "format": f"QDQ: int8 weights per output channel, {activation} activations "
-            f"({INT8_METHOD} calibration), first convolution in float; onnxruntime quantize_static",
+            f"(percentile {INT8_PERCENTILE} calibration), first convolution and output layer in float; "
+            "onnxruntime quantize_static",
             "onnxruntime": ort.__version__,
             "activations": activation,
             "calibration": {
