@@ -2,8 +2,10 @@
 
 A treatment says four things: the untrusted flag those clips carry into the loss (0: like any clip,
 1: through the treatment's loss), whether their targets are relabelled between the given labels and the
-earlier stages' out-of-fold ensemble, the loss that reads the flag (a function: plain BCE, a separate
-noisy-label head, or soft bootstrapping) and whether the model needs that noisy-label layer. The
+earlier stages' out-of-fold ensemble, the loss that reads the flag (a function: the plain base loss, a
+separate noisy-label head, or soft bootstrapping) and whether the model needs that noisy-label layer.
+Each loss applies the module's base loss (``module.criterion``, ``train.loss``: BCE by default, or
+LSEP, :mod:`noisytag.learn.losses`) where it used to apply BCE, so treatments and losses compose. The
 training-set assembly (:mod:`noisytag.runs.pipeline`) and the loss
 (:class:`noisytag.learn.train.TrainingModule`) both ask the entry, never the name, so a new treatment (or
 a new loss) is one entry here.
@@ -16,30 +18,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from noisytag.registry import Registry, in_range
 
 TREATMENTS = Registry("noisy-clip treatment", "noisy.treatment")
 
-# (module, x, y, w) → loss: ``module`` the TrainingModule (its ``model``, ``noisy_head``, ``lsoft_beta``),
+# (module, x, y, w) → loss: ``module`` the TrainingModule (its ``model``, ``criterion``, ``noisy_head``,
+# ``lsoft_beta``),
 # x (B, 1, n_mels, T) inputs, y (B, K) soft targets, w (B, 1) each example's untrusted share in [0, 1].
 Loss = Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def bce_loss(module: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Plain BCE-with-logits on every example (the untrusted share is not read)."""
-    return F.binary_cross_entropy_with_logits(module(x).float(), y)
+def plain_loss(module: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The base loss on every example (the untrusted share is not read)."""
+    return module.criterion(module(x).float(), y)
+
+
+bce_loss = plain_loss  # its name while the base loss was always BCE
 
 
 def head_loss(module: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """The noisy-label layer takes the untrusted share of each example's BCE, the clean layer the rest."""
+    """The noisy-label layer takes the untrusted share of each example's loss, the clean layer the rest."""
     embedding = module.model.embed(x)
     clean = module.model.head.classify[-1](embedding).float()
     noisy = module.noisy_head(embedding).float()
-    per_example = (1 - w) * F.binary_cross_entropy_with_logits(
-        clean, y, reduction="none"
-    ) + w * F.binary_cross_entropy_with_logits(noisy, y, reduction="none")
+    loss = module.criterion
+    per_example = (1 - w) * loss(clean, y, reduction="none") + w * loss(noisy, y, reduction="none")
     return per_example.mean()
 
 
@@ -48,7 +52,7 @@ def lsoft_loss(module: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -
     logits = module(x).float()
     beta = 1 - w * (1 - module.lsoft_beta)
     y = beta * y + (1 - beta) * torch.sigmoid(logits).detach()
-    return F.binary_cross_entropy_with_logits(logits, y)
+    return module.criterion(logits, y)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class Treatment:
     name: str
     untrusted: float  # the flag of the untrusted clips: the share of their loss the treatment takes
     relabel: bool  # targets α·given + (1 − α)·OOF of the earlier stages
-    loss: Loss = bce_loss  # the training loss of a batch (reads the flag)
+    loss: Loss = plain_loss  # the training loss of a batch (reads the flag)
     noisy_head: bool = False  # the model gets a separate noisy-label output layer (head_loss reads it)
 
 
