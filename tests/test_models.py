@@ -18,8 +18,8 @@ def n_trainable(model: nn.Module) -> int:
 def test_registry_lists_builtins():
     assert {"cnn1", "mobilenet", "vgg16"} <= set(available())
     assert isinstance(MODELS, Registry) and available() == sorted(MODELS.names())  # the one list
-    assert options_of("cnn1") == {"width": 1.0}
-    assert options_of("mobilenet") == {"width": 1.0, "hidden": 256}
+    assert options_of("cnn1") == {"width": 1.0, "freq_channel": False, "pool": "default"}
+    assert options_of("mobilenet") == {"width": 1.0, "hidden": 256, "freq_channel": False, "pool": "default"}
 
 
 @pytest.mark.parametrize(
@@ -176,3 +176,148 @@ def test_mobilenet_init_kaiming_zero_biases_and_identity_residuals():
     assert sum(b.residual for b in blocks) == 6
     for block in blocks:  # residual blocks start as the identity: the last BN scale is zero
         assert (torch.count_nonzero(block.block[-1][1].weight) == 0) == block.residual
+
+
+# frequency awareness: model.freq_channel, model.pool ------------------------------------------
+
+SMALL = {"cnn1": 0.125, "vgg16": 0.125, "mobilenet": 0.25}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_frequency_options_keep_output_shapes_and_record_themselves(name):
+    torch.manual_seed(0)
+    model = build(name, 5, width=SMALL[name], freq_channel=True, pool="maxtime_meanfreq").eval()
+    x = torch.rand(2, 1, 64, 150)
+    with torch.no_grad():
+        fmap = model.features(x)
+        pooled = model.head.pool(fmap)
+        logits = model(x)
+    assert logits.shape == (2, 5) and pooled.shape == (2, fmap.shape[1])  # D features, not 2D
+    torch.testing.assert_close(pooled, fmap.mean(dim=2).amax(dim=2))
+    assert (
+        model.spec["options"]["freq_channel"] is True and model.spec["options"]["pool"] == "maxtime_meanfreq"
+    )
+    again = build(**model.spec)
+    assert [p.shape for p in again.parameters()] == [p.shape for p in model.parameters()]
+    plain = build(name, 5, width=SMALL[name])
+    assert "freq_channel" not in plain.spec["options"] and "pool" not in plain.spec["options"]
+
+
+def test_freq_channel_is_a_mel_position_ramp_added_inside_the_model():
+    from noisytag.models.heads import with_freq_channel
+
+    x = torch.rand(2, 3, 5, 7)
+    out = with_freq_channel(x)
+    assert out.shape == (2, 4, 5, 7) and torch.equal(out[:, :3], x)
+    ramp = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]).view(1, 5, 1).expand(2, 5, 7)
+    assert torch.equal(out[:, 3], ramp)
+    model = build("cnn1", 3, in_channels=3, width=0.125, freq_channel=True).eval()
+    seen = []
+    model.body.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(torch.rand(2, 1, 16, 40))  # one channel in: repeated to 3, then the ramp
+    ramp = (torch.arange(16) / 15).view(1, 16, 1).expand(2, 16, 40)
+    assert seen[0].shape == (2, 4, 16, 40) and torch.equal(seen[0][:, 3], ramp)
+    assert torch.equal(seen[0][:, 0], seen[0][:, 2])
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_frequency_options_change_only_the_parameters_they_concern(name):
+    base = {k: v.shape for k, v in build(name, 6, width=SMALL[name]).state_dict().items()}
+    with_channel = {
+        k: v.shape for k, v in build(name, 6, width=SMALL[name], freq_channel=True).state_dict().items()
+    }
+    pooled = {
+        k: v.shape for k, v in build(name, 6, width=SMALL[name], pool="maxtime_meanfreq").state_dict().items()
+    }
+    assert set(with_channel) == set(base) == set(pooled)
+    first = next(k for k in base if k.startswith("body.") and len(base[k]) == 4)  # the first conv weight
+    assert [k for k in base if with_channel[k] != base[k]] == [first]
+    out, c_in, *kernel = base[first]
+    assert with_channel[first] == (out, c_in + 1, *kernel)
+    changed = sorted(k for k in base if pooled[k] != base[k])
+    bn = [f"head.classify.0.{p}" for p in ("bias", "running_mean", "running_var", "weight")]
+    assert changed == [*bn, "head.classify.2.weight"]  # the pooled width halves: 2D → D
+    assert pooled["head.classify.0.weight"][0] * 2 == base["head.classify.0.weight"][0]
+
+
+def test_unknown_pool_names_the_key():
+    from noisytag.config import ModelConfig, RunConfig
+    from noisytag.runs.validate import validate_plugins
+
+    with pytest.raises(
+        ConfigError, match=r"config key 'model.pool': unknown pooling 'maxfreq' \(known: default"
+    ):
+        build("cnn1", 3, pool="maxfreq")
+    with pytest.raises(ConfigError, match="model.pool"):
+        validate_plugins(RunConfig(model=ModelConfig(pool="maxfreq")))
+    validate_plugins(RunConfig(model=ModelConfig(freq_channel=True, pool="maxtime_meanfreq")))
+
+
+def test_training_builds_the_configured_frequency_options():
+    from noisytag.config import ModelConfig, RunConfig
+    from noisytag.learn.train import build_module
+
+    cfg = RunConfig(model=ModelConfig(width=0.125, freq_channel=True, pool="maxtime_meanfreq"))
+    spec = build_module(cfg, "cnn1", 3, 1e-3, 0).model.spec
+    assert spec["options"] == {"width": 0.125, "freq_channel": True, "pool": "maxtime_meanfreq"}
+    assert build_module(RunConfig(), "cnn1", 3, 1e-3, 0).model.spec["options"] == {"width": 1.0}
+
+
+def test_frequency_options_survive_save_and_load(tmp_path):
+    from noisytag.models.weights import load_model, read_meta, save_model
+
+    torch.manual_seed(1)
+    model = build("mobilenet", 4, width=0.25, freq_channel=True, pool="maxtime_meanfreq").eval()
+    save_model(tmp_path, model, {"arch": "mobilenet"})
+    options = read_meta(tmp_path)["model"]["options"]
+    assert options["freq_channel"] is True and options["pool"] == "maxtime_meanfreq"
+    loaded, _ = load_model(tmp_path)
+    x = torch.rand(2, 1, 128, 130)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_fast_mode_runs_with_frequency_options():
+    """The windowed head (body once over the clip, head per window slice) needs nothing new: the ramp
+    does not depend on time and both poolings reduce a slice's mel and time axes."""
+    from noisytag.infer.members import WindowedHead
+
+    torch.manual_seed(2)
+    model = build("cnn1", 3, width=0.125, freq_channel=True, pool="maxtime_meanfreq").eval()
+    clip, starts = torch.rand(1, 1, 128, 512), torch.tensor([0, 128, 384])
+    with torch.no_grad():
+        fast = WindowedHead(model, 128).logits(clip, starts)
+        fmap = model.features(clip)
+        slices = torch.stack([fmap[0, :, :, s // 16 : s // 16 + 8] for s in starts.tolist()])
+        torch.testing.assert_close(fast, model.head.classify(slices.mean(dim=2).amax(dim=2)))
+
+
+@pytest.mark.slow
+def test_onnx_export_parity_with_frequency_options(tmp_path):
+    """One small model with both switches: exported (exact and fast graphs) and compared with PyTorch by
+    the exporter itself (it refuses a member that differs by more than 1e-4), then on clips through
+    onnxruntime."""
+    import dataclasses
+
+    import numpy as np
+
+    from noisytag.config import FrontendConfig
+    from noisytag.infer.export import export_models
+    from noisytag.infer.members import OnnxMember, TorchMember
+    from noisytag.models.record import FoldRecord
+    from noisytag.models.weights import save_model
+
+    torch.manual_seed(3)
+    model = build("cnn1", 3, width=0.125, freq_channel=True, pool="maxtime_meanfreq").train()
+    with torch.no_grad():
+        model(torch.randn(8, 1, 128, 160))  # batch-norm statistics that are not trivial
+    directory = tmp_path / "cnn1" / "stage1" / "fold0"
+    record = FoldRecord("cnn1", 1, 0, ("a", "b", "c"), dataclasses.asdict(FrontendConfig()), "minmax")
+    save_model(directory, model.eval(), record.to_json())
+    index = export_models([directory], tmp_path / "onnx")
+    (entry,) = index["members"]
+    assert entry["spec"]["options"]["freq_channel"] is True and entry["parity_max_abs_diff"] <= 1e-4
+    onnx_member, torch_member = OnnxMember(tmp_path / "onnx", entry, 128), TorchMember(model)
+    x = np.random.default_rng(0).random((4, 1, 128, 200), dtype=np.float32)
+    np.testing.assert_allclose(onnx_member.probs(x), torch_member.probs(x), atol=1e-4, rtol=0)

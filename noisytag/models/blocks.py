@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from noisytag.models.heads import Head, TaggingNet
+from noisytag.models.heads import Head, TaggingNet, frequency_options
 
 Token = int | str
 
@@ -71,17 +71,27 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def layer_list_net(name: str, layers: Sequence, n_classes: int, in_channels: int, width: float):
+def layer_list_net(
+    name: str,
+    layers: Sequence,
+    n_classes: int,
+    in_channels: int,
+    width: float,
+    freq_channel: bool = False,
+    pool: str = "default",
+):
     """A layer-list body (channels scaled by ``width``) + the shared head, initialised: every
-    architecture of the registry is this with its own list."""
-    body = make_body(layers, in_channels, width)
-    head = Head(out_channels(layers, width), n_classes, hidden=scaled(512, width))
+    architecture of the registry is this with its own list. ``freq_channel``, ``pool``: the frequency
+    options of :mod:`noisytag.models.heads` (the body reads one channel more with the first)."""
+    extra = frequency_options(freq_channel, pool)
+    body = make_body(layers, in_channels + int(bool(freq_channel)), width)
+    head = Head(out_channels(layers, width), n_classes, hidden=scaled(512, width), pool=pool)
     spec = {
         "name": name,
         "n_classes": n_classes,
         "in_channels": in_channels,
-        "options": {"width": float(width)},
+        "options": {"width": float(width), **extra},
     }
-    model = TaggingNet(body, head, spec, time_reduction(layers))
+    model = TaggingNet(body, head, spec, time_reduction(layers), freq_channel=bool(freq_channel))
     init_weights(model)
     return model

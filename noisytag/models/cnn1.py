@@ -15,6 +15,12 @@ LAYERS = (64, 64, "A", 128, 128, "A", 256, 256, "A", 512, 512, "A")
 
 
 @register("cnn1")
-def cnn1(n_classes: int, in_channels: int = 1, width: float = 1.0) -> TaggingNet:
+def cnn1(
+    n_classes: int,
+    in_channels: int = 1,
+    width: float = 1.0,
+    freq_channel: bool = False,
+    pool: str = "default",
+) -> TaggingNet:
     """cnn1 with channel counts (and the head's hidden layer) scaled by ``width``."""
-    return layer_list_net("cnn1", LAYERS, n_classes, in_channels, width)
+    return layer_list_net("cnn1", LAYERS, n_classes, in_channels, width, freq_channel, pool)

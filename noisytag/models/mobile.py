@@ -29,7 +29,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from noisytag.models.blocks import init_weights
-from noisytag.models.heads import Head, TaggingNet
+from noisytag.models.heads import Head, TaggingNet, frequency_options
 from noisytag.models.registry import register
 
 STEM = 16
@@ -125,19 +125,27 @@ def time_reduction() -> int:
 
 
 @register("mobilenet")
-def mobilenet(n_classes: int, in_channels: int = 1, width: float = 1.0, hidden: int = 256) -> TaggingNet:
+def mobilenet(
+    n_classes: int,
+    in_channels: int = 1,
+    width: float = 1.0,
+    hidden: int = 256,
+    freq_channel: bool = False,
+    pool: str = "default",
+) -> TaggingNet:
     """The inverted-residual body (channels scaled by ``width``) + the shared head with ``hidden``
-    units (not scaled)."""
+    units (not scaled); ``freq_channel``, ``pool``: the frequency options of :mod:`noisytag.models.heads`."""
     if int(hidden) < 1:
         raise ValueError(f"model 'mobilenet': hidden must be ≥ 1, got {hidden}")
-    body, channels = mobile_body(in_channels, width)
-    head = Head(channels, n_classes, hidden=int(hidden))
+    extra = frequency_options(freq_channel, pool)
+    body, channels = mobile_body(in_channels + int(bool(freq_channel)), width)
+    head = Head(channels, n_classes, hidden=int(hidden), pool=pool)
     spec = {
         "name": "mobilenet",
         "n_classes": n_classes,
         "in_channels": in_channels,
-        "options": {"width": float(width), "hidden": int(hidden)},
+        "options": {"width": float(width), "hidden": int(hidden), **extra},
     }
-    model = TaggingNet(body, head, spec, time_reduction())
+    model = TaggingNet(body, head, spec, time_reduction(), freq_channel=bool(freq_channel))
     init_weights(model)
     return model

@@ -21,6 +21,12 @@ VGG16_LAYERS = (
 
 
 @register("vgg16")
-def vgg16(n_classes: int, in_channels: int = 1, width: float = 1.0) -> TaggingNet:
+def vgg16(
+    n_classes: int,
+    in_channels: int = 1,
+    width: float = 1.0,
+    freq_channel: bool = False,
+    pool: str = "default",
+) -> TaggingNet:
     """VGG-16-BN body (channel counts scaled by ``width``) + the shared head."""
-    return layer_list_net("vgg16", VGG16_LAYERS, n_classes, in_channels, width)
+    return layer_list_net("vgg16", VGG16_LAYERS, n_classes, in_channels, width, freq_channel, pool)

@@ -5,7 +5,8 @@ A fold-model directory holds::
     weights.safetensors   the state dict (tensors only; safetensors cannot run code on load)
     model.json            the fold record (noisytag.models.record.FoldRecord: arch, stage, fold,
                           classes, frontend, normalize, config_hash, n_train, teacher)
-                          + "model": model.spec (what noisytag.models.build(**spec) needs)
+                          + "model": model.spec (what noisytag.models.build(**spec) needs: its
+                            options include model.freq_channel and model.pool when not default)
                           + "weights_sha256": checksum of the weights file (detects corruption)
 
 Both files are written through :func:`noisytag.fileio.atomic_path` (temporary name, fsync, rename), the

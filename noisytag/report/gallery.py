@@ -3,9 +3,10 @@
 Also the example test clips of the run report (:func:`example_clips`): log-mels of a few test clips with
 the ensemble's top labels. Rows of the gallery are clips, columns are :func:`gallery_columns`: the
 original, each entry of the augmentation registry (``noisytag.learn.augment.AUGMENTATIONS``: mixup,
-SpecMix, zoom, lighting, masking) alone, then the full chain; under each panel the target it trains
+SpecMix, zoom, lighting, band gains, Freq-MixStyle, masking) alone, then the full chain; under each panel the target it trains
 on, written as a label mixture ("0.62 bell + 0.38 siren"). Each entry's meta gives its column title,
-the fields that force it on and its corner note, so the gallery names no augmentation itself. Drawn with matplotlib's object API (no pyplot state), so it is safe in
+the fields that force it on and its corner note (given one example's draws as Python values, a
+list for a per-bin draw), so the gallery names no augmentation itself. Drawn with matplotlib's object API (no pyplot state), so it is safe in
 tests, servers and the run report.
 """
 
@@ -145,7 +146,7 @@ def gallery_figure(
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(mixture_text(targets[row], classes), fontsize=7, labelpad=3)
-            note = notes[title]({k: v[row].item() for k, v in params.items()}) if title in notes else ""
+            note = notes[title]({k: v[row].tolist() for k, v in params.items()}) if title in notes else ""
             if note:
                 ax.text(
                     0.02,
