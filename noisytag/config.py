@@ -62,6 +62,7 @@ class AugmentConfig:
 
     mixup_p: float = 1.0
     mixup_alpha: float = 0.4
+    mixup_target: str = "mix"  # mixup's target: "mix" (λ-weighted) or "union" (element-wise max of both)
     specmix_p: float = 1.0
     specmix_max: float = 0.25  # h, w ~ U[0, specmix_max)
     zoom_p: float = 0.75
@@ -70,6 +71,11 @@ class AugmentConfig:
     brightness: float = 0.2
     contrast_p: float = 0.75
     contrast: float = 0.2
+    bandgain_p: float = 0.0  # random band gains (FilterAugment), per example; 0 = off
+    bandgain_db: float = 6.0  # each band's gain ~ U[-bandgain_db, bandgain_db] dB
+    bandgain_bands: int = 6  # n ~ U{ceil(m/2) … m} bands at random boundaries (m = 6: FilterAugment's 3–6)
+    freqmix_p: float = 0.0  # Freq-MixStyle: per-frequency mean/std mixed with a partner's; 0 = off
+    freqmix_alpha: float = 0.3  # own share of the statistics ~ Beta(alpha, alpha)
     mask_p: float = 0.0  # SpecAugment-style zero bands (extra, off by default)
     mask_freq: int = 16
     mask_time: int = 16
@@ -81,6 +87,8 @@ class ModelConfig:
 
     width: float = 1.0  # channel-width multiplier; 1.0 = the paper's model
     in_channels: int = 1
+    freq_channel: bool = False  # add a mel-position input channel (0 … 1 over mel bins) inside the model
+    pool: str = "default"  # head pooling: "default" (max ‖ mean over both axes) or "maxtime_meanfreq"
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,11 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "auto"  # "auto": 16-mixed on a GPU, 32 on the CPU
     val_batch_size: int = 256
+    loss: str = "bce"  # base loss (noisytag.learn.losses): "bce", "lsep" (pairwise ranking) or "bce+lsep"
+    lsep_weight: float = 1.0  # weight of LSEP in "bce+lsep"
+    average: str = "none"  # weight averaging (noisytag.learn.averaging): "none", "ema" or "swa"
+    ema_decay: float = 0.999  # "ema": a ← d·a + (1 − d)·w after each step (memory ≈ 1 / (1 − d) steps)
+    swa_start: float = 0.75  # "swa": mean of the weights after each step past this fraction of the run
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ COMMON_INPUTS = (
     "pipeline.mode",
 )
 # The inputs a student reads instead of the pipeline's stages (its model, recipe and teacher).
-STUDENT_INPUTS = ("frontend", "data.normalize", "augment", "model.in_channels", "train", "infer.window",
-                  "infer.max_stride", "pipeline.mode")  # fmt: skip
+STUDENT_INPUTS = ("frontend", "data.normalize", "augment", "model.in_channels", "model.freq_channel",
+                  "model.pool", "train", "infer.window", "infer.max_stride", "pipeline.mode")  # fmt: skip
 # What the parts of a training set mean (the "trains on" column).
 PART_TEXT = {
     "noisy": "noisy (given labels)",

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from noisytag.config import AugmentConfig, ConfigError
+from noisytag.config import AugmentConfig, ConfigError, DataConfig, RunConfig
 from noisytag.learn.augment import (
     AUGMENTATIONS,
     BatchAugment,
@@ -21,10 +21,14 @@ from noisytag.learn.augment import (
     check_config,
     zoom_theta,
 )
+from noisytag.learn.recording import RANGE_DB, BandGain, FreqMixStyle
 from noisytag.report.gallery import gallery, gallery_columns, gallery_figure
 
 OFF = AugmentConfig(mixup_p=0, specmix_p=0, zoom_p=0, brightness_p=0, contrast_p=0, mask_p=0)
-ON = AugmentConfig(mixup_p=1, specmix_p=1, zoom_p=1, brightness_p=1, contrast_p=1, mask_p=1)
+ON = AugmentConfig(
+    mixup_p=1, specmix_p=1, zoom_p=1, brightness_p=1, contrast_p=1, bandgain_p=1, freqmix_p=1, mask_p=1
+)
+UNBOUNDED = {"freqmix"}  # augmentations whose output may leave [0, 1] (statistics of the original)
 
 
 def batch(b=16, k=6, f=32, t=40, seed=0, dtype=torch.float32):
@@ -75,6 +79,36 @@ def test_mixup_probability_gives_neutral_lambda():
     assert (lam == 1).all()
     xo, yo = Mixup(p=0.0, generator=gen())(x, y)
     assert torch.equal(xo, x) and torch.equal(yo, y)
+
+
+def test_mixup_target_rules_on_a_known_pair():
+    """Clips 0 and 1 mixed with each other at λ = 0.75; clip 2 unmixed (λ = 1, partner clip 0).
+    Last column: soft (teacher-like) targets; the union takes the max of both soft values."""
+    x, _ = labelled_batch(b=3)
+    y = torch.tensor([[1.0, 0.0, 0.0, 0.2], [0.0, 1.0, 0.0, 0.6], [0.0, 0.0, 1.0, 0.1]])
+    params = {"lam": torch.tensor([0.75, 0.75, 1.0]), "perm": torch.tensor([1, 0, 0])}
+    xm, ym = Mixup(target="mix").apply(x, y, params)
+    xu, yu = Mixup(target="union").apply(x, y, params)
+    mixed = [[0.75, 0.25, 0.0, 0.3], [0.25, 0.75, 0.0, 0.5], [0.0, 0.0, 1.0, 0.1]]
+    torch.testing.assert_close(ym, torch.tensor(mixed))
+    union = [[1.0, 1.0, 0.0, 0.6], [1.0, 1.0, 0.0, 0.6], [0.0, 0.0, 1.0, 0.1]]
+    assert torch.equal(yu, torch.tensor(union))
+    assert torch.equal(xu, xm)  # the inputs mix alike under both rules
+    torch.testing.assert_close(xm[:, 0, 0, 0], torch.tensor([0.25, 0.75, 2.0]))
+
+
+def test_mixup_target_comes_from_the_config_and_is_checked():
+    from noisytag.config import RunConfig
+    from noisytag.learn.train import build_module
+
+    assert build_chain(AugmentConfig(mixup_target="union")).steps["mixup"].target == "union"
+    assert build_chain(AugmentConfig()).steps["mixup"].target == "mix"
+    with pytest.raises(ConfigError, match="config key 'augment.mixup_target': must be one of"):
+        check_config(AugmentConfig(mixup_target="max"))
+    # the training module (pipeline folds and distillation's student alike) reads it from the config
+    cfg = dataclasses.replace(RunConfig(), augment=AugmentConfig(mixup_target="union"))
+    module = build_module(cfg, "cnn1", 4, lr=1e-3, seed=0)
+    assert module.augment.steps["mixup"].target == "union"
 
 
 # SpecMix --------------------------------------------------------------------------------------
@@ -229,6 +263,76 @@ def test_masking_zeroes_bands_only():
     assert torch.equal(out[~zeros], x[~zeros]) and torch.equal(yo, y)
 
 
+# recording conditions: band gains, Freq-MixStyle ----------------------------------------------
+
+
+def test_bandgain_known_gain_on_a_known_input():
+    """g dB is g / 80 input units (the min-max range of a clip spanning top_db); a peak lifted above 1
+    shifts the whole window down (the front end rescales the clip's peak to 1), floored at 0."""
+    x = torch.full((3, 1, 8, 5), 0.5)
+    x[1] = 0.98
+    gain = torch.tensor([[8.0] * 4 + [-4.0] * 4] * 3)
+    params = {"gain": gain, "bands": torch.tensor([2, 2, 0])}
+    out, yo = BandGain().apply(x, torch.ones(3, 2), params)
+    torch.testing.assert_close(out[0, 0, :4], torch.full((4, 5), 0.5 + 8 / RANGE_DB))
+    torch.testing.assert_close(out[0, 0, 4:], torch.full((4, 5), 0.5 - 4 / RANGE_DB))
+    excess = 0.98 + 8 / RANGE_DB - 1  # the boosted band of example 1 would pass 1
+    torch.testing.assert_close(out[1, 0, :4], torch.ones(4, 5))
+    torch.testing.assert_close(out[1, 0, 4:], torch.full((4, 5), 0.98 - 4 / RANGE_DB - excess))
+    assert torch.equal(out[2], x[2]) and torch.equal(yo, torch.ones(3, 2))  # skipped: exact
+    low, _ = BandGain().apply(
+        torch.full((1, 1, 8, 5), 0.02), None, {"gain": gain[:1], "bands": torch.ones(1)}
+    )
+    assert (low[0, 0, 4:] == 0).all()  # pushed below the floor: 0
+
+
+def test_bandgain_draws_bands_and_gains_per_example():
+    x, y = batch(b=64, f=40)
+    aug = BandGain(max_db=6.0, bands=6, p=0.5, generator=gen())
+    params = aug.sample(x)
+    gain, bands = params["gain"], params["bands"]
+    on = bands > 0
+    assert 0 < on.sum() < 64 and ((bands[on] >= 3) & (bands[on] <= 6)).all()
+    assert gain.shape == (64, 40) and (gain.abs() <= 6).all() and (gain[~on] == 0).all()
+    runs = 1 + (gain[:, 1:] != gain[:, :-1]).sum(1)  # contiguous bands of equal gain
+    assert (runs[on] <= bands[on]).all() and (runs[on] >= 2).any()
+    out, yo = aug.apply(x, y, params)
+    assert torch.equal(out[~on], x[~on]) and torch.equal(yo, y) and not torch.equal(out[on], x[on])
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_bandgain_needs_minmax_input():
+    check_config(AugmentConfig(bandgain_p=0.5))
+    bad = RunConfig(augment=AugmentConfig(bandgain_p=0.5), data=DataConfig(normalize="none"))
+    with pytest.raises(ConfigError, match="config key 'augment.bandgain_p': band gains need min-max"):
+        AUGMENTATIONS.validate(bad)
+
+
+def test_freqmix_output_has_the_mixed_per_frequency_statistics():
+    x, y = batch(b=16, f=12, t=30)
+    x = x * torch.linspace(0.2, 1.0, 12).view(1, 1, 12, 1)  # a spectral colour per bin
+    aug = FreqMixStyle(alpha=0.3, p=0.75, generator=gen(3))
+    params = aug.sample(x)
+    out, yo = aug.apply(x, y, params)
+    on, lam, perm = params["on"], params["lam"].view(-1, 1), params["perm"]
+    assert 0 < on.sum() < 16 and (lam[~on] == 1).all() and ((lam > 0) & (lam <= 1)).all()
+    mu, sigma = x.mean(dim=(1, 3)), x.std(dim=(1, 3), correction=0)  # (B, F)
+    mixed_mu = lam * mu + (1 - lam) * mu[perm]
+    mixed_sigma = lam * sigma + (1 - lam) * sigma[perm]
+    torch.testing.assert_close(out.mean(dim=(1, 3))[on], mixed_mu[on], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=(1, 3), correction=0)[on], mixed_sigma[on], atol=1e-3, rtol=0)
+    moved = on & (perm != torch.arange(16)) & (lam[:, 0] < 0.9)
+    assert moved.any() and not torch.allclose(out.mean(dim=(1, 3))[moved], mu[moved], atol=1e-3)
+    assert torch.equal(out[~on], x[~on]) and torch.equal(yo, y)
+
+
+def test_recording_conditions_are_off_by_default_and_in_the_chain_when_on():
+    assert AugmentConfig().bandgain_p == 0 and AugmentConfig().freqmix_p == 0
+    steps = list(build_chain(AugmentConfig(bandgain_p=0.5, freqmix_p=0.5, mask_p=0.5)).steps)
+    assert steps == ["mixup", "specmix", "zoom", "lighting", "bandgain", "freqmix", "masking"]
+    assert isinstance(AUGMENTATIONS.build("bandgain", ON, gen()), BandGain)
+
+
 # chain ----------------------------------------------------------------------------------------
 
 
@@ -296,7 +400,8 @@ def test_each_augmentation_alone_keeps_shapes_and_ranges(name):
     x, y = batch(b=8, f=16, t=20)
     xo, yo = AUGMENTATIONS.build(name, ON, gen())(x, y)
     assert xo.shape == x.shape and yo.shape == y.shape and xo.dtype == x.dtype
-    assert xo.min() >= 0 and xo.max() <= 1 and yo.min() >= 0 and yo.max() <= 1
+    assert yo.min() >= 0 and yo.max() <= 1
+    assert name in UNBOUNDED or (xo.min() >= 0 and xo.max() <= 1)
     assert not torch.equal(xo, x)
     xo, yo = AUGMENTATIONS.build(name, OFF, gen())(x, y)  # probability 0: the neutral values
     assert torch.equal(xo, x) and torch.equal(yo, y)
@@ -328,7 +433,17 @@ def test_gallery_columns():
     x, y = labelled_batch(b=4)
     panels = gallery(x / 4, y, AugmentConfig(), seed=0)
     assert tuple(panels) == gallery_columns()
-    assert gallery_columns() == ("original", "mixup", "SpecMix", "zoom", "lighting", "masking", "full chain")
+    assert gallery_columns() == (
+        "original",
+        "mixup",
+        "SpecMix",
+        "zoom",
+        "lighting",
+        "band gains",
+        "Freq-MixStyle",
+        "masking",
+        "full chain",
+    )
     for xs, ys, _ in panels.values():
         assert xs.shape == x.shape and ys.shape == y.shape
     # the single-augmentation mixup never mixes a clip with itself
@@ -369,18 +484,20 @@ def time_flip():
 def test_a_new_augmentation_is_one_registry_entry_and_a_gallery_column(time_flip):
     x, y = batch(b=3, k=3, f=8, t=10)
     fig = gallery_figure(x[:, 0].numpy(), torch.eye(3).numpy(), ["a", "b", "c"], OFF, seed=0)
-    titles = [ax.get_title() for ax in fig.get_axes()[:8]]
+    titles = [ax.get_title() for ax in fig.get_axes()[:10]]
     assert titles == [
         "original",
         "mixup",
         "SpecMix",
         "zoom",
         "lighting",
+        "band gains",
+        "Freq-MixStyle",
         "masking",
         "time flip",
         "full chain",
     ]
-    assert [t.get_text() for t in fig.get_axes()[6].texts] == ["flipped"]  # its note, in the corner
+    assert [t.get_text() for t in fig.get_axes()[8].texts] == ["flipped"]  # its note, in the corner
     xs, ys, params = gallery(x, y, OFF, seed=0)["time flip"]  # forced on although the config has it off
     assert params["flip"].all() and torch.equal(xs, x.flip(-1)) and torch.equal(ys, y)
     assert list(build_chain(dataclasses.replace(OFF, mask_p=1.0)).steps) == ["masking", "time_flip"]

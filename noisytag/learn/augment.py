@@ -13,7 +13,8 @@ Each module splits into ``sample(x) -> params`` (dict of (B,) tensors) and ``app
 ``forward`` is ``apply(x, y, sample(x))``. Tests check defining properties through the params, and
 the gallery and benchmarks reuse them. The chain (:func:`build_chain`) is the registry
 :data:`AUGMENTATIONS` in registration order, SPEC §4: mixup → SpecMix → zoom-and-crop →
-brightness/contrast → (optional) SpecAugment masking. Each entry declares the ``augment.*`` keys it
+brightness/contrast → (optional) band gains and Freq-MixStyle (:mod:`noisytag.learn.recording`) →
+(optional) SpecAugment masking. Each entry declares the ``augment.*`` keys it
 reads and their valid ranges (checked by :func:`validate`) and when it is switched on; a probability
 of 0 leaves the module out of the chain. An entry's meta also says how the gallery
 (:mod:`noisytag.report.gallery`) shows it: ``title`` (its column; default the name), ``forced`` (the
@@ -30,71 +31,42 @@ import torch
 from torch import nn
 
 from noisytag.config import AugmentConfig, RunConfig
+from noisytag.learn.augment_base import BatchAugment, Params
+from noisytag.learn.augment_base import band_mask as _band
+from noisytag.learn.augment_base import per_example as _per_example
+from noisytag.learn.recording import BandGain, FreqMixStyle
 from noisytag.registry import Registry, in_range, option_error
 
-Params = dict[str, torch.Tensor]
-
-
-class BatchAugment(nn.Module):
-    """Base class: ``forward(x, y) = apply(x, y, sample(x))``; randomness from ``generator``.
-
-    ``generator`` must be a CPU ``torch.Generator`` (or None for torch's global RNG).
-    """
-
-    def __init__(self, generator: torch.Generator | None = None):
-        super().__init__()
-        self.generator = generator
-
-    # random draws (CPU, float32) --------------------------------------------------------------
-    def _uniform(self, n: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=self.generator)
-
-    def _coin(self, n: int, p: float) -> torch.Tensor:
-        """(n,) bool: True with probability p (p = 1 always True, p = 0 always False)."""
-        return torch.rand(n, generator=self.generator) < p
-
-    def _start(self, room: torch.Tensor) -> torch.Tensor:
-        """(n,) int64 uniform in [0, room] (inclusive) for an int64 tensor ``room`` ≥ 0."""
-        u = torch.rand(room.shape, generator=self.generator, dtype=torch.float64)
-        return torch.minimum((u * (room + 1)).floor().long(), room)
-
-    def _perm(self, n: int) -> torch.Tensor:
-        return torch.randperm(n, generator=self.generator)
-
-    # interface ---------------------------------------------------------------------------------
-    def sample(self, x: torch.Tensor) -> Params:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def apply(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        params = {k: v.to(x.device) for k, v in self.sample(x).items()}
-        return self.apply(x, y, params)
-
-
-def _per_example(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) → broadcastable against ``like`` (B, ...) in its dtype."""
-    return v.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def _band(start: torch.Tensor, width: torch.Tensor, size: int) -> torch.Tensor:
-    """(B,) starts and widths → (B, size) bool mask of positions in [start, start + width)."""
-    pos = torch.arange(size, device=start.device)
-    return (pos >= start[:, None]) & (pos < (start + width)[:, None])
+MIXUP_TARGETS = ("mix", "union")  # augment.mixup_target
 
 
 class Mixup(BatchAugment):
-    """mixup: ``x ← λ·x + (1−λ)·x[perm]`` and the same for ``y``.
+    """mixup: ``x ← λ·x + (1−λ)·x[perm]``; the target follows ``target`` (``augment.mixup_target``).
+
+    "mix": ``y ← λ·y + (1−λ)·y[perm]``. "union": ``y ← max(y, y[perm])`` element-wise for every mixed
+    example (λ < 1). Both clips are audible, so each one's labels are fully true of the mix; this is the
+    FAT2019 1st and 3rd places' rule. An unmixed example (λ = 1) keeps its own target. On soft targets
+    (relabelling, a distillation teacher's probabilities) the union is the max of both soft targets,
+    the same rule. The max also applies to the last column that training appends, the untrusted share
+    (:class:`noisytag.learn.train.TrainingModule`): the union carries the untrusted partner's labels at
+    full strength, so the whole example is untrusted.
 
     λ ~ Beta(alpha, alpha), then λ ← max(λ, 1−λ), so each example keeps at least half of itself;
     the partner is a shuffled example of the same batch (possibly itself). With probability 1 − p
     an example keeps λ = 1. params: ``lam`` (B,), ``perm`` (B,) int64.
     """
 
-    def __init__(self, alpha: float = 0.4, p: float = 1.0, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        alpha: float = 0.4,
+        p: float = 1.0,
+        generator: torch.Generator | None = None,
+        target: str = "mix",
+    ):
         super().__init__(generator)
-        self.alpha, self.p = float(alpha), float(p)
+        if target not in MIXUP_TARGETS:
+            raise ValueError(f"augment.mixup_target: one of {MIXUP_TARGETS}, got {target!r}")
+        self.alpha, self.p, self.target = float(alpha), float(p), target
 
     def sample(self, x: torch.Tensor) -> Params:
         n = x.shape[0]
@@ -109,6 +81,8 @@ class Mixup(BatchAugment):
         perm = params["perm"]
         lx, ly = _per_example(params["lam"], x), _per_example(params["lam"], y)
         # lerp(partner, own, λ) = λ·own + (1−λ)·partner in one pass
+        if self.target == "union":
+            return torch.lerp(x[perm], x, lx), torch.where(ly < 1, torch.maximum(y, y[perm]), y)
         return torch.lerp(x[perm], x, lx), torch.lerp(y[perm], y, ly)
 
 
@@ -314,14 +288,17 @@ def _mixup_alpha(cfg: RunConfig) -> None:
 
 @AUGMENTATIONS.register(
     "mixup",
-    options={"augment.mixup_p": PROBABILITY},
+    options={
+        "augment.mixup_p": PROBABILITY,
+        "augment.mixup_target": lambda v: None if v in MIXUP_TARGETS else f"must be one of {MIXUP_TARGETS}",
+    },
     validate=_mixup_alpha,
     enabled=lambda a: a.mixup_p > 0,
     forced={"mixup_p": 1.0},
     note=lambda p: f"λ={p['lam']:.2f}",
 )
 def _mixup(a: AugmentConfig, generator: torch.Generator | None) -> Mixup:
-    return Mixup(a.mixup_alpha, a.mixup_p, generator)
+    return Mixup(a.mixup_alpha, a.mixup_p, generator, a.mixup_target)
 
 
 @AUGMENTATIONS.register(
@@ -361,6 +338,43 @@ def _zoom(a: AugmentConfig, generator: torch.Generator | None) -> ZoomCrop:
 )
 def _lighting(a: AugmentConfig, generator: torch.Generator | None) -> Lighting:
     return Lighting(a.brightness, a.contrast, a.brightness_p, a.contrast_p, generator)
+
+
+def _bandgain_input(cfg: RunConfig) -> None:
+    a = cfg.augment
+    if a.bandgain_p > 0 and cfg.data.normalize != "minmax":
+        raise option_error(
+            "augment.bandgain_p", "band gains need min-max input (data.normalize)", a.bandgain_p
+        )
+
+
+@AUGMENTATIONS.register(
+    "bandgain",
+    options={
+        "augment.bandgain_p": PROBABILITY,
+        "augment.bandgain_db": in_range(0),
+        "augment.bandgain_bands": in_range(1),
+    },
+    validate=_bandgain_input,
+    enabled=lambda a: a.bandgain_p > 0 and a.bandgain_db > 0,
+    title="band gains",
+    forced={"bandgain_p": 1.0},
+    note=lambda p: f"{p['bands']} bands {min(p['gain']):+.1f}…{max(p['gain']):+.1f} dB",
+)
+def _bandgain(a: AugmentConfig, generator: torch.Generator | None) -> BandGain:
+    return BandGain(a.bandgain_db, a.bandgain_bands, a.bandgain_p, generator)
+
+
+@AUGMENTATIONS.register(
+    "freqmix",
+    options={"augment.freqmix_p": PROBABILITY, "augment.freqmix_alpha": in_range(0, open_low=True)},
+    enabled=lambda a: a.freqmix_p > 0,
+    title="Freq-MixStyle",
+    forced={"freqmix_p": 1.0},
+    note=lambda p: f"λ={p['lam']:.2f}",
+)
+def _freqmix(a: AugmentConfig, generator: torch.Generator | None) -> FreqMixStyle:
+    return FreqMixStyle(a.freqmix_alpha, a.freqmix_p, generator)
 
 
 @AUGMENTATIONS.register(

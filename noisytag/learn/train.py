@@ -1,7 +1,7 @@
 """Training of one (stage, fold) model with Lightning.
 
 ``TrainingModule`` (the Lightning module that trains one fold model or a student) = model + batch
-augmentations + BCE-with-logits on soft targets + lwlrap of the validation clips, scored by the window
+augmentations + the base loss (``train.loss``: BCE-with-logits, LSEP or both) on soft targets + lwlrap of the validation clips, scored by the window
 engine (:mod:`noisytag.infer.engine`) as out-of-fold and test predictions are, following ``infer.mode``.
 ``fit_fold`` builds the trainer (AdamW + one-cycle, mixed precision on a GPU, DDP when asked), resumes
 from the fold's ``last.ckpt`` when one exists, and returns the trained model. Artifacts beyond the
@@ -31,7 +31,9 @@ from noisytag.fileio import atomic_path, write_csv
 from noisytag.infer.engine import clip_mean
 from noisytag.infer.members import WindowedHead
 from noisytag.learn.augment import build_chain
+from noisytag.learn.averaging import build_averaging
 from noisytag.learn.loader import ClipSet, EpochSampler, RandomWindowDataset, ValidationBatches
+from noisytag.learn.losses import base_loss
 from noisytag.learn.treatments import treatment as treatment_entry
 from noisytag.metrics import lwlrap
 from noisytag.models import build
@@ -47,7 +49,8 @@ class TrainingModule(L.LightningModule):
     Training targets carry one extra last column, the example's untrusted share w ∈ [0, 1] (see
     :class:`noisytag.learn.loader.RandomWindowDataset`); how it enters the loss is ``noisy.treatment``
     (SPEC §6b): the treatment's entry (:mod:`noisytag.learn.treatments`) gives the loss function and
-    whether the model gets a separate noisy-label output layer. Inference uses the clean output only.
+    whether the model gets a separate noisy-label output layer; the loss applies the base loss
+    ``criterion`` (``train.loss``, :mod:`noisytag.learn.losses`). Inference uses the clean output only.
     """
 
     def __init__(
@@ -61,6 +64,8 @@ class TrainingModule(L.LightningModule):
         seed: int = 0,
         treatment: str = "drop",
         lsoft_beta: float = 0.7,
+        loss: str = "bce",
+        lsep_weight: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -70,6 +75,7 @@ class TrainingModule(L.LightningModule):
         self.treatment = treatment
         entry = treatment_entry(treatment)
         self.treatment_loss = entry.loss
+        self.criterion = base_loss(loss, lsep_weight)
         self.lsoft_beta = float(lsoft_beta)
         self.noisy_head = None
         if entry.noisy_head:
@@ -333,6 +339,8 @@ def build_module(cfg: RunConfig, arch: str, n_classes: int, lr: float, seed: int
         "n_classes": n_classes,
         "in_channels": cfg.model.in_channels,
         "width": cfg.model.width,
+        "freq_channel": cfg.model.freq_channel,
+        "pool": cfg.model.pool,
     }
     t = cfg.train
     return TrainingModule(
@@ -345,6 +353,8 @@ def build_module(cfg: RunConfig, arch: str, n_classes: int, lr: float, seed: int
         seed=seed,
         treatment=cfg.noisy.treatment,
         lsoft_beta=cfg.noisy.lsoft_beta,
+        loss=t.loss,
+        lsep_weight=t.lsep_weight,
     )
 
 
@@ -370,6 +380,7 @@ def fit_fold(
     ``init_state``: weights of the previous stage's model of the same fold (warm start); ignored
     when resuming, since the checkpoint already holds the weights. ``train_data``: a dataset of the
     training loader's kind (keys ``epoch * N + i``) instead of random windows of ``train`` (distillation).
+    With ``train.average`` the returned model holds the averaged weights (:mod:`noisytag.learn.averaging`).
     """
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -380,13 +391,19 @@ def fit_fold(
     if resume is None and init_state is not None:
         module.model.load_state_dict(init_state)
         module.reset_noisy_head()
-    trainer = make_trainer(cfg, epochs, fold_dir, progress, callbacks)
+    averaging = build_averaging(cfg)
+    extra = [averaging] if averaging is not None else []
+    trainer = make_trainer(cfg, epochs, fold_dir, progress, [*callbacks, *extra])
     if resume is not None:
         log.info("resuming %s from %s", fold_dir, resume)
+    batches = train_loader(cfg, caches, train, seed, train_data)
     trainer.fit(
         module,
-        train_dataloaders=train_loader(cfg, caches, train, seed, train_data),
+        train_dataloaders=batches,
         val_dataloaders=val_loader(cfg, caches, val) if len(val) else None,
         ckpt_path=str(resume) if resume is not None else None,
     )
+    if averaging is not None:  # batch-norm statistics (SWA) from the epoch after the last
+        batches.sampler.set_epoch(epochs)
+        averaging.finish(module, batches, inference_device(cfg), seed)
     return module

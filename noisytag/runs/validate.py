@@ -1,7 +1,7 @@
 """One check of a whole config before any work starts: the run plan's ranges, then each plug-in axis.
 
 The plan (:mod:`noisytag.plan`, base layer) validates the core sections; each registry (augmentations,
-detectors, treatments, backends, models) validates the options of the entry a config chooses, and the
+detectors, treatments, losses, backends, models) validates the options of the entry a config chooses, and the
 normalisation table (:func:`noisytag.audio.model_input.check_normalize`) the value of ``data.normalize``.
 All raise :class:`noisytag.config.ConfigError` naming the key, so a wrong value never waits until the
 first fold starts, after the feature cache is built.
@@ -17,14 +17,25 @@ from noisytag.audio.model_input import check_normalize
 from noisytag.config import ConfigError, RunConfig
 from noisytag.infer.ensemble import BACKENDS
 from noisytag.learn.augment import AUGMENTATIONS
+from noisytag.learn.averaging import AVERAGINGS
 from noisytag.learn.detectors import DETECTORS
+from noisytag.learn.losses import LOSSES
 from noisytag.learn.treatments import TREATMENTS
 from noisytag.models import available as model_names
+from noisytag.models.heads import POOLS
 from noisytag.plan import RunPlan
 from noisytag.registry import Registry
 
 # The axes a config chooses from (executors are a command-line choice, checked by the CLI).
-CONFIG_REGISTRIES: tuple[Registry, ...] = (AUGMENTATIONS, DETECTORS, TREATMENTS, BACKENDS)
+CONFIG_REGISTRIES: tuple[Registry, ...] = (
+    AUGMENTATIONS,
+    DETECTORS,
+    TREATMENTS,
+    LOSSES,
+    BACKENDS,
+    POOLS,
+    AVERAGINGS,
+)
 
 
 def validate_plugins(cfg: RunConfig) -> None:
