@@ -25,6 +25,18 @@ from noisytag.learn.recording import RANGE_DB, BandGain, FreqMixStyle
 from noisytag.report.gallery import gallery, gallery_columns, gallery_figure
 
 OFF = AugmentConfig(mixup_p=0, specmix_p=0, zoom_p=0, brightness_p=0, contrast_p=0, mask_p=0)
+# the gallery's columns: the original, one per registered augmentation, the whole chain
+COLUMNS = (
+    "original",
+    "mixup",
+    "SpecMix",
+    "zoom",
+    "lighting",
+    "band gains",
+    "Freq-MixStyle",
+    "masking",
+    "full chain",
+)
 ON = AugmentConfig(
     mixup_p=1, specmix_p=1, zoom_p=1, brightness_p=1, contrast_p=1, bandgain_p=1, freqmix_p=1, mask_p=1
 )
@@ -433,17 +445,7 @@ def test_gallery_columns():
     x, y = labelled_batch(b=4)
     panels = gallery(x / 4, y, AugmentConfig(), seed=0)
     assert tuple(panels) == gallery_columns()
-    assert gallery_columns() == (
-        "original",
-        "mixup",
-        "SpecMix",
-        "zoom",
-        "lighting",
-        "band gains",
-        "Freq-MixStyle",
-        "masking",
-        "full chain",
-    )
+    assert gallery_columns() == COLUMNS
     for xs, ys, _ in panels.values():
         assert xs.shape == x.shape and ys.shape == y.shape
     # the single-augmentation mixup never mixes a clip with itself
@@ -485,18 +487,7 @@ def test_a_new_augmentation_is_one_registry_entry_and_a_gallery_column(time_flip
     x, y = batch(b=3, k=3, f=8, t=10)
     fig = gallery_figure(x[:, 0].numpy(), torch.eye(3).numpy(), ["a", "b", "c"], OFF, seed=0)
     titles = [ax.get_title() for ax in fig.get_axes()[:10]]
-    assert titles == [
-        "original",
-        "mixup",
-        "SpecMix",
-        "zoom",
-        "lighting",
-        "band gains",
-        "Freq-MixStyle",
-        "masking",
-        "time flip",
-        "full chain",
-    ]
+    assert titles == [*COLUMNS[:-1], "time flip", COLUMNS[-1]]
     assert [t.get_text() for t in fig.get_axes()[8].texts] == ["flipped"]  # its note, in the corner
     xs, ys, params = gallery(x, y, OFF, seed=0)["time flip"]  # forced on although the config has it off
     assert params["flip"].all() and torch.equal(xs, x.flip(-1)) and torch.equal(ys, y)

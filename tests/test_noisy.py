@@ -165,10 +165,10 @@ def test_unknown_treatment_names_the_key():
 @pytest.fixture
 def halved_treatment():
     """A test treatment whose loss is its own function: half the plain BCE, registered then removed."""
-    from noisytag.learn.treatments import TREATMENTS, Treatment, bce_loss
+    from noisytag.learn.treatments import TREATMENTS, Treatment, plain_loss
 
     def half_bce(module, x, y, w):
-        return 0.5 * bce_loss(module, x, y, w)
+        return 0.5 * plain_loss(module, x, y, w)
 
     TREATMENTS.register("halved")(lambda: Treatment("halved", 1.0, False, half_bce))
     yield "halved"

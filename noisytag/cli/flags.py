@@ -25,15 +25,20 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _stage_list(value: Any) -> str:
-    """``"2,3,4"`` (or a sequence of numbers) → ``[2, 3, 4]``."""
+def stage_numbers(value: Any) -> tuple[int, ...]:
+    """``"2,3,4"`` (or a sequence of numbers) → ``(2, 3, 4)``: the one reading of a ``--stages`` value."""
     items = value.replace(" ", "").split(",") if isinstance(value, str) else list(value)
     try:
-        return json.dumps([int(s) for s in items if s != ""])
+        return tuple(int(s) for s in items if s != "")
     except ValueError:
         raise ConfigError(
             f"--stages: expected comma-separated stage numbers like 2,3,4, got '{value}'"
         ) from None
+
+
+def _stage_list(value: Any) -> str:
+    """``"2,3,4"`` (or a sequence of numbers) → ``[2, 3, 4]``."""
+    return json.dumps(list(stage_numbers(value)))
 
 
 @dataclass(frozen=True)

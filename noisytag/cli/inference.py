@@ -20,12 +20,14 @@ from noisytag.cli import ConfigOpt, SetOpt, app, console, err_console, fail, loa
 
 def _stage_list(text: str | None) -> tuple[int, ...] | None:
     """'2,3,4' → (2, 3, 4); None stays None (the run's infer.stages)."""
+    from noisytag.cli.flags import stage_numbers
+
     if not text:
         return None
     try:
-        return tuple(int(s) for s in text.replace(" ", "").split(",") if s)
-    except ValueError:
-        fail(f"--stages: expected comma-separated stage numbers like 2,3,4, got '{text}'")
+        return stage_numbers(text)
+    except ValueError as err:  # ConfigError naming --stages
+        fail(str(err))
 
 
 def _names(values: list[str] | None) -> list[str] | None:
@@ -41,15 +43,11 @@ def check_run_dir(run_dir: Path) -> None:
 
 def given_settings(command: str, stages, mode, backend, batch_size) -> dict[str, Any]:
     """The inference settings the user gave by flag (field → value, through the flag table of
-    :mod:`noisytag.cli.flags`); the run's config supplies the rest."""
+    :mod:`noisytag.cli.flags`; ``stages`` already read by :func:`_stage_list`); the run's config
+    supplies the rest."""
     from noisytag.cli.flags import given_fields
 
-    try:
-        return given_fields(
-            command, "infer", stages=stages, mode=mode, backend=backend, batch_size=batch_size
-        )
-    except ValueError as err:  # ConfigError: a malformed --stages
-        fail(str(err))
+    return given_fields(command, "infer", stages=stages, mode=mode, backend=backend, batch_size=batch_size)
 
 
 def resolve_or_fail(run_dir: Path, given: dict[str, Any]):
@@ -148,10 +146,10 @@ def predict(
     """
     from noisytag.infer.tag import predict_run  # heavy (torch): imported when the command runs
 
-    resolved = resolve_or_fail(run_dir, given_settings("predict", stages, mode, backend, batch_size))
+    chosen, archs = _stage_list(stages), _names(arch)
+    resolved = resolve_or_fail(run_dir, given_settings("predict", chosen, mode, backend, batch_size))
     if not test_dir.exists():
         fail(f"test folder or manifest '{test_dir}' does not exist")
-    chosen, archs = _stage_list(stages), _names(arch)
     with onnx_ready(run_dir, resolved.cfg.backend, chosen, archs) as onnx_dir:
         try:
             frame, failures = predict_run(
@@ -232,8 +230,8 @@ def tag(
 
     if json_ and csv_:
         fail("choose one of --json and --csv")
-    resolved = resolve_or_fail(run_dir, given_settings("tag", stages, mode, backend, batch_size))
     chosen, archs = _stage_list(stages), _names(arch)
+    resolved = resolve_or_fail(run_dir, given_settings("tag", chosen, mode, backend, batch_size))
     with onnx_ready(run_dir, resolved.cfg.backend, chosen, archs) as onnx_dir:
         try:
             tagger = Tagger(run_dir, chosen, backend, mode, archs, device, batch_size, onnx_dir)
@@ -353,12 +351,11 @@ def info(
     would be to those commands. The ensemble's stages follow the run plan.
     """
     from noisytag.infer.ensemble import ensemble_stages, select_model_dirs  # heavy (torch): imported here
-
-    resolved = resolve_or_fail(run_dir, given_settings("info", stages, mode, backend, batch_size))
     from noisytag.report.tables import infer_table
 
-    console.print(infer_table(resolved))
     chosen = _stage_list(stages)
+    resolved = resolve_or_fail(run_dir, given_settings("info", chosen, mode, backend, batch_size))
+    console.print(infer_table(resolved))
     try:
         shown = chosen or ensemble_stages(run_dir)
         found = len(select_model_dirs(run_dir, chosen))

@@ -64,9 +64,9 @@ def serve(
     from noisytag.serve.app import create_app
     from noisytag.serve.service import ServeSettings, open_service
 
-    resolved = resolve_or_fail(run_dir, given_settings("serve", stages, mode, backend, batch_size))
-    settings = ServeSettings(top_k, max_seconds, max_mb, max_in_flight, wait_seconds)
     chosen, archs = _stage_list(stages), _names(arch)
+    resolved = resolve_or_fail(run_dir, given_settings("serve", chosen, mode, backend, batch_size))
+    settings = ServeSettings(top_k, max_seconds, max_mb, max_in_flight, wait_seconds)
     with onnx_ready(run_dir, resolved.cfg.backend, chosen, archs) as onnx_dir:
         try:
             service = open_service(

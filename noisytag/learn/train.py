@@ -1,8 +1,9 @@
 """Training of one (stage, fold) model with Lightning.
 
 ``TrainingModule`` (the Lightning module that trains one fold model or a student) = model + batch
-augmentations + the base loss (``train.loss``: BCE-with-logits, LSEP or both) on soft targets + lwlrap of the validation clips, scored by the window
-engine (:mod:`noisytag.infer.engine`) as out-of-fold and test predictions are, following ``infer.mode``.
+augmentations + the base loss (``train.loss``: BCE-with-logits, LSEP or both) on soft targets +
+lwlrap of the validation clips, scored by the window engine (:mod:`noisytag.infer.engine`) as
+out-of-fold and test predictions are, following ``infer.mode``.
 ``fit_fold`` builds the trainer (AdamW + one-cycle, mixed precision on a GPU, DDP when asked), resumes
 from the fold's ``last.ckpt`` when one exists, and returns the trained model. Artifacts beyond the
 checkpoint (weights, out-of-fold predictions, done-marker) are the pipeline's job.

@@ -34,9 +34,6 @@ def plain_loss(module: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -
     return module.criterion(module(x).float(), y)
 
 
-bce_loss = plain_loss  # its name while the base loss was always BCE
-
-
 def head_loss(module: Any, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The noisy-label layer takes the untrusted share of each example's loss, the clean layer the rest."""
     embedding = module.model.embed(x)
