@@ -58,6 +58,9 @@ console = Console(width=160)
 # (printed by this script) once that run exists, and then keep the list fixed.
 WEAKEST = ["Accordion", "Harmonica", "Glockenspiel"]
 KINDS = {"teacher": "seed{k}", "student": "seed{k}-student"}
+# What a finished run leaves in git (benchmarks/results/realdev-runs/<data>/<name>/<run>/): enough to score
+# and compare it in a later session, whose checkout has no runs/ (run outputs are not kept).
+ARCHIVED = ("submission.csv", "stage_table.csv", "test_scores.csv", "per_class.csv", "config.yaml")
 DOMAIN_NAMES = {"cur": "clean", "curated": "clean", "clean": "clean", "noi": "shifted", "noisy": "shifted"}
 
 _REPLAN = """import importlib.util, json, sys
@@ -135,14 +138,39 @@ def noisytag(*argv: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def run_seed(args, data: Path, root: Path, k: int) -> None:
-    """Train (or resume) seed k's teacher and student; a run with a submission.csv is done."""
+def finished(run: Path, archive: Path | None) -> Path | None:
+    """Where a finished run's files are: the run directory, else its archived copy, else None."""
+    for place in (run, archive):
+        if place is not None and (place / "submission.csv").is_file():
+            return place
+    return None
+
+
+def archive_run(run: Path, archive: Path) -> None:
+    """Copy a finished run's scoring files (``ARCHIVED``) into the archive, once."""
+    if not (run / "submission.csv").is_file() or (archive / "submission.csv").is_file():
+        return
+    archive.mkdir(parents=True, exist_ok=True)
+    for name in ARCHIVED:
+        if (run / name).is_file():
+            (archive / name).write_bytes((run / name).read_bytes())
+    console.print(f"archived: {run} -> {archive}")
+
+
+def run_seed(args, data: Path, root: Path, archive: Path | None, k: int) -> None:
+    """Train (or resume) seed k's teacher and student; a run with a submission.csv (here or archived) is
+    done. A student needs its teacher's run directory, not only the archived files."""
     common = ["--no-progress"] + (["-c", str(args.config)] if args.config else [])
     sets = [x for s in [*args.set, f"train.seed={k}"] for x in ("--set", s)]
-    teacher, student = root / KINDS["teacher"].format(k=k), root / KINDS["student"].format(k=k)
-    if not (teacher / "submission.csv").is_file():
+    names = {kind: pattern.format(k=k) for kind, pattern in KINDS.items()}
+    teacher, student = root / names["teacher"], root / names["student"]
+    kept = {kind: archive / name if archive else None for kind, name in names.items()}
+    student_done = args.skip_distill or finished(student, kept["student"])
+    if not finished(teacher, kept["teacher"]) or (
+        not student_done and not (teacher / "submission.csv").is_file()
+    ):
         noisytag("pipeline", str(data), "-o", str(teacher), *common, *sets)
-    if args.skip_distill or (student / "submission.csv").is_file():
+    if student_done:
         return
     student_sets = sets + [x for s in args.distill_set for x in ("--set", s)]
     noisytag("distill", str(teacher), "-o", str(student), *common, *student_sets)
@@ -157,20 +185,21 @@ def train_seconds(run: RunDir) -> float | None:
 
 
 def load_run(
-    root: Path, label: str, seeds: list[int], truth_csv: Path, kinds=tuple(KINDS)
+    root: Path, label: str, seeds: list[int], truth_csv: Path, kinds=tuple(KINDS), archive: Path | None = None
 ) -> tuple[dict, dict]:
     """Per kind and seed (and the seeds' mean): (fnames, classes, truth, probabilities) of a finished
-    submission, keyed ``label/kind/seed{k}`` and ``label/kind/mean`` (once every seed has finished); and
-    the runs' training seconds."""
+    submission (in ``root`` or in ``archive``), keyed ``label/kind/seed{k}`` and ``label/kind/mean`` (once
+    every seed has finished); and the runs' training seconds."""
     out, seconds = {}, {}
     for kind in kinds:
         pattern = KINDS[kind]
         runs = {}
         for k in seeds:
             run = root / pattern.format(k=k)
-            if (run / "submission.csv").is_file():
-                runs[k] = submission_scores(run / "submission.csv", truth_csv)
-                seconds[f"{label}/{kind}/seed{k}"] = train_seconds(RunDir(run))
+            place = finished(run, archive / pattern.format(k=k) if archive else None)
+            if place is not None:
+                runs[k] = submission_scores(place / "submission.csv", truth_csv)
+                seconds[f"{label}/{kind}/seed{k}"] = train_seconds(RunDir(place))
             else:
                 log.warning("%s: no submission.csv (not finished): left out", run)
         for k, scored in runs.items():
@@ -239,9 +268,18 @@ def evaluate(args, data: Path, truth: Path) -> dict:
         raise SystemExit(f"{truth}: no test_labels.csv or test.csv")
     runs_root = args.runs / data.name
     kinds = ("teacher",) if args.skip_distill else tuple(KINDS)
-    scored, seconds = load_run(runs_root / args.name, args.name, args.seeds, truth_csv, kinds)
+    kept = args.archive / data.name if args.archive else None
+    scored, seconds = load_run(
+        runs_root / args.name, args.name, args.seeds, truth_csv, kinds, kept / args.name if kept else None
+    )
     if args.reference:
-        ref, ref_seconds = load_run(runs_root / args.reference, args.reference, args.seeds, truth_csv)
+        ref, ref_seconds = load_run(
+            runs_root / args.reference,
+            args.reference,
+            args.seeds,
+            truth_csv,
+            archive=kept / args.reference if kept else None,
+        )
         scored, seconds = {**ref, **scored}, {**ref_seconds, **seconds}
     if not scored:
         raise SystemExit(f"{runs_root / args.name}: no finished run to score")
@@ -306,6 +344,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--truth", type=Path, help="truth folder (default: DATA_truth, or DATA/truth for synth)")
     ap.add_argument("--make-script", type=Path, default=ROOT.parent / "shared/realdev/make_realdev.py")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs", help="runs root (default: runs)")
+    ap.add_argument(
+        "--archive",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "realdev-runs",
+        help="where finished runs' scoring files are kept for later sessions (committed; '' for none)",
+    )
     ap.add_argument("--weakest", default=",".join(WEAKEST), help="fixed classes of the weakest-class mean")
     ap.add_argument("--skip-distill", action="store_true", help="teacher only: no noisytag distill")
     ap.add_argument("--score-only", action="store_true", help="train nothing: score finished runs")
@@ -314,6 +358,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, help="JSON (default: benchmarks/results/<data>-<name>.json)")
     args = ap.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.archive = args.archive if str(args.archive) not in ("", ".") else None
     args.weakest = [c.strip() for c in args.weakest.split(",") if c.strip()]
     return args
 
@@ -327,9 +372,14 @@ def main(argv=None) -> dict:
     if not synth:
         make_set(args, data, truth)
     root = args.runs / data.name / args.name
+    archive = args.archive / data.name / args.name if args.archive else None
     if not args.score_only:
         for k in args.seeds:
-            run_seed(args, data, root, k)
+            run_seed(args, data, root, archive, k)
+    if archive:  # also runs finished before this call, or by a --score-only one
+        for k in args.seeds:
+            for pattern in KINDS.values():
+                archive_run(root / pattern.format(k=k), archive / pattern.format(k=k))
     result = evaluate(args, data, truth)
     out = args.out or ROOT / "benchmarks" / "results" / f"{data.name}-{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
