@@ -60,7 +60,14 @@ WEAKEST = ["Accordion", "Harmonica", "Glockenspiel"]
 KINDS = {"teacher": "seed{k}", "student": "seed{k}-student"}
 # What a finished run leaves in git (benchmarks/results/realdev-runs/<data>/<name>/<run>/): enough to score
 # and compare it in a later session, whose checkout has no runs/ (run outputs are not kept).
-ARCHIVED = ("submission.csv", "stage_table.csv", "test_scores.csv", "per_class.csv", "config.yaml")
+ARCHIVED = (
+    "submission.csv",
+    "stage_table.csv",
+    "test_scores.csv",
+    "per_class.csv",
+    "config.yaml",
+    "screen.json",
+)
 DOMAIN_NAMES = {"cur": "clean", "curated": "clean", "clean": "clean", "noi": "shifted", "noisy": "shifted"}
 
 _REPLAN = """import importlib.util, json, sys
