@@ -27,7 +27,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    """Log-mel front end of SPEC §2 (exact values of the original code)."""
+    """Front end of SPEC §2 (exact values of the original code): mel power → dB (``kind`` "logmel") or
+    → per-channel energy normalisation (``kind`` "pcen", Wang et al. 2017; :mod:`noisytag.audio.features`).
+
+    The PCEN keys take librosa's defaults (gain 0.98, bias 2, power 0.5, time constant 0.4 s, eps 1e-6)
+    applied at this front end's hop; while ``kind`` is "logmel" they are left out of :meth:`identity`, so
+    every log-mel cache keeps its key and its ``done`` signature, and older model records still match.
+    """
 
     sample_rate: int = 44100
     n_fft: int = 2560
@@ -40,10 +46,35 @@ class FrontendConfig:
     trim_frame: int = 2048
     trim_hop: int = 512
     min_seconds: float = 2.0
+    kind: str = "logmel"  # "logmel" (dB, SPEC §2) or "pcen" (per-channel energy normalisation)
+    pcen_alpha: float = 0.98  # gain: E / (eps + M)^alpha, M = E smoothed along time
+    pcen_delta: float = 2.0  # bias: (… + delta)^r − delta^r
+    pcen_r: float = 0.5  # power (root compression)
+    pcen_time_constant: float = 0.4  # seconds of the smoother M (s from it and the hop, as librosa)
+    pcen_eps: float = 1e-6  # floor of M (on float-scale mel power: audio in [−1, 1])
+
+    def identity(self) -> dict[str, Any]:
+        """The parameters that decide the features, as a plain dict (the cache key and signature; how a
+        cache info or model record is compared): every field, less ``kind`` and the PCEN keys while
+        ``kind`` is "logmel" (the dict of the release before PCEN, so its caches and records still match)."""
+        out = dataclasses.asdict(self)
+        if self.kind == "logmel":
+            for name in list(out):
+                if name == "kind" or name.startswith("pcen_"):
+                    del out[name]
+        return out
 
     def key(self) -> str:
-        """Short stable hash of every parameter: names the feature cache built with them."""
-        return stable_hash(dataclasses.asdict(self))[:12]
+        """Short stable hash of :meth:`identity`: names the feature cache built with these parameters."""
+        return stable_hash(self.identity())[:12]
+
+    def same_as(self, recorded: Any) -> bool:
+        """Whether a recorded front end (a cache info's dict) is this one, compared by :meth:`identity`: a
+        record made before ``kind`` existed has no kind and is the log-mel of the same parameters."""
+        names = {f.name for f in dataclasses.fields(self)}
+        if not isinstance(recorded, dict) or not set(recorded) <= names:
+            return False
+        return FrontendConfig(**recorded).identity() == self.identity()
 
 
 @dataclass(frozen=True)

@@ -137,9 +137,21 @@ def test_weight_swap_checks_names():
         with_weights(proto, {"w": np.ones((2, 2), np.float32), "v": np.ones(2, np.float32)})
 
 
+def with_frontend(run, fe: FrontendConfig):
+    """``run``'s model records rewritten to name the front end ``fe``."""
+    import dataclasses
+
+    for path in run.glob("cnn1/stage*/fold*/model.json"):
+        meta = json.loads(path.read_text())
+        path.write_text(json.dumps({**meta, "frontend": dataclasses.asdict(fe)}))
+    return run
+
+
 @pytest.mark.slow
-def test_waveform_graph_matches_torch_path(tmp_path):
-    """waveform.onnx: waveform → probabilities equals decode-free torch path (trim, pad, log-mel, windows)."""
+@pytest.mark.parametrize("kind", ["logmel", "pcen"])
+def test_waveform_graph_matches_torch_path(tmp_path, kind):
+    """waveform.onnx: waveform → probabilities equals decode-free torch path (trim, pad, log-mel or PCEN,
+    windows)."""
     from noisytag.audio.decode import prepare
     from noisytag.audio.features import log_mel
     from noisytag.infer.ensemble import load_ensemble
@@ -147,13 +159,14 @@ def test_waveform_graph_matches_torch_path(tmp_path):
     from noisytag.infer.members import session
     from noisytag.infer.predict import Clip, iter_window_probs
 
-    run = make_run(tmp_path / "run", members=((2, 0),))
+    fe = FrontendConfig(kind=kind)
+    run = with_frontend(make_run(tmp_path / "run", members=((2, 0),)), fe)
     entry = export_waveform(sorted(run.glob("cnn1/stage*/fold*")), tmp_path)
     assert entry["parity_max_abs_diff"] <= 1e-4 and entry["file"] == "waveform.onnx"
     ens = load_ensemble(run, stages=[2])
+    assert ens.frontend == fe
     sess = session(tmp_path / entry["file"])
     rng = np.random.default_rng(3)
-    fe = FrontendConfig()
     for seconds in (1.1, 4.6):
         t = np.arange(int(seconds * fe.sample_rate)) / fe.sample_rate
         wave = (0.2 * np.sin(2 * np.pi * 660 * t) * (t > 0.4) + 0.02 * rng.standard_normal(t.size)).astype(

@@ -1,5 +1,6 @@
-"""Clip → model input has one owner: the cache path and the file path give bit-identical inputs, and an
-unknown ``data.normalize`` is refused on both with one line naming the key."""
+"""Clip → model input has one owner: the cache path and the file path give bit-identical inputs (for each
+front-end kind: log-mel dB and PCEN), and an unknown ``data.normalize`` is refused on both with one line
+naming the key."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from noisytag.audio.cache import FeatureCache
+from noisytag.audio.cache import FeatureCache, build_cache
 from noisytag.audio.decode import load
 from noisytag.audio.features import log_mel
 from noisytag.audio.model_input import (
@@ -28,10 +29,22 @@ from noisytag.learn.loader import ClipSet, RandomWindowDataset, ValidationBatche
 CFG = FrontendConfig()
 
 
+@pytest.fixture(scope="module", params=["logmel", "pcen"])
+def frontend(request):
+    """Each front-end kind (``frontend.kind``) with the default parameters."""
+    return FrontendConfig(kind=request.param)
+
+
 @pytest.fixture(scope="module")
-def test_split(tiny_data, tiny_cache):
-    """The tiny data set's cached test clips and their audio files (the longest first, so windows vary)."""
-    cache = FeatureCache.open(tiny_cache, CFG, "test")
+def test_split(tiny_data, tiny_cache, frontend, tmp_path_factory):
+    """The tiny data set's cached test clips and their audio files (the longest first, so windows vary);
+    the PCEN clips from a cache of their own (the session's ``tiny_cache`` is the log-mel one)."""
+    if frontend == CFG:
+        cache_dir = tiny_cache
+    else:
+        cache_dir = tmp_path_factory.mktemp(f"cache_{frontend.kind}")
+        build_cache(tiny_data, cache_dir, frontend, splits=("test",), workers=1, progress=False)
+    cache = FeatureCache.open(cache_dir, frontend, "test")
     order = np.argsort(-cache.index["n_frames"].to_numpy(), kind="stable")[:4]
     names = [cache.index["fname"].iat[i] for i in order]
     assert cache.index["n_frames"].iat[order[0]] > 128 + 48, "a clip of several windows is needed"
@@ -53,10 +66,10 @@ class Recorder:
 
 
 @pytest.mark.parametrize("name", sorted(NORMALIZERS))
-def test_cache_and_file_paths_give_bit_identical_model_input(test_split, name):
+def test_cache_and_file_paths_give_bit_identical_model_input(test_split, frontend, name):
     cache, names, paths = test_split
     positions = [cache.position(n) for n in names]
-    from_files = [file_clip(p, CFG, key=i)[0] for i, p in enumerate(paths)]
+    from_files = [file_clip(p, frontend, key=i)[0] for i, p in enumerate(paths)]
     from_cache = list(cached_clips(cache, positions))
     for f, c in zip(from_files, from_cache, strict=True):
         assert f.db.dtype == c.db.dtype == np.float32 and f.db.shape == c.db.shape
@@ -83,14 +96,14 @@ def test_cache_and_file_paths_give_bit_identical_model_input(test_split, name):
         assert torch.equal(randoms[i][0], torch.from_numpy(x[None, :, start : start + 128]))
 
 
-def test_the_one_rounding_is_the_caches_and_the_reference(test_split):
-    """extract_clip (what the cache stores) is the float16 rounding of the librosa-equivalent log-mel."""
+def test_the_one_rounding_is_the_caches_and_the_reference(test_split, frontend):
+    """extract_clip (what the cache stores) is the float16 rounding of the librosa-equivalent log-mel (or PCEN)."""
     _, _, paths = test_split
-    db16, lo, hi, seconds = extract_clip(paths[0], CFG)
-    want = log_mel(load(paths[0], CFG)).astype(np.float16)
+    db16, lo, hi, seconds = extract_clip(paths[0], frontend)
+    want = log_mel(load(paths[0], frontend), frontend).astype(np.float16)
     assert db16.dtype == np.float16 and np.array_equal(db16.T, want)
     assert (lo, hi) == (float(want.min()), float(want.max())) and seconds > 0
-    clip, _, _ = file_clip(paths[0], CFG)
+    clip, _, _ = file_clip(paths[0], frontend)
     assert np.array_equal(clip.db, want.astype(np.float32))
 
 
@@ -134,12 +147,12 @@ def test_unknown_normalize_is_refused_on_the_cache_path(test_split):
     one_line_naming_the_key(err)
 
 
-def test_unknown_normalize_is_refused_on_the_file_path(test_split):
+def test_unknown_normalize_is_refused_on_the_file_path(test_split, frontend):
     _, _, paths = test_split
     with pytest.raises(ValueError) as err:
-        predict_files([Recorder()], paths[:1], InferConfig(), CFG, normalize="zscore")
+        predict_files([Recorder()], paths[:1], InferConfig(), frontend, normalize="zscore")
     one_line_naming_the_key(err)
-    clip, _, _ = file_clip(paths[0], CFG)
+    clip, _, _ = file_clip(paths[0], frontend)
     with pytest.raises(ValueError) as err:
         model_input(clip.db, clip.lo, clip.hi, 128, "zscore")
     one_line_naming_the_key(err)

@@ -1,4 +1,5 @@
-"""Feature cache: every clip's log-mel extracted once, stored as one flat float16 array + an index.
+"""Feature cache: every clip's log-mel (or PCEN: ``frontend.kind``) extracted once, stored as one flat
+float16 array + an index.
 
 Layout of ``CACHE_DIR/<FrontendConfig.key()>/<split folder>/`` (changing any front-end parameter
 changes the key, so a new cache is built beside the old one instead of silently reusing it):
@@ -98,7 +99,8 @@ def split_dir(cache_dir: str | Path, cfg: FrontendConfig, split: str) -> Path:
 
 
 def _signature(files: list[tuple[str, int, int]], cfg: FrontendConfig) -> str:
-    payload = json.dumps([FORMAT_VERSION, dataclasses.asdict(cfg), files])
+    """What ``done`` holds: the front end's identity (a log-mel cache's as before ``frontend.kind``), files."""
+    payload = json.dumps([FORMAT_VERSION, cfg.identity(), files])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -390,7 +392,7 @@ class FeatureCache:
     def open(cls, cache_dir: str | Path, cfg: FrontendConfig, split: str, resident_mb: float = 32.0):
         """The cache of ``split`` built by ``build_cache(…, cache_dir, cfg)`` (``cache_dir`` as given there)."""
         cache = cls(split_dir(cache_dir, cfg, split), resident_mb, split)
-        if cache.info.get("frontend") != dataclasses.asdict(cfg):
+        if not cfg.same_as(cache.info.get("frontend")):
             raise CacheError(f"{cache.directory}: built with other front-end parameters than requested")
         return cache
 

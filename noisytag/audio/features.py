@@ -15,21 +15,29 @@ view of the signal); frames are transformed in chunks of ``chunk_frames`` throug
 buffer (fresh megabyte tensors page-fault); and the mel product only multiplies the non-zero band of
 each group of 16 filters (each FFT bin lies in at most two adjacent triangles), a fraction of the
 multiply-adds of the dense (n_mels × bins) product. ``benchmarks/bench_features.py`` measures it.
+
+PCEN (``frontend.kind: pcen``, :class:`PCEN`): the same mel power E goes through per-channel energy
+normalisation instead of dB, (E / (eps + M)^alpha + delta)^r − delta^r, M = E smoothed along time. The
+smoother is defined once, as a causal FIR (:func:`pcen_kernel`), and used by the cache and the ONNX
+waveform graph alike, so both compute the same values.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
 
 import numpy as np
 import torch
 from torch import nn
 
-from noisytag.config import FrontendConfig
+from noisytag.config import ConfigError, FrontendConfig
 
 AMIN = 1e-10  # power floor before the log (librosa's amin)
 _GROUP = 16  # mel filters per band-limited matrix product
+KINDS = ("logmel", "pcen")  # frontend.kind
+PCEN_TAIL = 1e-6  # share of the smoother's exponential kernel left out by the FIR's truncation
 
 
 def n_frames(n_samples: int, cfg: FrontendConfig = FrontendConfig()) -> int:
@@ -86,8 +94,79 @@ def frame_segments(x: torch.Tensor, n_fft: int, hop: int) -> list[tuple[int, tor
     ]
 
 
+def check_frontend(cfg: FrontendConfig) -> FrontendConfig:
+    """``cfg`` if its kind and PCEN keys can run, else a one-line :class:`ConfigError` naming the key
+    (config validation, :func:`noisytag.runs.validate.validate_plugins`, asks here)."""
+    if cfg.kind not in KINDS:
+        raise ConfigError(
+            f"config key 'frontend.kind': unknown front end '{cfg.kind}' (expected {' or '.join(KINDS)})"
+        )
+    if cfg.kind == "pcen":
+        for key, ok, why in (
+            ("pcen_alpha", 0 <= cfg.pcen_alpha <= 1, "must be in [0, 1]"),
+            ("pcen_delta", cfg.pcen_delta >= 0, "must be ≥ 0"),
+            ("pcen_r", 0 < cfg.pcen_r <= 1, "must be in (0, 1]"),
+            ("pcen_time_constant", cfg.pcen_time_constant > 0, "must be > 0 seconds"),
+            ("pcen_eps", cfg.pcen_eps > 0, "must be > 0"),
+        ):
+            if not ok:
+                raise ConfigError(f"config key 'frontend.{key}': {why}, got {getattr(cfg, key)!r}")
+    return cfg
+
+
+def pcen_smoothing(cfg: FrontendConfig) -> float:
+    """The smoother's coefficient s of M[t] = (1 − s)·M[t − 1] + s·E[t]: librosa's, from the time
+    constant in frames T = time_constant · sr / hop, s = (√(1 + 4T²) − 1) / (2T²) (0.0386 at 44.1 kHz, hop 694)."""
+    t = cfg.pcen_time_constant * cfg.sample_rate / cfg.hop_length
+    return (math.sqrt(1 + 4 * t * t) - 1) / (2 * t * t)
+
+
+def pcen_kernel(cfg: FrontendConfig) -> np.ndarray:
+    """The smoother as a causal FIR, float64 (L,): h[k] = s·(1 − s)^k for k < L, the weight of E[t − k].
+
+    L is the shortest length whose dropped tail (1 − s)^L is below :data:`PCEN_TAIL` of the mass (352
+    frames, 5.5 s, at the defaults); the kernel is rescaled to sum to 1, so a constant energy is
+    smoothed to itself. Frames before a clip count as its first frame (the recursive filter's
+    steady state at the first frame, as librosa's default initial state): within 1e-6 of the recursive
+    IIR (tests/test_pcen.py). A recursion is awkward in ONNX; a convolution is not.
+    """
+    s = pcen_smoothing(cfg)
+    length = max(1, math.ceil(math.log(PCEN_TAIL) / math.log1p(-s))) if s < 1 else 1
+    h = s * (1 - s) ** np.arange(length, dtype=np.float64)
+    return h / h.sum()
+
+
+class PCEN(nn.Module):
+    """Mel power (B, T, n_mels), time-major → PCEN (B, T, n_mels): (E / (eps + M)^alpha + delta)^r − delta^r.
+
+    M is E filtered along time by :func:`pcen_kernel` (a 1-D convolution; the first frame repeated
+    before the clip). The one implementation: the feature cache (through :class:`LogMel`) and the
+    ONNX waveform graph (:class:`noisytag.infer.onnx_frontend.WaveformEnsemble`) both call it.
+    """
+
+    def __init__(self, cfg: FrontendConfig = FrontendConfig(), dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.cfg = cfg
+        taps = torch.from_numpy(pcen_kernel(cfg)[::-1].copy())  # conv1d correlates: oldest frame first
+        self.register_buffer("taps", taps.to(dtype).view(1, 1, -1), persistent=False)
+
+    def smooth(self, energy: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) → M (B, T, F): each channel's causal FIR smoothing along time."""
+        batch, frames, bands = energy.shape
+        x = energy.transpose(1, 2).reshape(batch * bands, 1, frames)
+        x = nn.functional.pad(x, (self.taps.shape[-1] - 1, 0), mode="replicate")
+        m = nn.functional.conv1d(x, self.taps.to(energy.dtype))
+        return m.reshape(batch, bands, frames).transpose(1, 2)
+
+    def forward(self, energy: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        gain = (self.smooth(energy) + cfg.pcen_eps).pow(-cfg.pcen_alpha)
+        return (energy * gain + cfg.pcen_delta).pow(cfg.pcen_r) - cfg.pcen_delta**cfg.pcen_r
+
+
 class LogMel(nn.Module):
-    """Waveforms (B, N) at ``cfg.sample_rate`` → log-mel dB (B, n_mels, 1 + N // hop).
+    """Waveforms (B, N) at ``cfg.sample_rate`` → log-mel dB (B, n_mels, 1 + N // hop), or its PCEN
+    (:class:`PCEN`) when ``cfg.kind`` is "pcen" (then the dB floor ``top_db`` is not used).
 
     dB = 10·log10(max(S, 1e-10)), floored per example at its maximum − ``cfg.top_db``. N must exceed
     n_fft // 2 (reflect padding); clips from :func:`noisytag.audio.decode.load` always do. ``chunk_frames``
@@ -118,9 +197,10 @@ class LogMel(nn.Module):
         # Each weight twice, for the squared real and imaginary parts, which the rfft output holds
         # interleaved: power and mel sum become one product over contiguous squares (no strided add).
         self.register_buffer("filters2", self.filters.repeat_interleave(2, dim=1), persistent=False)
+        self.pcen = PCEN(cfg, dtype) if check_frontend(cfg).kind == "pcen" else None
 
     def frames_db(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N) → dB as (B, T, n_mels): time-major, one row per frame, as the feature cache stores it."""
+        """(B, N) → dB (or PCEN) as (B, T, n_mels): time-major, one row per frame, as the feature cache stores it."""
         if x.dim() != 2:
             raise ValueError(f"LogMel expects waveforms of shape (B, N), got {tuple(x.shape)}")
         cfg = self.cfg
@@ -146,12 +226,14 @@ class LogMel(nn.Module):
                     band = self.filters2[m0:m1, 2 * b0 : 2 * b1].T
                     torch.mm(squares[:, 2 * b0 : 2 * b1], band, out=chunk[:, m0:m1])
                 mel[:, first + f0 : first + f0 + c] = chunk.view(batch, c, cfg.n_mels)
+        if self.pcen is not None:
+            return self.pcen(mel)
         db = torch.log10(mel.clamp_min_(AMIN)).mul_(10.0)
         floor = db.amax(dim=(1, 2), keepdim=True) - cfg.top_db
         return torch.maximum(db, floor, out=db)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N) waveforms → (B, n_mels, T) dB (a transposed view of :meth:`frames_db`)."""
+        """(B, N) waveforms → (B, n_mels, T) dB or PCEN (a transposed view of :meth:`frames_db`)."""
         return self.frames_db(x).transpose(1, 2)
 
 
@@ -187,7 +269,7 @@ def _module(cfg: FrontendConfig) -> LogMel:
 def log_mel_frames(
     y: np.ndarray, cfg: FrontendConfig = FrontendConfig(), module: LogMel | None = None
 ) -> np.ndarray:
-    """One clip (N,) → float32 dB (T, n_mels), time-major (the cache's row layout)."""
+    """One clip (N,) → float32 dB or PCEN (``cfg.kind``) (T, n_mels), time-major (the cache's row layout)."""
     x = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).unsqueeze(0)
     with torch.inference_mode():
         return (module or _module(cfg)).frames_db(x)[0].numpy().astype(np.float32, copy=False)

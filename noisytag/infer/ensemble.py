@@ -96,7 +96,11 @@ def shared_settings(metas: Sequence[dict], dirs: Sequence[Path]) -> tuple[list[s
     first = records[0]
     for record, d in zip(records[1:], dirs[1:], strict=True):
         for key in ("classes", "frontend", "normalize"):
-            if getattr(record, key) != getattr(first, key):
+            if key == "frontend":  # by identity: a record from before frontend.kind names the same log-mel
+                same = record.frontend_config().identity() == first.frontend_config().identity()
+            else:
+                same = getattr(record, key) == getattr(first, key)
+            if not same:
                 raise ValueError(f"{d}/model.json: '{key}' differs from {dirs[0]}/model.json")
     if not first.classes:
         raise ValueError(f"{dirs[0]}/model.json: no 'classes'")

@@ -7,7 +7,8 @@ deployment needs only an audio decoder (to mono float32 at 44.1 kHz) and onnxrun
 2. zero-pad to 2 s, half on each side,
 3. STFT as a matrix product with a fixed Hann-windowed DFT basis (reflect-padded centred frames; the
    ONNX DFT operator has no fast path for n_fft = 2560), power, librosa's Slaney mel filter bank,
-4. dB with the (max − top_db) floor, per-clip min-max normalisation,
+4. dB with the (max − top_db) floor — or PCEN (``frontend.kind: pcen``) by the cache's own
+   :class:`noisytag.audio.features.PCEN` module (its smoother a 1-D convolution) — per-clip min-max normalisation,
 5. the windows of SPEC §7 (numpy ``linspace`` arithmetic in float64, rounded half to even),
 6. every member's sigmoid probabilities, mean over members, then over windows.
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from noisytag.audio.features import mel_filters
+from noisytag.audio.features import PCEN, check_frontend, mel_filters
 from noisytag.config import FrontendConfig
 from noisytag.infer.members import ProbsModel
 
@@ -60,6 +61,7 @@ class WaveformEnsemble(nn.Module):
         self.min_samples = int(round(frontend.min_seconds * frontend.sample_rate))
         self.register_buffer("basis", torch.from_numpy(dft_basis(frontend.n_fft)))
         self.register_buffer("mel", torch.from_numpy(np.ascontiguousarray(mel_filters(frontend).T)))
+        self.pcen = PCEN(frontend) if check_frontend(frontend).kind == "pcen" else None
 
     def trim(self, y: torch.Tensor) -> torch.Tensor:
         """(N,) → y[start:end]: frames more than trim_db below the loudest frame dropped at both ends."""
@@ -99,7 +101,7 @@ class WaveformEnsemble(nn.Module):
         return padded[start : start + length]
 
     def log_mel(self, y: torch.Tensor) -> torch.Tensor:
-        """(N,) → (n_mels, 1 + N // hop) dB with the per-clip (max − top_db) floor."""
+        """(N,) → (n_mels, 1 + N // hop) dB with the per-clip (max − top_db) floor, or PCEN."""
         cfg = self.cfg
         pad = cfg.n_fft // 2
         padded = nn.functional.pad(y[None, None], (pad, pad), mode="reflect")[0, 0]
@@ -107,7 +109,10 @@ class WaveformEnsemble(nn.Module):
         spec = frames @ self.basis  # (T, 2 · bins)
         bins = self.basis.shape[1] // 2
         power = spec[:, :bins].square() + spec[:, bins:].square()
-        db = 10.0 * torch.log10((power @ self.mel).clamp_min(1e-10))  # (T, n_mels)
+        mel = power @ self.mel  # (T, n_mels)
+        if self.pcen is not None:
+            return self.pcen(mel[None])[0].transpose(0, 1)
+        db = 10.0 * torch.log10(mel.clamp_min(1e-10))
         db = torch.maximum(db, db.max() - cfg.top_db)
         return db.transpose(0, 1)
 

@@ -13,6 +13,7 @@ up through its module (``run_plan.build_plan``), so one test spy sees every buil
 from __future__ import annotations
 
 from noisytag import plan as run_plan
+from noisytag.audio.features import check_frontend
 from noisytag.audio.model_input import check_normalize
 from noisytag.config import ConfigError, RunConfig
 from noisytag.infer.ensemble import BACKENDS
@@ -43,6 +44,7 @@ def validate_plugins(cfg: RunConfig) -> None:
     for registry in CONFIG_REGISTRIES:
         registry.validate(cfg)
     check_normalize(cfg.data.normalize)
+    check_frontend(cfg.frontend)
     known = model_names()
     chosen = [("distill.arch", cfg.distill.arch)] if cfg.pipeline.mode == "student" else []
     chosen += [("pipeline.architectures", a) for a in cfg.pipeline.architectures]
