@@ -209,6 +209,12 @@ class DistillConfig:
     gets only fold f's models, which did not train on it. ``label_weight``: share of a curated clip's target that
     is its given labels (the rest is the teacher's). ``unlabelled``: a folder of audio without labels
     that only the student learns from (teacher targets), or "" for none.
+    ``views``: 0 — the teacher scores every grid window once and the student's targets are
+    interpolated between windows (and mixed linearly by its own batch mixup); V > 0 — the teacher
+    scores V augmented views of each clip (a random crop of ``train.window`` frames and, by
+    ``augment.mixup_p``/``mixup_alpha``, a partner clip of the same teaching group mixed in), cached once
+    in ``teacher/views.npz``; the student trains in epoch e on view e mod V against the teacher's
+    probability of exactly that input, with its own batch mixup off (``distill.crop`` is not used).
     """
 
     arch: str = "mobilenet"
@@ -219,6 +225,7 @@ class DistillConfig:
     targets: str = "insample"  # chosen on the demo set (benchmarks/README.md)
     crop: str = "random"  # "random" start frames (targets interpolated) or the teacher's "grid" windows
     unlabelled: str = ""
+    views: int = 0  # augmented views per clip scored by the teacher; 0 = grid windows (see above)
     teacher: str = ""  # the teacher run directory (set by noisytag distill)
 
 

@@ -194,6 +194,7 @@ def validate(cfg: RunConfig) -> None:
     _check(0 <= d.label_weight <= 1, "distill.label_weight", "must be in [0, 1]")
     _check(d.targets in ("oof", "insample"), "distill.targets", f"'oof' or 'insample', got {d.targets!r}")
     _check(d.crop in ("random", "grid"), "distill.crop", f"'random' or 'grid', got {d.crop!r}")
+    _check(d.views >= 0, "distill.views", "must be ≥ 0 (0 = the teacher's grid windows)")
     _check(t.window >= 1, "train.window", "must be ≥ 1 frame")
     _check(t.weight_decay >= 0, "train.weight_decay", "must be ≥ 0")
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1", "Adam betas must be in [0, 1)")

@@ -7,6 +7,7 @@ A run directory is what users keep and share; everything needed to tag new audio
     .prepared                        rank zero's note that config, caches and folds are ready (others wait)
     .prepare-failed                  under a multi-rank launch: rank zero's one-line error, so no rank hangs
     teacher/{split}.npz              student runs: the teacher's window probabilities (noisytag distill)
+    teacher/views.npz                student runs with distill.views > 0: the teacher's views and their scores
     run.json                         software versions, data set, start/resume times, per-fold timings
     folds.csv                        fname, split (curated|noisy), fold
     stage_table.csv                  model (stage k), arch, stage, lwlrap_noisy, lwlrap_curated,

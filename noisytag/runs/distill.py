@@ -2,9 +2,11 @@
 
 The student run is a normal run directory whose plan (kind ``student``) has one stage and one member
 (``{arch}/stage1/fold0``), so predict, tag, serve, export and report work on it unchanged. Steps, each
-kill-safe: the teacher's window probabilities per split (``teacher/{split}.npz``, written once), the
-student's training (Lightning checkpoint per epoch, resumed like a fold), then its test predictions
-and the student-vs-teacher tables (``test_scores.csv``, ``per_class.csv``, ``stage_table.csv``).
+kill-safe: the teacher's window probabilities per split (``teacher/{split}.npz``, written once) or,
+with ``distill.views`` V > 0, the teacher's probabilities of V augmented views of every training clip
+(``teacher/views.npz``, made once, resumable by parts), the student's training (Lightning checkpoint
+per epoch, resumed like a fold), then its test predictions and the student-vs-teacher tables
+(``test_scores.csv``, ``per_class.csv``, ``stage_table.csv``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from noisytag.fileio import write_csv, write_npy, write_text
 from noisytag.infer.members import as_members
 from noisytag.infer.predict import predict_cache
 from noisytag.infer.submission import write_submission
-from noisytag.learn.distill import TeacherWindowDataset, WindowTargets, student_targets, teach
+from noisytag.learn.distill import (
+    TeacherViewDataset,
+    TeacherWindowDataset,
+    WindowTargets,
+    clip_lengths,
+    draw_views,
+    make_teacher_views,
+    student_targets,
+    teach,
+    view_targets,
+)
 from noisytag.learn.loader import ClipSet
 from noisytag.learn.train import fit_fold, inference_device
 from noisytag.metrics import per_class_lwlrap
@@ -96,30 +108,39 @@ def _members(teacher: RunDir, plan, folds, device: str) -> dict[int, list]:
     }
 
 
+def _teachers(cfg: RunConfig) -> dict[int, list]:
+    """Teaching group → its members: fold f → fold f's models (out-of-fold), -1 → every model."""
+    teacher = RunDir(cfg.distill.teacher)
+    plan = teacher.plan()
+    members = _members(teacher, plan, range(plan.folds), inference_device(cfg))
+    return {g: members[g] for g in range(plan.folds)} | {-1: [m for ms in members.values() for m in ms]}
+
+
+def _groups(ctx: RunContext, cfg: RunConfig, split: str, n: int) -> np.ndarray:
+    """(n,) teaching group of each clip of ``split``: its fold for a labelled clip under out-of-fold
+    teaching, else -1 (every model)."""
+    if split in ctx.splits and split != "test" and cfg.distill.targets == "oof":
+        return np.asarray(ctx.splits[split].fold, dtype=np.int64)
+    return np.full(n, -1, dtype=np.int64)
+
+
 def teacher_targets(
     ctx: RunContext, student: RunDir, cfg: RunConfig, extra: dict
 ) -> dict[str, WindowTargets]:
     """Per split: the teacher's window probabilities (out-of-fold or in-sample), computed once."""
-    teacher = RunDir(cfg.distill.teacher)
-    plan, device = teacher.plan(), inference_device(cfg)
-    out, members = {}, None
+    out, by_group = {}, None
     for split in ("curated", "noisy", "test", *extra):
         path = student.root / "teacher" / f"{split}.npz"
         if path.is_file():
             out[split] = WindowTargets.load(path)
             continue
-        if members is None:
-            members = _members(teacher, plan, range(plan.folds), device)
+        if by_group is None:
+            by_group = _teachers(cfg)
         if split in extra:
             cache, positions = extra[split], np.arange(len(extra[split]))
-            group = np.full(len(positions), -1)
         else:
             cache, positions = ctx.caches[split], ctx.splits[split].clips.position
-            labelled = split != "test" and cfg.distill.targets == "oof"
-            group = ctx.splits[split].fold if labelled else np.full(len(positions), -1)
-        by_group = {g: members[g] for g in range(plan.folds)} | {
-            -1: [m for ms in members.values() for m in ms]
-        }
+        group = _groups(ctx, cfg, split, len(positions))
         log.info("teacher: scoring %d %s clips", len(positions), split)
         with torch.no_grad():
             out[split] = teach(by_group, group, cache, positions, cfg.infer, cfg.data.normalize)
@@ -130,11 +151,10 @@ def teacher_targets(
     return out
 
 
-def _training_set(ctx: RunContext, cfg: RunConfig, teacher: dict, extra: dict):
-    """Every curated, noisy (and unlabelled) clip, with per-window targets mixed as configured."""
-    parts, windows, targets = [], [], []
-    splits = [s for s in ("curated", "noisy", *extra)]
-    for split in splits:
+def _training_clips(ctx: RunContext, cfg: RunConfig, extra: dict) -> list[tuple[str, ClipSet, np.ndarray]]:
+    """(split, clips, label weight per clip) of every curated, noisy (and unlabelled) clip, in order."""
+    out = []
+    for split in ("curated", "noisy", *extra):
         if split in extra:
             n = len(extra[split])
             clips = ClipSet(
@@ -145,10 +165,53 @@ def _training_set(ctx: RunContext, cfg: RunConfig, teacher: dict, extra: dict):
         else:
             clips = ctx.splits[split].clips
         w = np.full(len(clips), cfg.distill.label_weight if split == "curated" else 0.0, np.float32)
+        out.append((split, clips, w))
+    return out
+
+
+def _training_set(ctx: RunContext, cfg: RunConfig, teacher: dict, extra: dict):
+    """Every curated, noisy (and unlabelled) clip, with per-window targets mixed as configured."""
+    parts, windows, targets = [], [], []
+    for split, clips, w in _training_clips(ctx, cfg, extra):
         parts.append(clips)
         windows.append(teacher[split])
         targets.append(student_targets(teacher[split], clips.targets, w))
     return ClipSet.concat(parts), WindowTargets.concat(windows), np.concatenate(targets)
+
+
+def training_config(cfg: RunConfig) -> RunConfig:
+    """The config the student's training runs with: ``cfg``, but with views (``distill.views`` > 0) its
+    batch mixup off, since each view already carries its mix (the other augmentations stay on)."""
+    if cfg.distill.views <= 0:
+        return cfg
+    return dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, mixup_p=0.0))
+
+
+def teacher_views(ctx: RunContext, student: RunDir, cfg: RunConfig, extra: dict, caches: dict):
+    """The training clips, their view cache (``teacher/views.npz``, made once) and the views' targets."""
+    parts = _training_clips(ctx, cfg, extra)
+    clips = ClipSet.concat([c for _, c, _ in parts])
+    weight = np.concatenate([w for _, _, w in parts])
+    group = np.concatenate([_groups(ctx, cfg, split, len(c)) for split, c, _ in parts])
+    width, a = cfg.train.window, cfg.augment
+    seed = run_seed(cfg.train.seed, ctx.plan.kind, STAGE, FOLD)
+    draws = draw_views(
+        clip_lengths(caches, clips), group, cfg.distill.views, width, seed, a.mixup_p, a.mixup_alpha
+    )
+    key = f"{RunDir(cfg.distill.teacher).root.resolve()} {cfg.distill.targets}"
+    started = time.perf_counter()
+    views = make_teacher_views(
+        student.root / "teacher" / "views.npz", lambda: _teachers(cfg), group, caches, clips, draws, width,
+        cfg.data.normalize, cfg.infer.batch_size, key=key,
+    )  # fmt: skip
+    log.info(
+        "teacher: %d views of %d clips ready in %.1f s",
+        draws.views,
+        len(clips),
+        time.perf_counter() - started,
+    )
+    targets = view_targets(views, clips.targets, weight, union=a.mixup_target == "union")
+    return clips, views, targets
 
 
 def run_distill(
@@ -183,17 +246,22 @@ def run_distill(
             cfg.distill.unlabelled, cache_dir, cfg.frontend, "unlabelled", cfg.data.workers
         )
     caches = {**ctx.caches, **extra}
-    teacher_probs = teacher_targets(ctx, student, cfg, extra)
+    views = cfg.distill.views > 0  # the teacher scores views of the training clips, not grid windows
+    teacher_probs = {} if views else teacher_targets(ctx, student, cfg, extra)
     arch, fold_dir = cfg.distill.arch, student.fold_dir(cfg.distill.arch, STAGE, FOLD)
     if not student.fold_done(arch, STAGE, FOLD).is_file():
-        clips, windows, targets = _training_set(ctx, cfg, teacher_probs, extra)
         seed = run_seed(cfg.train.seed, ctx.plan.kind, STAGE, FOLD)
-        data = TeacherWindowDataset(
-            caches, clips, windows, targets, cfg.train.window, seed, cfg.data.normalize, cfg.distill.crop
-        )
+        if views:
+            clips, cached, targets = teacher_views(ctx, student, cfg, extra, caches)
+            data = TeacherViewDataset(caches, clips, cached, targets, cfg.train.window, cfg.data.normalize)
+        else:
+            clips, windows, targets = _training_set(ctx, cfg, teacher_probs, extra)
+            data = TeacherWindowDataset(
+                caches, clips, windows, targets, cfg.train.window, seed, cfg.data.normalize, cfg.distill.crop
+            )
         started = time.perf_counter()
         module = fit_fold(
-            cfg, arch=arch, n_classes=len(ctx.classes), caches=caches, train=clips,
+            training_config(cfg), arch=arch, n_classes=len(ctx.classes), caches=caches, train=clips,
             val=clips.subset(np.zeros(len(clips), bool)), fold_dir=fold_dir, epochs=cfg.distill.epochs,
             lr=cfg.distill.lr, seed=seed, progress=progress, train_data=data, callbacks=callbacks,
         )  # fmt: skip
@@ -209,17 +277,20 @@ def run_distill(
             teacher=str(teacher.root.resolve()),
         )  # fmt: skip
         write_fold_outputs(student, record, model, started)
-    return finish_student(ctx, teacher, student, cfg, teacher_probs)
+    n_unlabelled = len(extra["unlabelled"]) if "unlabelled" in extra else 0
+    return finish_student(ctx, teacher, student, cfg, n_unlabelled)
 
 
-def finish_student(ctx: RunContext, teacher: RunDir, student: RunDir, cfg: RunConfig, probs: dict) -> dict:
+def finish_student(
+    ctx: RunContext, teacher: RunDir, student: RunDir, cfg: RunConfig, n_unlabelled: int
+) -> dict:
     """Student vs teacher on the test set (overall, per class), the student's submission."""
     arch = cfg.distill.arch
     test = np.load(student.fold_test(arch, STAGE, FOLD), allow_pickle=False)
     tctx = dataclasses.replace(ctx, cfg=teacher.saved_config(), plan=teacher.plan(), run=teacher)
     teacher_test, members = ensemble_test(tctx)
     seconds = float(student.fold_done(arch, STAGE, FOLD).read_text())
-    n_train = int(len(ctx.curated.fnames) + len(ctx.noisy.fnames) + len(probs.get("unlabelled", [])))
+    n_train = int(len(ctx.curated.fnames) + len(ctx.noisy.fnames) + n_unlabelled)
     rows = [
         {"model": f"teacher: ensemble {'+'.join(members)} ({len(members) * teacher.plan().folds} models)",
          "arch": "+".join(teacher.plan().architectures), "stage": 0} | test_scores(ctx, teacher_test),
