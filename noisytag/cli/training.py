@@ -158,6 +158,14 @@ def pipeline(
             rich_help_panel="Scale-out (--executor ray)",
         ),
     ] = None,
+    keep_stages_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="A finished run of the same audio (e.g. the one a review corrected): keep its stages 1-2 "
+            "(fold models, out-of-fold rows re-indexed by clip; every clip must keep its fold) and train "
+            "stages 3-4 from them. Recorded in kept_stages.json.",
+        ),
+    ] = None,
 ) -> None:
     """Run the four-stage warm-up pipeline (stages 1-4 x folds x architectures).
 
@@ -191,6 +199,11 @@ def pipeline(
         print_plan(plan, cfg)
         return
     try:
+        if keep_stages_from is not None and is_global_zero():  # other ranks wait for its .prepared marker
+            from noisytag.runs.warmstart import seed_from_run
+
+            for line in seed_from_run(keep_stages_from, out, data_dir, cfg):
+                console.print(f"kept {escape(line)}")
         with runner:  # every executor is a context manager (local: nothing to start)
             results = run_pipeline(
                 data_dir, out, cfg, force=force, progress=progress, executor=runner, plan=plan
