@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "noisytag"
 # Top to bottom: each folder (or base module) and the layer it belongs to.
 LAYERS: list[tuple[str, set[str]]] = [
     ("cli", {"cli", "__main__"}),
-    ("front doors", {"serve", "report", "ablate"}),
+    ("front doors", {"serve", "review", "report", "ablate"}),
     ("runs", {"runs"}),
     ("learn", {"learn"}),
     ("infer", {"infer"}),

@@ -1,7 +1,7 @@
 """Command-line interface: each command parses options, loads the config and calls one library function.
 
-The commands live in ``data``, ``fetching``, ``training``, ``experiments``, ``inference``, ``serving``
-and ``reports``; this module holds the app and the helpers they share.
+The commands live in ``data``, ``fetching``, ``training``, ``experiments``, ``inference``, ``serving``,
+``review`` and ``reports``; this module holds the app and the helpers they share.
 
 Heavy libraries (torch, lightning, librosa) are imported inside the commands, so ``--help`` is instant.
 """
@@ -85,7 +85,16 @@ def _register_commands() -> None:
     """Each module adds its commands to ``app``; imported in the order of the --help panels."""
     import importlib
 
-    for module in ("data", "fetching", "training", "experiments", "inference", "serving", "reports"):
+    for module in (
+        "data",
+        "fetching",
+        "training",
+        "experiments",
+        "inference",
+        "serving",
+        "review",
+        "reports",
+    ):
         importlib.import_module(f"noisytag.cli.{module}")
 
 
