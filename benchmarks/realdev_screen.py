@@ -92,10 +92,11 @@ def main(argv=None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     data = realdev.default_data(args.seed, args.scale, 0)
     common = ["--seed", str(args.seed), "--scale", str(args.scale), "--seeds", args.seeds, "--skip-distill"]
-    realdev.main(["--name", "screen-default", "--score-only", *common])  # makes the set if missing
+    made = realdev.parse_args(["--name", "screen-default", *common])
+    realdev.make_set(made, data, data.with_name(data.name + "_truth"))  # makes the set if missing
     if not args.score_only:
-        for name in names:
-            for k in seeds:
+        for k in seeds:  # every lever's first seed before any second one: the table fills in that order
+            for name in names:
                 run, kept = run_places(data, name, k)
                 if not realdev.finished(run, kept):
                     train_variant(data, run, args.config, VARIANTS[name], k)
@@ -113,7 +114,16 @@ def main(argv=None) -> None:
             ["--name", f"screen-{name}", "--score-only", *common]
             + (["--reference", "screen-default"] if name != "default" else [])
         )
-        rows, run = result["comparisons"], f"screen-{name}/teacher/mean"
+        rows, done = result["comparisons"], {r["run"] for r in result["scores"]}
+        # the seeds' mean once every seed has finished, else the first finished seed
+        run = next(
+            (
+                r
+                for r in [f"screen-{name}/teacher/{s}" for s in ("mean", *(f"seed{k}" for k in seeds))]
+                if r in done
+            ),
+            f"screen-{name}/teacher/mean",
+        )
         secs = [
             json.loads((place / "screen.json").read_text())["seconds"]
             for k in seeds
@@ -124,7 +134,10 @@ def main(argv=None) -> None:
         if name == "default" and overall is not None:
             cells[0] = f"{overall:.4f} (absolute)"
         seconds = f"{sum(secs) / len(secs):.0f}" if secs else ""
-        lines.append(f"| {name} | {' '.join(VARIANTS[name]) or '—'} | {' | '.join(cells)} | {seconds} |")
+        which = run.rsplit("/", 1)[-1]
+        lines.append(
+            f"| {name} ({which}) | {' '.join(VARIANTS[name]) or '—'} | {' | '.join(cells)} | {seconds} |"
+        )
     out = ROOT / "benchmarks" / "results" / f"{data.name}-screen.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
