@@ -127,6 +127,10 @@ def test_random_and_disagree_policies_follow_their_orders(queue, tmp_path):
     assert frame["clip_id"].tolist() == random_order[:4] and frame["wrong_found"].tolist() == [1, 2, 2, 2]
     other = simulate(queue, truth, budget=4, policy="disagree", log=EventLog(tmp_path / "disagree.jsonl"))
     assert other["clip_id"].tolist() == queue.order("disagree")[:4]
+    # the ceiling: exactly the wrong clips, in the suspect order, each fixed
+    ceiling = simulate(queue, truth, budget=10, policy="oracle", log=EventLog(tmp_path / "oracle.jsonl"))
+    assert ceiling["clip_id"].tolist() == [i for i in queue.order("suspect") if i in wrong]
+    assert ceiling["wrong"].all() and set(ceiling["action"]) <= {"set", "accept_models"}
 
 
 def test_synthetic_truth_file(queue, tiny_data, tmp_path):
@@ -176,7 +180,10 @@ def test_cli_curve_of_every_policy_writes_no_decisions(run_copy, tiny_data):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     curve = pd.read_csv(run_copy / "review" / "curve.csv")
-    assert set(curve["policy"]) == {"top", "random", "disagree"} and len(curve) == 30
+    assert set(curve["policy"]) == {"top", "random", "disagree", "oracle"}
+    assert (curve["policy"] != "oracle").sum() == 30
+    oracle = curve[curve["policy"] == "oracle"]  # the ceiling: every clip it reviews was wrong
+    assert (oracle["wrong_found"] == oracle["n_reviewed"]).all()
     assert not (run_copy / "review" / "events.jsonl").exists()
 
 

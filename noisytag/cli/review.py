@@ -10,7 +10,7 @@ from rich.table import Table
 
 from noisytag.cli import app, console, err_console, fail
 
-POLICIES = ("top", "random", "disagree")
+POLICIES = ("top", "random", "disagree", "oracle")
 
 
 def _serve(
@@ -92,7 +92,11 @@ def review(
         int, typer.Option("--budget", help="Clips the simulated reviewer reviews.", min=1)
     ] = 100,
     policy: Annotated[
-        str, typer.Option("--policy", help="Simulated review order: top (most suspect), random, disagree.")
+        str,
+        typer.Option(
+            "--policy",
+            help="Simulated review order: top (most suspect), random, disagree, or oracle (exactly the wrong clips, from the truth: the ceiling of a review).",
+        ),
     ] = "top",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random order.")] = 0,
     curve: Annotated[
