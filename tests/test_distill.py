@@ -110,6 +110,21 @@ def test_unlabelled_audio_teaches_the_student(tiny_run, tiny_data, tmp_path, rec
     assert not [w for w in recwarn if "val_dataloader" in str(w.message)]  # no validation, on purpose
 
 
+def test_a_student_teaches_a_second_round_in_sample(student, tmp_path):
+    first, _ = student
+    refused = load_student_config(first, tmp_path / "refused", None, [*SETS, "distill.targets=oof"])
+    with pytest.raises(
+        ConfigError, match=r"^config key 'distill.targets': a student teacher .*targets=insample$"
+    ):
+        run_distill(first, tmp_path / "refused", refused, progress=False)
+    out = tmp_path / "second"
+    cfg = load_student_config(first, out, None, [*SETS, "distill.targets=insample", "distill.epochs=1"])
+    run_distill(first, out, cfg, progress=False)
+    second = RunDir(out)
+    assert second.plan().kind == "student" and second.saved_config().distill.teacher == str(first.resolve())
+    assert second.submission.is_file() and (out / "teacher" / "curated.npz").is_file()
+
+
 def test_bad_input_is_one_line(tiny_run, tmp_path):
     unfinished = shutil.copytree(tiny_run, tmp_path / "unfinished")
     (unfinished / "cnn1" / "stage4" / "fold1" / "done").unlink()

@@ -7,6 +7,9 @@ with ``distill.views`` V > 0, the teacher's probabilities of V augmented views o
 (``teacher/views.npz``, made once, resumable by parts), the student's training (Lightning checkpoint
 per epoch, resumed like a fold), then its test predictions and the student-vs-teacher tables
 (``test_scores.csv``, ``per_class.csv``, ``stage_table.csv``).
+
+A student run can teach the next student (a second round, ``noisytag distill STUDENT -o STUDENT2``): its one
+model was trained on every clip, so it teaches in-sample (``distill.targets: insample``).
 """
 
 from __future__ import annotations
@@ -73,8 +76,11 @@ def check_teacher(teacher: RunDir, cfg: RunConfig) -> None:
     if not teacher.config.is_file():
         raise DataError(f"{teacher.root}: not a run directory (no config.yaml)")
     plan, saved = teacher.plan(), teacher.saved_config()
-    if plan.kind == "student":
-        raise DataError(f"{teacher.root}: a student run; distil its teacher instead")
+    if plan.kind == "student" and cfg.distill.targets == "oof":  # a second round: the student teaches
+        raise ConfigError(
+            "config key 'distill.targets': a student teacher is one model trained on every clip, so it "
+            "teaches in-sample; use distill.targets=insample"
+        )
     missing = [
         f"{a}/stage{s}/fold{f}"
         for a in plan.architectures

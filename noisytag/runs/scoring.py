@@ -32,7 +32,7 @@ def stage_oof(ctx: RunContext, arch: str, stage: int, split: str) -> np.ndarray 
 def stage_test(ctx: RunContext, arch: str, stage: int) -> np.ndarray | None:
     """(N_test, K) test probabilities of a finished stage: the mean over its fold models."""
     preds = []
-    for fold in range(ctx.cfg.train.folds):
+    for fold in range(ctx.plan.folds):  # a student run: one model (fold 0)
         path = ctx.run.fold_test(arch, stage, fold)
         if not ctx.run.fold_done(arch, stage, fold).is_file() or not path.is_file():
             return None
