@@ -100,6 +100,7 @@ def main(argv=None) -> None:
                 run, kept = run_places(data, name, k)
                 if not realdev.finished(run, kept):
                     train_variant(data, run, args.config, VARIANTS[name], k)
+                    realdev.archive_run(run, kept)  # at once: a session may end before the table
     lines = [
         f"# Lever screening on {data.name} (fold 0, stages 1-2, config {args.config.name}, seeds {args.seeds})",
         "",
