@@ -30,19 +30,22 @@ def tiny_cache(tiny_data, tmp_path_factory):
     return cache_dir
 
 
+# The tiny model and schedule every training test uses (tiny_config; tests that run the CLI pass them as --set).
+TINY_SETS = {
+    "model.width": 0.125,
+    "train.folds": 2,
+    "train.epochs": 1,
+    "train.batch_size": 16,
+    "train.val_batch_size": 64,
+    "infer.batch_size": 64,
+}
+
+
 def tiny_config(**overrides):
     """A RunConfig small enough to train the whole pipeline in seconds on the CPU."""
     from noisytag.config import load_config
 
-    sets = {
-        "model.width": 0.125,
-        "train.folds": 2,
-        "train.epochs": 1,
-        "train.batch_size": 16,
-        "train.val_batch_size": 64,
-        "infer.batch_size": 64,
-    }
-    sets.update(overrides)
+    sets = {**TINY_SETS, **overrides}
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
 
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SETS
 from typer.testing import CliRunner
 
 from noisytag.audio.features import PCEN, PCEN_TAIL, log_mel_frames, pcen_kernel, pcen_smoothing
@@ -147,15 +148,10 @@ def pcen_run(tiny_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("pcen_run")
     run, cache = root / "run", root / "cache"
     sets = {
+        **TINY_SETS,
         "frontend.kind": "pcen",
         "pipeline.stages": "[1]",
         "infer.stages": "[1]",
-        "model.width": 0.125,
-        "train.folds": 2,
-        "train.epochs": 1,
-        "train.batch_size": 16,
-        "train.val_batch_size": 64,
-        "infer.batch_size": 64,
         "data.workers": 1,
         "data.cache_dir": str(cache),
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import secrets
 import socket
 import threading
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -29,12 +27,10 @@ from pydantic import BaseModel, Field
 from noisytag import __version__
 from noisytag.review import retrain
 from noisytag.review.corrections import CorrectionsWriter, LiveState
-from noisytag.review.events import ACTIONS, EventLog
+from noisytag.review.events import ACTIONS, EventLog, decision_event
 from noisytag.review.media import Pictures
 from noisytag.review.queue import MODES, ReviewQueue
-from noisytag.serve.app import PAGE_HEADERS
-
-log = logging.getLogger(__name__)
+from noisytag.serve.app import PAGE_HEADERS, one_line_errors
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg"}
@@ -105,15 +101,7 @@ def create_review_app(
     async def _refused(request: Request, err: ReviewError):
         return JSONResponse({"detail": err.message}, status_code=err.status)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, err: RequestValidationError):
-        parts = [f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in err.errors()]
-        return JSONResponse({"detail": "invalid request (" + "; ".join(parts) + ")"}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, err: Exception):
-        log.exception("error while answering %s", request.url.path)
-        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+    one_line_errors(app)
 
     def need_token(x_review_token: str | None = Header(None)) -> None:
         if not x_review_token:
@@ -190,19 +178,7 @@ def create_review_app(
         return rows[:6]
 
     def append(card, action: str, after, seconds: float, mode: str, rank: int) -> dict:
-        event = {
-            "clip": card.fname,
-            "clip_id": card.clip_id,
-            "before": list(card.given),
-            "after": None if after is None else list(after),
-            "action": action,
-            "reviewer": reviewer,
-            "seconds": round(float(seconds), 3),
-            "mode": mode,
-            "rank": int(rank),
-            "scores": dict(card.scores),
-            "suggested": list(card.suggested),
-        }
+        event = decision_event(card, action, after, reviewer, seconds, mode, rank)
         return log_.append(event)
 
     def after_of(card, action: str, labels: list[str] | None):

@@ -234,3 +234,21 @@ def review_state(events: list[dict]) -> ReviewState:
         state.decisions[event["clip"]] = event
         state.by_reviewer.setdefault(event["reviewer"], {})[event["clip"]] = event
     return state
+
+
+def decision_event(card, action: str, after, reviewer: str, seconds: float, mode: str, rank: int) -> dict:
+    """The event line of one decision on a :class:`~noisytag.review.queue.Card` (page and simulator alike):
+    the labels before and after, and the models' suggestion and the detectors' scores as the card showed them."""
+    return {
+        "clip": card.fname,
+        "clip_id": card.clip_id,
+        "before": list(card.given),
+        "after": None if after is None else list(after),
+        "action": action,
+        "reviewer": reviewer,
+        "seconds": round(float(seconds), 3),
+        "mode": mode,
+        "rank": int(rank),
+        "scores": dict(card.scores),
+        "suggested": list(card.suggested),
+    }

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from noisytag.data.dataset import DataError, parse_labels, read_csv_rows
-from noisytag.review.events import DECISIONS, EventLog, events_path
+from noisytag.review.events import DECISIONS, EventLog, decision_event, events_path
 from noisytag.review.queue import ReviewError, ReviewQueue
 
 # policy → queue mode. "oracle" is the ceiling of a review: exactly the clips whose given labels are wrong
@@ -96,21 +96,7 @@ def simulate(
         if policy == "oracle" and (true is None or set(true) == set(card.given)):
             continue
         action, after = _answer(card.given, card.suggested, true)
-        log.append(
-            {
-                "clip": card.fname,
-                "clip_id": card.clip_id,
-                "before": list(card.given),
-                "after": None if after is None else list(after),
-                "action": action,
-                "reviewer": reviewer,
-                "seconds": 0.0,
-                "mode": mode,
-                "rank": rank,
-                "scores": card.scores,
-                "suggested": list(card.suggested),
-            }
-        )
+        log.append(decision_event(card, action, after, reviewer, 0.0, mode, rank))
         wrong = true is not None and set(true) != set(card.given)
         found += wrong
         rows.append(

@@ -197,6 +197,21 @@ ERRORS = {
 }
 
 
+def one_line_errors(app: FastAPI) -> None:
+    """Invalid requests (422) and anything unexpected (500, logged) answer one sentence, never a traceback;
+    shared by the tagging and the review servers."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError):
+        parts = [f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in err.errors()]
+        return JSONResponse({"detail": "invalid request (" + "; ".join(parts) + ")"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception):
+        log.exception("error while answering %s", request.url.path)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+
 def create_app(service: TagService) -> FastAPI:
     """The FastAPI application around a loaded :class:`TagService` (one per server process)."""
     settings = service.settings
@@ -219,15 +234,7 @@ def create_app(service: TagService) -> FastAPI:
         detail = f"the upload is over {_mb(settings.max_bytes)}, the most this server accepts"
         return JSONResponse({"detail": detail}, status_code=413)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, err: RequestValidationError):
-        parts = [f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in err.errors()]
-        return JSONResponse({"detail": "invalid request (" + "; ".join(parts) + ")"}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, err: Exception):
-        log.exception("error while answering %s", request.url.path)
-        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+    one_line_errors(app)
 
     @app.post(
         "/api/tag",
