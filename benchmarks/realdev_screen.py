@@ -42,6 +42,7 @@ VARIANTS: dict[str, list[str]] = {
     "swa": ["train.average=swa"],
     "ema": ["train.average=ema"],
     "crop256": ["train.window=256", "infer.window=256", "pipeline.stage_epochs=[12,15,20,20]"],
+    "pcen": ["frontend.kind=pcen"],
 }
 
 
