@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from noisytag import plan as run_plan
@@ -113,6 +114,23 @@ class RunDir:
 
     def fold_oof(self, arch: str, stage: int, fold: int, split: str) -> Path:
         return self.fold_dir(arch, stage, fold) / f"oof_{split}.npy"
+
+    def stage_oof(self, arch: str, stage: int, split: str, fold_of: np.ndarray, n_classes: int) -> np.ndarray:
+        """(N, K) out-of-fold probabilities of a split's clips (``fold_of``: each clip's fold, folds.csv
+        order) from every fold's ``oof_{split}.npy``: FileNotFoundError naming a missing file, ValueError
+        naming a file whose rows do not match folds.csv."""
+        fold_of = np.asarray(fold_of)
+        out = np.full((len(fold_of), n_classes), np.nan, dtype=np.float32)
+        for fold in np.unique(fold_of):
+            path = self.fold_oof(arch, stage, int(fold), split)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: not found (stage {stage} of {arch} is not finished)")
+            rows = np.load(path, allow_pickle=False)
+            expected = (int((fold_of == fold).sum()), n_classes)
+            if rows.shape != expected:
+                raise ValueError(f"{path}: shape {rows.shape}, expected {expected} from folds.csv")
+            out[fold_of == fold] = rows
+        return out
 
     def fold_test(self, arch: str, stage: int, fold: int) -> Path:
         return self.fold_dir(arch, stage, fold) / "test.npy"

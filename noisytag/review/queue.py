@@ -140,7 +140,7 @@ class ReviewQueue:
         noisy = folds.loc[folds["split"] == "noisy"].reset_index(drop=True)
         k = len(dataset.classes)
         probs = np.mean(
-            [noisy_oof(rundir, folds, a, s, plan.folds, k) for a in archs for s in selecting.selects_from],
+            [noisy_oof(rundir, folds, a, s, k) for a in archs for s in selecting.selects_from],
             axis=0,
         )
         table = dataset.noisy.drop_duplicates("fname").set_index("fname")

@@ -67,21 +67,13 @@ def read_folds(run: RunDir) -> pd.DataFrame:
     return folds
 
 
-def noisy_oof(run: RunDir, folds: pd.DataFrame, arch: str, stage: int, n_folds: int, k: int) -> np.ndarray:
+def noisy_oof(run: RunDir, folds: pd.DataFrame, arch: str, stage: int, k: int) -> np.ndarray:
     """(N_noisy, K) out-of-fold probabilities of the noisy clips in folds.csv order, or ReviewError."""
     fold_of = folds.loc[folds["split"] == "noisy", "fold"].to_numpy(dtype=int)
-    out = np.full((len(fold_of), k), np.nan, dtype=np.float32)
-    for fold in range(n_folds):
-        path = run.fold_oof(arch, stage, fold, "noisy")
-        if not path.is_file():
-            raise ReviewError(f"{path}: not found (stage {stage} of {arch} is not finished)")
-        rows = np.load(path, allow_pickle=False)
-        if rows.shape != (int((fold_of == fold).sum()), k):
-            raise ReviewError(
-                f"{path}: shape {rows.shape}, expected ({int((fold_of == fold).sum())}, {k}) from folds.csv"
-            )
-        out[fold_of == fold] = rows
-    return out
+    try:
+        return run.stage_oof(arch, stage, "noisy", fold_of, k)
+    except (FileNotFoundError, ValueError) as err:
+        raise ReviewError(str(err)) from None
 
 
 def detector_columns(run: RunDir, clips: pd.DataFrame, archs: tuple[str, ...], stage: int) -> pd.DataFrame:

@@ -19,14 +19,13 @@ TRUTH_FROM_GIVEN = "given labels"
 
 def stage_oof(ctx: RunContext, arch: str, stage: int, split: str) -> np.ndarray | None:
     """(N_split, K) out-of-fold probabilities of a finished stage, rows in folds.csv order."""
-    fold_of = ctx.splits[split].fold
-    out = np.full((len(fold_of), len(ctx.classes)), np.nan, dtype=np.float32)
     for fold in range(ctx.cfg.train.folds):
-        path = ctx.run.fold_oof(arch, stage, fold, split)
-        if not ctx.run.fold_done(arch, stage, fold).is_file() or not path.is_file():
+        if (
+            not ctx.run.fold_done(arch, stage, fold).is_file()
+            or not ctx.run.fold_oof(arch, stage, fold, split).is_file()
+        ):
             return None
-        out[fold_of == fold] = np.load(path, allow_pickle=False)
-    return out
+    return ctx.run.stage_oof(arch, stage, split, ctx.splits[split].fold, len(ctx.classes))
 
 
 def stage_test(ctx: RunContext, arch: str, stage: int) -> np.ndarray | None:
