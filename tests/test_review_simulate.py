@@ -187,7 +187,7 @@ def test_cli_curve_of_every_policy_writes_no_decisions(run_copy, tiny_data):
     assert not (run_copy / "review" / "events.jsonl").exists()
 
 
-def test_cli_retrain_and_serve_hand_over(run_copy, tiny_data, monkeypatch):
+def test_cli_retrain_and_serve_hand_over(run_copy, tiny_data, monkeypatch, tmp_path):
     from noisytag.review import app as review_app
     from noisytag.review import retrain
 
@@ -204,14 +204,34 @@ def test_cli_retrain_and_serve_hand_over(run_copy, tiny_data, monkeypatch):
     # a finished retrain is compared with the run (here: itself) and reported
     assert "test lwlrap" in result.output and "+0.0000" in result.output
     assert (run_copy / "review" / "report.html").is_file()
+    # --test-truth: the comparison scores the clips of that file (realdev keeps its truth beside the data)
+    subset = tmp_path / "test_subset.csv"
+    pd.read_csv(tiny_data / "truth" / "test.csv").head(5).to_csv(subset, index=False)
+    result = CliRunner().invoke(app, [*args, "--test-truth", str(subset)])
+    assert result.exit_code == 0, result.output
+    assert "5 test clips" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, [*args, "--test-truth", str(tiny_data / "nope.csv")])
+    assert result.exit_code == 2 and "nope.csv: truth file not found" in result.output
 
     served = {}
     monkeypatch.setattr(review_app, "serve_review", lambda run, **kw: served.update(run=run, **kw))
     result = CliRunner().invoke(
-        app, ["review", str(run_copy), "--reviewer", "ann", "--no-browser", "--port", "0"]
+        app,
+        [
+            "review",
+            str(run_copy),
+            "--reviewer",
+            "ann",
+            "--no-browser",
+            "--port",
+            "0",
+            "--test-truth",
+            str(subset),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert served["run"] == run_copy and served["reviewer"] == "ann" and served["port"] == 0
+    assert served["test_truth"] == subset
 
 
 @pytest.mark.parametrize(

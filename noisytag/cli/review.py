@@ -14,7 +14,14 @@ POLICIES = ("top", "random", "disagree", "oracle")
 
 
 def _serve(
-    run: Path, data: Path | None, reviewer: str, host: str, port: int, mode: str, browser: bool
+    run: Path,
+    data: Path | None,
+    reviewer: str,
+    host: str,
+    port: int,
+    mode: str,
+    browser: bool,
+    test_truth: Path | None = None,
 ) -> None:
     """Hand over to the review page (helper WEB's ``serve_review``), passing only the options it takes."""
     import inspect
@@ -28,6 +35,7 @@ def _serve(
         "port": port,
         "mode": mode,
         "open_browser": browser,
+        "test_truth": test_truth,
     }
     params = inspect.signature(serve_review).parameters.values()
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
@@ -111,6 +119,15 @@ def review(
         bool, typer.Option("--retrain", help="Train on the corrected manifest afterwards (stages 3-4 again).")
     ] = False,
     whole: Annotated[bool, typer.Option("--whole", help="With --retrain: train every stage again.")] = False,
+    test_truth: Annotated[
+        Path | None,
+        typer.Option(
+            "--test-truth",
+            help="Test clips' true labels (fname,labels) for the retrain's before/after comparison, where the "
+            "data set keeps none inside it (e.g. realdev's DATA_truth/test_labels.csv); default: the data "
+            "set's own (truth/test.csv, a manifest's test labels).",
+        ),
+    ] = None,
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser tab.")] = False,
 ) -> None:
     """Review the noisy labels a run distrusts: a local page with the queue, audio, pictures and keys.
@@ -132,11 +149,12 @@ def review(
         fail("--whole goes with --retrain")
     if not run_dir.is_dir():
         fail(f"{run_dir}: run directory not found")
-    if simulate_truth is not None and not simulate_truth.is_file():
-        fail(f"{simulate_truth}: truth file not found")
+    for truth_file in (simulate_truth, test_truth):
+        if truth_file is not None and not truth_file.is_file():
+            fail(f"{truth_file}: truth file not found")
     if simulate_truth is None and not retrain:
         try:
-            _serve(run_dir, data, reviewer, host, port, mode, not no_browser)
+            _serve(run_dir, data, reviewer, host, port, mode, not no_browser, test_truth)
         except ReviewError as err:
             fail(str(err))
         return
@@ -147,7 +165,7 @@ def review(
         if retrain or (simulate_truth is not None and not curve):
             manifest = _write(queue)
         if retrain:
-            _retrain(run_dir, manifest, whole)
+            _retrain(run_dir, manifest, whole, test_truth)
     except ReviewError as err:
         fail(str(err))
 
@@ -184,7 +202,7 @@ def _write(queue) -> Path:
     return manifest
 
 
-def _retrain(run_dir: Path, manifest: Path, whole: bool) -> None:
+def _retrain(run_dir: Path, manifest: Path, whole: bool, test_truth: Path | None = None) -> None:
     from noisytag.review import retrain as retraining
 
     try:
@@ -200,7 +218,10 @@ def _retrain(run_dir: Path, manifest: Path, whole: bool) -> None:
         return
     from noisytag.report.review import write_review_report
 
-    comparison = retraining.compare(run_dir, out)
+    try:
+        comparison = retraining.compare(run_dir, out, truth_csv=test_truth)
+    except retraining.RetrainError as err:
+        fail(f"retrain done in {out}, but not compared: {err}", code=1)
     retraining.write_comparison(comparison)
     c = comparison
     console.print(

@@ -78,11 +78,13 @@ def create_review_app(
     token: str | None = None,
     write_files: bool = True,
     default_mode: str = "suspect",
+    test_truth: str | Path | None = None,
 ) -> FastAPI:
     """The review app of one reviewer. ``pictures``: the card pictures (default: drawn from the queue's
     run); ``token``: the session token (default: random); ``write_files``: rewrite corrections.csv and
     the corrected manifest after every decision (in the background; ``POST /api/export`` writes at once);
-    ``default_mode``: the queue the page opens with."""
+    ``default_mode``: the queue the page opens with; ``test_truth``: the test clips' true labels
+    (``fname,labels``) for a retrain's before/after comparison (default: the data set's own test truth)."""
     app = FastAPI(
         title="noisytag review", version=__version__, description="Review the labels of a run's noisy clips."
     )
@@ -333,7 +335,7 @@ def create_review_app(
         info["review_next"] = f"noisytag review {out}"
         if status["state"] == "done" and "comparison" not in status:
             try:
-                retrain.write_comparison(retrain.compare(queue.run, out))
+                retrain.write_comparison(retrain.compare(queue.run, out, truth_csv=test_truth))
             except (retrain.RetrainError, OSError, ValueError) as err:
                 info["comparison_error"] = str(err)
             status = retrain.retrain_status(out)
@@ -379,13 +381,14 @@ def serve_review(
     port: int = 8765,
     open_browser: bool = False,
     mode: str = "suspect",
+    test_truth: str | Path | None = None,
 ) -> None:
     """Serve the review of ``run`` until interrupted (blocking); ``port`` 0 takes a free one; ``mode``: the
-    queue the page opens with. The queue is built from the run's audits once; the rest when first asked."""
+    queue the page opens with; ``test_truth``: see :func:`create_review_app`. The queue is built from the run's audits once; the rest when first asked."""
     run = Path(run)
     queue = ReviewQueue.from_run(run, data)
     log_ = EventLog(run / "review" / "events.jsonl")
-    app = create_review_app(queue, log_, reviewer, default_mode=mode)
+    app = create_review_app(queue, log_, reviewer, default_mode=mode, test_truth=test_truth)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

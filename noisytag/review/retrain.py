@@ -285,7 +285,9 @@ def _truth(truth_csv: Path | None, before: tuple, after: tuple) -> dict[str, tup
     if truth_csv is None:
         test = before[1]
         if "truth" not in test.columns:
-            raise RetrainError("no test truth in the run's data set: pass truth_csv")
+            raise RetrainError(
+                "no test truth in the run's data set: pass one (truth_csv; --test-truth CSV on the command line)"
+            )
         return {p: tuple(t) for p, t in zip(test["resolved"], test["truth"], strict=True) if len(t)}
     truth = read_truth(truth_csv)
     out, unknown = {}, []
