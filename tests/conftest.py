@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 
 import pytest
 
@@ -120,3 +122,22 @@ def torch_calls(monkeypatch, *targets) -> list[tuple[int, int]]:
 
         monkeypatch.setattr(owner, name, recorded)
     return calls
+
+
+@contextlib.contextmanager
+def headless_chromium(*args: str):
+    """The system Chromium, launched headless through playwright (never a downloaded browser); the test
+    skips where playwright or Chromium is missing or cannot start. ``args``: extra command-line switches."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    exe = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    if exe is None:
+        pytest.skip("no Chromium on PATH (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", *args])
+        except Exception as err:  # a Chromium that cannot start here (sandbox, missing libraries)
+            pytest.skip(f"Chromium did not launch: {str(err).splitlines()[0]}")
+        try:
+            yield browser
+        finally:
+            browser.close()

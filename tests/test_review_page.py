@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import headless_chromium
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -275,16 +275,7 @@ def test_page_loads_nothing_from_elsewhere(review):
         assert "http://" not in text and "https://" not in text, name
 
 
-def _chromium():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    exe = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    if exe is None:
-        pytest.skip("no Chromium on PATH (apt-get install chromium)")
-    return sync_api, exe
-
-
 def test_page_in_headless_chromium(run_copy, tmp_path):
-    sync_api, exe = _chromium()
     run = run_copy
     queue = ReviewQueue.from_run(run)
     ids = queue.order("suspect")
@@ -292,86 +283,73 @@ def test_page_in_headless_chromium(run_copy, tmp_path):
     third = queue.card(ids[2])
     key = next(i for i, c in enumerate(third.candidates[:9]) if c not in third.given)
     requests, errors, audio = [], [], []
-    with running(app) as server, sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(
-                executable_path=exe, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
-            )
-        except Exception as err:  # a Chromium that cannot start here (sandbox, missing libraries)
-            pytest.skip(f"Chromium did not launch: {str(err).splitlines()[0]}")
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.on("request", lambda req: requests.append(req.url))
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.on("response", lambda r: audio.append(r.status) if "/api/audio/" in r.url else None)
+    with running(app) as server, headless_chromium("--autoplay-policy=no-user-gesture-required") as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.on("request", lambda req: requests.append(req.url))
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.on("response", lambda r: audio.append(r.status) if "/api/audio/" in r.url else None)
 
-            def shown(clip_id: int) -> None:
-                page.wait_for_selector(f"#card[data-state=ready][data-clip-id='{clip_id}']", timeout=30_000)
+        def shown(clip_id: int) -> None:
+            page.wait_for_selector(f"#card[data-state=ready][data-clip-id='{clip_id}']", timeout=30_000)
 
-            page.goto(f"{server}/")
-            shown(ids[0])
-            deadline = (
-                time.monotonic() + 30
-            )  # wait_for_function would need eval, which the page's CSP forbids
-            while not page.evaluate("() => document.querySelector('#picture').naturalWidth > 0"):
-                assert time.monotonic() < deadline, "the log-mel picture did not load"
-                time.sleep(0.1)
-            page.locator("#timeline").wait_for(state="visible", timeout=60_000)  # shown once it has loaded
-            assert page.is_visible("#timeline") and not page.is_visible("#bulk")
-            page.focus("#search")  # keys do not fire while typing
-            page.keyboard.type("dau")
-            page.keyboard.press("Escape")
-            assert events_of(run) == []
-            page.keyboard.press("Enter")  # accept the given labels
-            shown(ids[1])
-            page.keyboard.press("a")  # accept the models' labels
-            shown(ids[2])
-            page.keyboard.press(str(key + 1))  # toggle a candidate, then save
-            assert (
-                page.locator("#candidates li.on").count()
-                == len([c for c in third.candidates[:9] if c in third.given]) + 1
-            )
-            page.keyboard.press("s")
-            shown(ids[3])
-            events = events_of(run)
-            assert [e["clip_id"] for e in events] == ids[:3]
-            assert [e["action"] for e in events] == ["accept_given", "accept_models", "set"]
-            assert events[0]["after"] == list(queue.card(ids[0]).given)
-            assert events[1]["after"] == list(queue.card(ids[1]).suggested)
-            chosen = {*third.given, third.candidates[key]}
-            assert events[2]["after"] == [c for c in queue.classes if c in chosen]
-            page.keyboard.press("z")  # undo: the third decision, and back to its card
-            shown(ids[2])
-            assert events_of(run)[-1]["action"] == "undo" and events_of(run)[-1]["undoes"] == 2
-            page.keyboard.press("j")
-            shown(ids[3])
-            page.keyboard.press("?")
-            assert page.is_visible("#help")
-            page.keyboard.press("Escape")
-            page.reload()
-            shown(ids[2])  # resumes at the first undecided card of the queue
-            status = page.evaluate(
-                "async () => (await fetch('api/decision', {method: 'POST', headers: {'Content-Type': "
-                "'application/json'}, body: JSON.stringify({clip_id: 0, action: 'drop'})})).status"
-            )
-            assert status == 403
-            page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
-            assert len(events_of(run)) == 4
-            if queue.pairs():  # the pair queue and its bulk action (a second click confirms)
-                given, heard, _ = queue.pairs()[0]
-                todo = [i for i in queue.order("pair", pair=(given, heard)) if i not in ids[:2]]
-                page.select_option("#mode", "pair")
-                page.wait_for_selector("#card[data-state=ready]")
-                assert page.input_value("#mode-pair") == f"{given}|{heard}" and "mode=pair" in page.url
-                page.click("#bulk")
-                page.click("#bulk")
-                page.locator("#status", has_text="models' labels set on").wait_for()
-                bulk = events_of(run)[4:]
-                assert [e["clip_id"] for e in bulk] == todo and {e["action"] for e in bulk} == {
-                    "accept_models"
-                }
-        finally:
-            browser.close()
+        page.goto(f"{server}/")
+        shown(ids[0])
+        deadline = time.monotonic() + 30  # wait_for_function would need eval, which the page's CSP forbids
+        while not page.evaluate("() => document.querySelector('#picture').naturalWidth > 0"):
+            assert time.monotonic() < deadline, "the log-mel picture did not load"
+            time.sleep(0.1)
+        page.locator("#timeline").wait_for(state="visible", timeout=60_000)  # shown once it has loaded
+        assert page.is_visible("#timeline") and not page.is_visible("#bulk")
+        page.focus("#search")  # keys do not fire while typing
+        page.keyboard.type("dau")
+        page.keyboard.press("Escape")
+        assert events_of(run) == []
+        page.keyboard.press("Enter")  # accept the given labels
+        shown(ids[1])
+        page.keyboard.press("a")  # accept the models' labels
+        shown(ids[2])
+        page.keyboard.press(str(key + 1))  # toggle a candidate, then save
+        assert (
+            page.locator("#candidates li.on").count()
+            == len([c for c in third.candidates[:9] if c in third.given]) + 1
+        )
+        page.keyboard.press("s")
+        shown(ids[3])
+        events = events_of(run)
+        assert [e["clip_id"] for e in events] == ids[:3]
+        assert [e["action"] for e in events] == ["accept_given", "accept_models", "set"]
+        assert events[0]["after"] == list(queue.card(ids[0]).given)
+        assert events[1]["after"] == list(queue.card(ids[1]).suggested)
+        chosen = {*third.given, third.candidates[key]}
+        assert events[2]["after"] == [c for c in queue.classes if c in chosen]
+        page.keyboard.press("z")  # undo: the third decision, and back to its card
+        shown(ids[2])
+        assert events_of(run)[-1]["action"] == "undo" and events_of(run)[-1]["undoes"] == 2
+        page.keyboard.press("j")
+        shown(ids[3])
+        page.keyboard.press("?")
+        assert page.is_visible("#help")
+        page.keyboard.press("Escape")
+        page.reload()
+        shown(ids[2])  # resumes at the first undecided card of the queue
+        status = page.evaluate(
+            "async () => (await fetch('api/decision', {method: 'POST', headers: {'Content-Type': "
+            "'application/json'}, body: JSON.stringify({clip_id: 0, action: 'drop'})})).status"
+        )
+        assert status == 403
+        page.screenshot(path=str(tmp_path / "review.png"), full_page=True)
+        assert len(events_of(run)) == 4
+        if queue.pairs():  # the pair queue and its bulk action (a second click confirms)
+            given, heard, _ = queue.pairs()[0]
+            todo = [i for i in queue.order("pair", pair=(given, heard)) if i not in ids[:2]]
+            page.select_option("#mode", "pair")
+            page.wait_for_selector("#card[data-state=ready]")
+            assert page.input_value("#mode-pair") == f"{given}|{heard}" and "mode=pair" in page.url
+            page.click("#bulk")
+            page.click("#bulk")
+            page.locator("#status", has_text="models' labels set on").wait_for()
+            bulk = events_of(run)[4:]
+            assert [e["clip_id"] for e in bulk] == todo and {e["action"] for e in bulk} == {"accept_models"}
         got = httpx.get(f"{server}/api/audio/{ids[0]}", headers={"Range": "bytes=0-99"})
         assert got.status_code == 206 and len(got.content) == 100
     assert (tmp_path / "review.png").stat().st_size > 10_000

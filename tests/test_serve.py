@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import torch_calls, write_model_run
+from conftest import headless_chromium, torch_calls, write_model_run
 
 from noisytag.data.synth import CLASSES
 from noisytag.serve import service as service_mod
@@ -481,49 +481,38 @@ def test_cli_serves_a_run(model_run, tmp_path):
 
 
 def test_page_in_headless_chromium(server, client, wav_file, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    exe = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    if exe is None:
-        pytest.skip("no Chromium on PATH (apt-get install chromium)")
     api_top = post_file(client, "warble.wav", wav_file.read_bytes()).json()["labels"][0]["label"]
     notes = tmp_path / "notes.txt"
     notes.write_text("not audio\n")
     requests, errors = [], []
-    with sync_api.sync_playwright() as p:
-        try:
-            browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        except Exception as err:  # a Chromium that cannot start here (sandbox, missing libraries)
-            pytest.skip(f"Chromium did not launch: {str(err).splitlines()[0]}")
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 760})
-            page.on("request", lambda req: requests.append(req.url))
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(f"{server}/")
-            page.locator("#model-info", has_text="classes").wait_for()  # the page's CSP forbids eval
-            page.set_input_files("#file-input", str(wav_file))
-            page.wait_for_selector(".card[data-state=done]", timeout=30_000)
-            assert page.text_content(".card[data-state=done] .top-label") == api_top
-            assert page.locator(".card[data-state=done] .bars rect").count() == 10  # 5 tracks + 5 bars
-            drawn = page.evaluate(
-                """() => Object.fromEntries(['timeline', 'logmel'].map((cls) => {
-                    const c = document.querySelector('.card[data-state=done] canvas.' + cls);
-                    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                    let ink = 0; const colours = new Set();
-                    for (let i = 0; i < d.length; i += 4) {
-                      if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) ink++;
-                      colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
-                    }
-                    return [cls, {ink: ink / (d.length / 4), colours: colours.size}];
-                }))"""
-            )
-            for cls, stats in drawn.items():
-                assert stats["ink"] > 0.3 and stats["colours"] > 20, (cls, stats)
-            page.set_input_files("#file-input", str(notes))
-            page.wait_for_selector(".card[data-state=error]", timeout=30_000)
-            assert "not an audio file" in page.text_content(".card[data-state=error] .status")
-            page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        page.on("request", lambda req: requests.append(req.url))
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(f"{server}/")
+        page.locator("#model-info", has_text="classes").wait_for()  # the page's CSP forbids eval
+        page.set_input_files("#file-input", str(wav_file))
+        page.wait_for_selector(".card[data-state=done]", timeout=30_000)
+        assert page.text_content(".card[data-state=done] .top-label") == api_top
+        assert page.locator(".card[data-state=done] .bars rect").count() == 10  # 5 tracks + 5 bars
+        drawn = page.evaluate(
+            """() => Object.fromEntries(['timeline', 'logmel'].map((cls) => {
+                const c = document.querySelector('.card[data-state=done] canvas.' + cls);
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let ink = 0; const colours = new Set();
+                for (let i = 0; i < d.length; i += 4) {
+                  if (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250) ink++;
+                  colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+                }
+                return [cls, {ink: ink / (d.length / 4), colours: colours.size}];
+            }))"""
+        )
+        for cls, stats in drawn.items():
+            assert stats["ink"] > 0.3 and stats["colours"] > 20, (cls, stats)
+        page.set_input_files("#file-input", str(notes))
+        page.wait_for_selector(".card[data-state=error]", timeout=30_000)
+        assert "not an audio file" in page.text_content(".card[data-state=error] .status")
+        page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
     assert (tmp_path / "serve.png").stat().st_size > 10_000
     assert not errors, errors
     outside = [u for u in requests if not u.startswith((server, "data:", "blob:"))]
