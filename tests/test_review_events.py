@@ -114,8 +114,34 @@ def test_agreement_on_clips_both_decided(tmp_path):
     agreement = log.state().agreement()
     assert agreement["ann|bob"]["n"] == 2 and agreement["ann|bob"]["agree"] == 1
     assert agreement["ann|bob"]["share"] == 0.5
-    assert agreement["ann|cid"]["n"] == 0
+    assert agreement["ann|cid"]["n"] == 0 and agreement["ann|cid"]["share"] is None  # JSON has no NaN
     assert review_state([]).agreement() == {}
+
+
+def test_a_log_read_again_parses_only_what_was_appended(tmp_path, monkeypatch):
+    """Every decision reads the state again: a reader parses the new lines only and sees what a fresh
+    reader sees, torn lines and appends by other writers included."""
+    path = tmp_path / "events.jsonl"
+    reader, writer = EventLog(path), EventLog(path)
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(events_module.json, "loads", lambda s: parsed.append(s) or real_loads(s))
+    for i in range(5):
+        writer.append(decision(f"{i}.wav", "ann"))
+        assert reader.events() == EventLog(path).events()
+    parsed.clear()
+    writer.append(decision("5.wav", "bob"))
+    assert [e["clip"] for e in reader.events()] == [f"{i}.wav" for i in range(6)]
+    assert len(parsed) == 1  # the one new line
+    with open(path, "ab") as fh:
+        fh.write(b'{"clip": "torn')  # a writer killed mid-line
+    assert reader.events() == EventLog(path).events() and len(reader.events()) == 6
+    writer.append(decision("6.wav", "ann"))  # starts a fresh line after the torn one
+    assert reader.events() == EventLog(path).events()
+    assert [e["line"] for e in reader.events()] == [0, 1, 2, 3, 4, 5, 7]
+    path.write_bytes(b"")  # replaced by a shorter file: read again
+    writer.append(decision("7.wav", "ann"))
+    assert [e["clip"] for e in reader.events()] == ["7.wav"]
 
 
 def test_threads_append_whole_lines(tmp_path):

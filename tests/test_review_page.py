@@ -157,6 +157,30 @@ def test_decisions_append_events_and_undo(review):
     assert progress["decided"] == 3 and progress["mine"] == 3
 
 
+def test_a_second_reviewer_with_no_clip_in_common_is_answered(review):
+    """Agreement over no shared clip has no share (None, not NaN, which JSON cannot carry)."""
+    run, queue, client, token = review
+    ids = queue.order("suspect")
+    assert (
+        client.post("/api/decision", json={"clip_id": ids[0], "action": "drop"}, headers=token).status_code
+        == 200
+    )
+    bob = TestClient(
+        create_review_app(queue, EventLog(run / "review" / "events.jsonl"), "bob", write_files=False)
+    )
+    bob_token = {"X-Review-Token": bob.get("/api/session").json()["token"]}
+    answer = bob.post("/api/decision", json={"clip_id": ids[1], "action": "drop"}, headers=bob_token)
+    assert answer.status_code == 200, answer.text
+    progress = bob.get("/api/progress")
+    assert progress.status_code == 200
+    assert progress.json()["agreement"]["ann|bob"] == {
+        "reviewers": ["ann", "bob"],
+        "n": 0,
+        "agree": 0,
+        "share": None,
+    }
+
+
 def test_audio_answers_range_requests(review):
     run, queue, client, _ = review
     path = queue.audio_path(0)

@@ -390,7 +390,9 @@ def serve_review(
     log_ = EventLog(run / "review" / "events.jsonl")
     app = create_review_app(queue, log_, reviewer, default_mode=mode, test_truth=test_truth)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle's delay off (TCP_NODELAY) only on such sockets; without it every
+    # keep-alive answer sent in two writes waited for the client's delayed ACK (~40 ms on loopback)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     url = f"http://{host if family == socket.AF_INET else f'[{host}]'}:{sock.getsockname()[1]}/"

@@ -89,6 +89,9 @@ class EventLog:
         self._size = 0  # bytes of the file already counted
         self._lines = 0  # complete lines in those bytes
         self._warned: set[int] = set()  # unreadable lines already warned about
+        self._parsed: list[dict] = []  # events of the complete lines read so far (see events)
+        self._parsed_bytes = 0  # bytes of those lines
+        self._parsed_lines = 0  # their number
 
     def _count_lines(self, fh) -> tuple[int, bool]:
         """(complete lines in the file now, True when it ends inside a line), counting only new bytes."""
@@ -131,29 +134,48 @@ class EventLog:
 
     def events(self) -> list[dict]:
         """Every readable event in file order, each with its ``line``; unreadable lines (a torn last line
-        of a killed writer) are skipped with a warning."""
+        of a killed writer) are skipped with a warning.
+
+        Only the bytes appended since the last call are parsed (every decision reads the state again, so
+        re-parsing the whole log made a long review quadratic); a file that shrank is read again."""
         if not self.path.is_file():
             return []
-        out = []
         with self._lock:
-            raw = self.path.read_bytes()
-        pieces = raw.split(b"\n")
-        for number, piece in enumerate(pieces):
-            if not piece.strip():
-                continue
-            try:
-                event = json.loads(piece)
-                if not isinstance(event, dict):
-                    raise ValueError("not an object")
-            except (ValueError, UnicodeDecodeError):
-                if number not in self._warned:
-                    self._warned.add(number)
-                    where = "torn last line" if number >= len(pieces) - 2 else "unreadable line"
-                    log.warning("%s: %s %d skipped", self.path, where, number + 1)
-                continue
-            event["line"] = number
-            out.append(event)
-        return out
+            with open(self.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size < self._parsed_bytes:  # replaced by a shorter file
+                    self._parsed, self._parsed_bytes, self._parsed_lines = [], 0, 0
+                fh.seek(self._parsed_bytes)
+                chunk = fh.read(size - self._parsed_bytes)
+            *complete, tail = chunk.split(b"\n")
+            for piece in complete:
+                event = self._parse(piece, self._parsed_lines, last=False)
+                if event is not None:
+                    self._parsed.append(event)
+                self._parsed_lines += 1
+            self._parsed_bytes += len(chunk) - len(tail)
+            last = self._parse(tail, self._parsed_lines, last=True)  # not kept: its writer may still be at it
+            return [*self._parsed, *([last] if last is not None else [])]
+
+    def _parse(self, piece: bytes, number: int, last: bool) -> dict | None:
+        """Line ``number`` as an event with its ``line``, or None (blank or unreadable: warned once)."""
+        if not piece.strip():
+            return None
+        try:
+            event = json.loads(piece)
+            if not isinstance(event, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            if number not in self._warned:
+                self._warned.add(number)
+                log.warning(
+                    "%s: %s %d skipped",
+                    self.path,
+                    "torn last line" if last else "unreadable line",
+                    number + 1,
+                )
+            return None
+        return {**event, "line": number}
 
     def state(self) -> ReviewState:
         return review_state(self.events())
@@ -201,7 +223,7 @@ class ReviewState:
 
     def agreement(self) -> dict:
         """Pairwise agreement of the reviewers on the clips both decided: ``{"a|b": {"n", "agree",
-        "share"}}`` (share NaN when n = 0). Two decisions agree when they keep or drop the clip alike and
+        "share"}}`` (share None when n = 0: JSON has no NaN). Two decisions agree when they keep or drop the clip alike and
         set the same label set (unsure agrees only with unsure)."""
         out = {}
         for a, b in combinations(sorted(self.by_reviewer), 2):
@@ -211,7 +233,7 @@ class ReviewState:
                 "reviewers": [a, b],
                 "n": len(both),
                 "agree": agree,
-                "share": agree / len(both) if both else float("nan"),
+                "share": agree / len(both) if both else None,
             }
         return out
 

@@ -276,7 +276,7 @@ def create_app(service: TagService) -> FastAPI:
 @contextlib.contextmanager
 def running(app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread (tests, benchmarks); yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # see serve_review
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))

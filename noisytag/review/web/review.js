@@ -262,7 +262,10 @@ async function undo() {
 async function refreshProgress() {
   try {
     const p = await api("api/progress");
-    const agree = p.agreement && p.agreement.n ? ` · reviewers agree on ${p.agreement.agree} of ${p.agreement.n}` : "";
+    const pairs = Object.values(p.agreement || {}); // one entry per reviewer pair
+    const shared = pairs.reduce((n, a) => n + a.n, 0);
+    const agreed = pairs.reduce((n, a) => n + a.agree, 0);
+    const agree = shared ? ` · reviewers agree on ${agreed} of ${shared}` : "";
     $("#progress").textContent = `${p.decided} of ${p.total} clips decided (${p.mine} by you)${agree}`;
   } catch (err) {
     $("#progress").textContent = "";
