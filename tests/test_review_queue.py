@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from noisytag.learn.detectors import cleanlab_verdicts
+from noisytag.metrics import clip_lwlrap
 from noisytag.review.queue import MODES, ReviewError, ReviewQueue, suspicion_ranks
 from noisytag.rundir import RunDir
 
@@ -17,26 +19,51 @@ def queue(tiny_run, tiny_data):
     return ReviewQueue.from_run(tiny_run, tiny_data)
 
 
-def test_queue_reads_the_last_selection_stage(queue, tiny_run):
+def test_queue_is_judged_on_the_last_trained_stage(queue, tiny_run):
     run = RunDir(tiny_run)
     plan = run.plan()
     last = max(s.stage for s in plan.stages if s.selects_from)
-    assert queue.stage == last and queue.sources == plan.stage(last).selects_from
+    assert queue.stage == last and queue.sources == (max(plan.stage_numbers),)  # stage 4 has trained
     folds = pd.read_csv(run.folds)
     assert len(queue) == int((folds["split"] == "noisy").sum())
     assert queue.clips["fname"].tolist() == folds.loc[folds["split"] == "noisy", "fname"].tolist()
+    assert "on the stage-4 out-of-fold predictions" in queue.card(queue.order()[0]).reasons[0]
 
 
-def test_suspicion_is_the_rank_average_of_the_audit(queue, tiny_run):
-    audit = (
-        pd.read_csv(RunDir(tiny_run).audit("cnn1", queue.stage)).set_index("fname").loc[queue.clips["fname"]]
-    )
-    expected = (suspicion_ranks(audit["lwlrap_score"]) + suspicion_ranks(audit["label_quality"])) / 2
+def _noisy_given(queue) -> np.ndarray:
+    return np.array([[c in g for c in queue.classes] for g in queue.clips["given"]], dtype=float)
+
+
+def test_suspicion_is_the_rank_average_of_the_detectors_on_the_last_stage(queue, tiny_run):
+    """The selection's own detectors, run again on the stage-4 out-of-fold predictions."""
+    run = RunDir(tiny_run)
+    fold_of = queue.clips["fold"].to_numpy()
+    oof = run.stage_oof("cnn1", 4, "noisy", fold_of, len(queue.classes))
+    given = _noisy_given(queue)
+    lwlrap_score = clip_lwlrap(given, oof)
+    quality = cleanlab_verdicts(given, oof)["label_quality"].to_numpy()
+    expected = (suspicion_ranks(lwlrap_score) + suspicion_ranks(quality)) / 2
     np.testing.assert_allclose(queue.clips["suspicion"], expected)
+    np.testing.assert_allclose(queue.clips["score_lwlrap"], lwlrap_score)
+    threshold = run.saved_config().selection.stage4_threshold  # the run's own rule flags the clip
+    np.testing.assert_array_equal(queue.clips["flag_lwlrap"] >= 0.5, ~(lwlrap_score >= threshold - 1e-9))
     order = queue.order("suspect")
     assert sorted(order) == list(range(len(queue)))
     s = queue.clips["suspicion"].to_numpy()[order]
     assert np.all(np.diff(s) <= 1e-12)
+
+
+def test_before_the_last_stage_trains_the_audit_ranks(run_copy, tiny_data):
+    """Stage 4 not trained yet (its out-of-fold files missing): the stage-4 audit's verdicts rank."""
+    run = RunDir(run_copy)
+    for path in (run.root / "cnn1" / "stage4").glob("fold*/oof_noisy.npy"):
+        path.unlink()
+    queue = ReviewQueue.from_run(run_copy, tiny_data)
+    assert queue.sources == run.plan().stage(4).selects_from
+    audit = pd.read_csv(run.audit("cnn1", 4)).set_index("fname").loc[queue.clips["fname"]]
+    expected = (suspicion_ranks(audit["lwlrap_score"]) + suspicion_ranks(audit["label_quality"])) / 2
+    np.testing.assert_allclose(queue.clips["suspicion"], expected)
+    assert "in the stage-4 audit" in queue.card(queue.order()[0]).reasons[0]
 
 
 def test_suspicion_ranks():
@@ -44,7 +71,7 @@ def test_suspicion_ranks():
     np.testing.assert_allclose(suspicion_ranks(np.array([0.3, 0.3, 0.8])), [0.75, 0.75, 0.0])
 
 
-def test_probs_are_the_out_of_fold_rows_of_the_selected_from_stages(queue, tiny_run):
+def test_probs_are_the_out_of_fold_rows_of_the_judging_stage(queue, tiny_run):
     run = RunDir(tiny_run)
     folds = pd.read_csv(run.folds)
     noisy = folds[folds["split"] == "noisy"].reset_index(drop=True)

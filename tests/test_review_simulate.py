@@ -3,11 +3,13 @@ command line."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from noisytag.cli import app
+from noisytag.cli.review import RANDOM_ORDERS
 from noisytag.data.manifest import load_data
 from noisytag.review.corrections import write_corrections
 from noisytag.review.events import EventLog, events_path
@@ -174,7 +176,7 @@ def test_cli_simulate_end_to_end(run_copy, tiny_data):
     assert len(pd.read_csv(review / "corrections.csv")) == 30
 
 
-def test_cli_curve_of_every_policy_writes_no_decisions(run_copy, tiny_data):
+def test_cli_curve_of_every_policy_writes_no_decisions(run_copy, tiny_data, tmp_path):
     truth = tiny_data / "truth" / "noisy.csv"
     args = ["review", str(run_copy), "--simulate", str(truth), "--budget", "10", "--curve"]
     result = CliRunner().invoke(app, args)
@@ -185,6 +187,16 @@ def test_cli_curve_of_every_policy_writes_no_decisions(run_copy, tiny_data):
     oracle = curve[curve["policy"] == "oracle"]  # the ceiling: every clip it reviews was wrong
     assert (oracle["wrong_found"] == oracle["n_reviewed"]).all()
     assert not (run_copy / "review" / "events.jsonl").exists()
+    # random's curve is its expectation: the mean over RANDOM_ORDERS orders (seeds 0, 1, ...), not one draw
+    queue = ReviewQueue.from_run(run_copy)
+    draws = [
+        cleaning_curve(
+            simulate(queue, truth, 10, "random", seed=s, log=EventLog(tmp_path / f"{s}.jsonl")), truth
+        )
+        for s in range(RANDOM_ORDERS)
+    ]
+    expected = np.mean([d["wrong_found"].to_numpy() for d in draws], axis=0)
+    np.testing.assert_allclose(curve.loc[curve["policy"] == "random", "wrong_found"], expected)
 
 
 def test_cli_retrain_and_serve_hand_over(run_copy, tiny_data, monkeypatch, tmp_path):

@@ -50,12 +50,18 @@ def _curve_table(title: str, points) -> Table:
     for column in ("clips reviewed", "wrong label sets found", "fixed", "found per clip"):
         table.add_column(column, justify="right")
     for row in points.itertuples():
-        table.add_row(str(row.n_reviewed), str(row.wrong_found), str(row.fixed), f"{row.found_per_clip:.3f}")
+        table.add_row(
+            str(row.n_reviewed), f"{row.wrong_found:g}", f"{row.fixed:g}", f"{row.found_per_clip:.3f}"
+        )
     return table
 
 
+RANDOM_ORDERS = 20  # the random policy's curve is the mean over this many orders: one order's curve is noisy
+
+
 def _measure_curves(queue, truth: Path, budget: int, seed: int):
-    """Every policy's cleaning curve in a scratch log (RUN/review/events.jsonl is not touched)."""
+    """Every policy's cleaning curve in a scratch log (RUN/review/events.jsonl is not touched); random's is
+    the mean of ``RANDOM_ORDERS`` orders (seeds ``seed``, ``seed`` + 1, ...), its expectation."""
     import tempfile
 
     import pandas as pd
@@ -67,9 +73,18 @@ def _measure_curves(queue, truth: Path, budget: int, seed: int):
     curves = []
     with tempfile.TemporaryDirectory() as scratch:
         for policy in SIM_POLICIES:
-            log = EventLog(Path(scratch) / f"{policy}.jsonl")
-            frame = simulate(queue, truth, budget, policy, reviewer=f"simulator-{policy}", seed=seed, log=log)
-            curves.append(cleaning_curve(frame, truth).assign(policy=policy))
+            seeds = range(seed, seed + RANDOM_ORDERS) if policy == "random" else (seed,)
+            draws = []
+            for s in seeds:
+                log = EventLog(Path(scratch) / f"{policy}-{s}.jsonl")
+                frame = simulate(
+                    queue, truth, budget, policy, reviewer=f"simulator-{policy}", seed=s, log=log
+                )
+                draws.append(cleaning_curve(frame, truth))
+            curve = (
+                pd.concat(draws).groupby("n_reviewed", as_index=False).mean() if len(draws) > 1 else draws[0]
+            )
+            curves.append(curve.assign(policy=policy))
     return pd.concat(curves, ignore_index=True)
 
 
@@ -112,7 +127,7 @@ def review(
         typer.Option(
             "--curve",
             help="With --simulate: measure the cleaning curve of every policy in a scratch log "
-            "(RUN/review/curve.csv); no decisions are written.",
+            f"(RUN/review/curve.csv; random: the mean of {RANDOM_ORDERS} orders); no decisions are written.",
         ),
     ] = False,
     retrain: Annotated[

@@ -1,13 +1,15 @@
 """The review queue: which noisy clips a person should hear first, and what the card of each one shows.
 
-Suspicion comes from the run's last selection stage (the run plan's highest stage that selects, e.g. stage 4,
-which selects from stage 3's out-of-fold predictions): each detector's score in that stage's audit
-(``{arch}/selections/stage{k}_audit.csv``; higher = more trusted) is turned into a rank in [0, 1] (1 = the
-least trusted clip; a clip without a score counts as 1), the detectors' ranks are averaged, then the
-architectures'. The models' probabilities on a card are the out-of-fold probabilities of the stages that
-selection reads (``{arch}/stage{s}/fold{f}/oof_noisy.npy``, rows = the noisy clips of fold f in folds.csv
-order), averaged over those stages and the architectures: every clip is judged by models that never trained
-on it.
+Suspicion comes from the two detectors of the run's last selection stage (the run plan's highest stage that
+selects, e.g. stage 4, which selects from stage 3's out-of-fold predictions), judging each noisy clip's given
+labels by the best out-of-fold predictions the run has: once a later stage has trained (stage 4, on the clips
+that selection trusted), the same detectors with the run's thresholds run again on its predictions
+(``runfiles.rejudged_audits``); before that, the verdicts are read from the selection's audit
+(``{arch}/selections/stage{k}_audit.csv``). Each detector's score (higher = more trusted) is turned into a rank
+in [0, 1] (1 = the least trusted clip; a clip without a score counts as 1), the detectors' ranks are averaged,
+then the architectures'. The models' probabilities on a card are the same out-of-fold predictions
+(``{arch}/stage{s}/fold{f}/oof_noisy.npy``, rows = the noisy clips of fold f in folds.csv order), averaged
+over the architectures: every clip is judged by models that never trained on it.
 
 The queue never reads a truth column: the audits are read without ``true_labels`` / ``correct`` and the data
 set's ``truth`` column is dropped as it is loaded, so the order is the same with the truth removed.
@@ -29,9 +31,12 @@ from noisytag.review.runfiles import (
     TRUTH_COLUMNS,
     ReviewError,
     detector_columns,
+    judging_stage,
     load_reviewable,
     noisy_oof,
+    read_audits,
     read_folds,
+    rejudged_audits,
     suspicion_ranks,
 )
 from noisytag.rundir import RunDir
@@ -62,6 +67,15 @@ class Card:
     suggested: tuple[str, ...]  # the models' label set (what "accept the models' labels" sets)
     candidates: tuple[str, ...]  # all classes by descending probability (keys 1-9 = first nine)
     reasons: tuple[str, ...]  # why it is in the queue, human sentences
+
+
+def multi_hot(label_sets, classes) -> np.ndarray:
+    """(N, K) float multi-hot of label tuples over ``classes`` (unknown labels ignored)."""
+    index = {c: j for j, c in enumerate(classes)}
+    out = np.zeros((len(label_sets), len(classes)))
+    for i, labels in enumerate(label_sets):
+        out[i, [index[c] for c in labels if c in index]] = 1.0
+    return out
 
 
 def last_selection_stage(plan: RunPlan) -> StagePlan:
@@ -96,8 +110,8 @@ class ReviewQueue:
         self.classes: list[str] = list(dataset.classes)
         self.clips = clips  # fname, path, fold, given, suspicion, score_*, flag_* (one row per clip id)
         self.probs = probs  # (N, K) float32
-        self.stage = stage  # the selection stage whose audit ranks the queue
-        self.sources = sources  # the stages whose OOF probabilities the cards show
+        self.stage = stage  # the last selection stage: its detectors rank the queue
+        self.sources = sources  # the stages whose OOF probabilities the detectors judge and the cards show
         self.architectures = architectures
         self.detectors = tuple(d for d in DETECTOR_COLUMNS if f"score_{d}" in clips.columns)
         self._ids = {f: i for i, f in enumerate(clips["fname"])}
@@ -139,10 +153,6 @@ class ReviewQueue:
         folds = read_folds(rundir)
         noisy = folds.loc[folds["split"] == "noisy"].reset_index(drop=True)
         k = len(dataset.classes)
-        probs = np.mean(
-            [noisy_oof(rundir, folds, a, s, k) for a in archs for s in selecting.selects_from],
-            axis=0,
-        )
         table = dataset.noisy.drop_duplicates("fname").set_index("fname")
         known = noisy["fname"].isin(table.index).to_numpy()
         if not known.all():
@@ -159,9 +169,27 @@ class ReviewQueue:
         )
         clips["path"] = table.loc[clips["fname"], "path"].to_numpy()
         clips["given"] = [tuple(x) for x in table.loc[clips["fname"], "labels"]]
-        probs = probs[known].astype(np.float32)
-        clips = detector_columns(rundir, clips, archs, selecting.stage)
-        return cls(rundir.root, dataset, clips, probs, selecting.stage, selecting.selects_from, archs)
+        judging = judging_stage(rundir, plan, selecting, archs, folds)
+        sources = (judging,) if judging is not None else selecting.selects_from
+        oofs = {
+            a: np.mean([noisy_oof(rundir, folds, a, s, k)[known] for s in sources], axis=0) for a in archs
+        }
+        probs = np.mean(list(oofs.values()), axis=0).astype(np.float32)
+        audits = None
+        if judging is not None:
+            given = multi_hot(clips["given"], dataset.classes)
+            audits = rejudged_audits(rundir, selecting, judging, oofs, clips, given)
+        if audits is None:
+            sources = selecting.selects_from
+            probs = np.mean(
+                [noisy_oof(rundir, folds, a, s, k)[known] for a in archs for s in sources], axis=0
+            ).astype(np.float32)
+            audits = read_audits(rundir, archs, selecting.stage, clips["fname"])
+            where = str(rundir.audit("{arch}", selecting.stage))
+        else:
+            where = f"stage-{judging} out-of-fold predictions of {{arch}}"
+        clips = detector_columns(clips, audits, where)
+        return cls(rundir.root, dataset, clips, probs, selecting.stage, sources, archs)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -301,9 +329,15 @@ class ReviewQueue:
         n = len(self)
         rank = int(self._rank[i])
         archs = len(self.architectures)
+        rejudged = min(self.sources) >= self.stage  # by a stage trained after the selection's inputs
+        judged_by = (
+            f"on the stage-{self.sources[0]} out-of-fold predictions"
+            if rejudged
+            else f"in the stage-{self.stage} audit"
+        )
         out = [
             f"Suspicion {row['suspicion']:.2f}: number {rank} of {n} noisy clips by the detectors' rank average "
-            f"in the stage-{self.stage} audit" + (f" ({archs} architectures)" if archs > 1 else "") + "."
+            f"{judged_by}" + (f" ({archs} architectures)" if archs > 1 else "") + "."
         ]
         judged = [d for d in DETECTOR_COLUMNS if f"flag_{d}" in row.index]
         flagged = [d for d in judged if np.nan_to_num(float(row[f"flag_{d}"]), nan=0.0) >= 0.5]

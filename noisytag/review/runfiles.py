@@ -1,9 +1,12 @@
 """What the review reads from a run and its data set, in one place: the fold record, the noisy clips'
-out-of-fold probabilities, the selection audits' detector columns (never their truth columns), and the data set
-with its truth dropped as it is loaded."""
+out-of-fold probabilities, the detectors' verdicts (from the selection audits, never their truth columns, or
+the same detectors run again on the run's last trained stage), and the data set with its truth dropped as it is
+loaded."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,14 @@ import pandas as pd
 
 from noisytag.data.dataset import DataError, Dataset
 from noisytag.data.manifest import load_data
+from noisytag.learn import detectors
+from noisytag.metrics import clip_lwlrap
+from noisytag.plan import RunPlan, StagePlan
 from noisytag.rundir import RunDir
 
 # Each detector's audit columns: (score, higher = more trusted; flag, True = does not trust the given labels).
 DETECTOR_COLUMNS = {"lwlrap": ("lwlrap_score", "lwlrap_flag"), "cleanlab": ("label_quality", "cleanlab_flag")}
+REGISTERED = {"lwlrap": "oof_lwlrap", "cleanlab": "cleanlab"}  # the review's detector → its selection.method
 TRUTH_COLUMNS = frozenset({"true_labels", "correct", "truth"})  # never read by the queue
 
 
@@ -76,16 +83,68 @@ def noisy_oof(run: RunDir, folds: pd.DataFrame, arch: str, stage: int, k: int) -
         raise ReviewError(str(err)) from None
 
 
-def detector_columns(run: RunDir, clips: pd.DataFrame, archs: tuple[str, ...], stage: int) -> pd.DataFrame:
-    """Add score_{d}, flag_{d} (mean over architectures) and suspicion (rank average) to ``clips``."""
+def read_audits(
+    run: RunDir, archs: tuple[str, ...], stage: int, fnames: pd.Series
+) -> dict[str, pd.DataFrame]:
+    """Each architecture's stage-``stage`` audit without its truth columns, rows as ``fnames``."""
+    return {
+        arch: _read_audit(run.audit(arch, stage)).reindex(fnames).reset_index(drop=True) for arch in archs
+    }
+
+
+def judging_stage(run: RunDir, plan: RunPlan, selecting: StagePlan, archs: tuple[str, ...],
+                  folds: pd.DataFrame) -> int | None:  # fmt: skip
+    """The last stage of the plan after the ones ``selecting`` read whose noisy out-of-fold predictions exist
+    for every architecture and fold (stage 4 once it has trained), or None.
+
+    Its fold models trained on the trusted clips the selection chose, so their out-of-fold predictions judge
+    a noisy clip better than the predictions the selection itself read: on realdev and the demo set the
+    queue's first 200 cards held 3-6 % more wrong label sets (benchmarks/README.md "Label review")."""
+    noisy_folds = np.unique(folds.loc[folds["split"] == "noisy", "fold"].to_numpy(dtype=int))
+    after = max(selecting.selects_from)
+    for stage in sorted((s for s in plan.stage_numbers if s > after), reverse=True):
+        if all(run.fold_oof(a, stage, int(f), "noisy").is_file() for a in archs for f in noisy_folds):
+            return stage
+    return None
+
+
+def rejudged_audits(run: RunDir, selecting: StagePlan, stage: int, oofs: Mapping[str, np.ndarray],
+                    clips: pd.DataFrame, given: np.ndarray) -> dict[str, pd.DataFrame] | None:  # fmt: skip
+    """The selection's detectors (``noisytag.learn.detectors``, with the run's thresholds) run again on the
+    stage-``stage`` out-of-fold predictions ``oofs`` (architecture → (N, K), rows as ``clips``: fname, fold,
+    given; ``given`` their (N, K) multi-hot), as audit-like frames with rows as ``clips``; None when the
+    run's config is not readable."""
+    config = run.saved_config()
+    if config is None:
+        return None
+    judge = dataclasses.replace(selecting, selects_from=(stage,))
+    out = {}
+    for arch, oof in oofs.items():
+        table = pd.DataFrame(
+            {"fname": clips["fname"].to_numpy(), "fold": clips["fold"].to_numpy(),
+             "labels": list(clips["given"]), f"s{stage}": clip_lwlrap(given, oof)}
+        )  # fmt: skip
+        frame = {}
+        for name, (score_column, flag_column) in DETECTOR_COLUMNS.items():
+            detector = detectors.build(REGISTERED[name], config.selection, judge)
+            score, flag = detector.judge(table, given, {stage: oof})
+            frame[score_column], frame[flag_column] = score, flag
+        out[arch] = pd.DataFrame(frame)
+    return out
+
+
+def detector_columns(clips: pd.DataFrame, audits: Mapping[str, pd.DataFrame], where: str) -> pd.DataFrame:
+    """Add score_{d}, flag_{d} (mean over architectures) and suspicion (rank average) to ``clips``.
+
+    ``audits``: architecture → detector columns, rows as ``clips``; ``where`` names them in errors
+    (``{arch}`` is filled in)."""
     suspicion, scores, flags = [], {d: [] for d in DETECTOR_COLUMNS}, {d: [] for d in DETECTOR_COLUMNS}
-    for arch in archs:
-        path = run.audit(arch, stage)
-        audit = _read_audit(path).reindex(clips["fname"])
+    for arch, audit in audits.items():
         present = [d for d, (s, _) in DETECTOR_COLUMNS.items() if s in audit.columns]
         if not present:
             raise ReviewError(
-                f"{path}: no detector score column ({', '.join(s for s, _ in DETECTOR_COLUMNS.values())})"
+                f"{where.format(arch=arch)}: no detector score column "
+                f"({', '.join(s for s, _ in DETECTOR_COLUMNS.values())})"
             )
         per_detector = []
         for d in present:
