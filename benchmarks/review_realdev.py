@@ -196,11 +196,11 @@ def summary(args) -> dict:
                          f"{c['delta']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] | {c['wall_seconds'] or 0:.0f} s |")  # fmt: skip
     report["retrains"] = rows
     pooled = []
-    full = [k for k in seeds if all(k in runs[n] for n in runs)]
-    if len(full) == len(seeds):
+    complete = [n for n in runs if all(k in runs[n] for k in seeds)]  # a seed mean needs every seed
+    if "before" in complete and len(complete) > 1:
         y = runs["before"][seeds[0]][0]
-        mean = {n: np.mean([runs[n][k][1] for k in seeds], axis=0) for n in runs}
-        pairs = [("before", p) for p in args.policies]
+        mean = {n: np.mean([runs[n][k][1] for k in seeds], axis=0) for n in complete}
+        pairs = [("before", p) for p in args.policies if p in mean]
         pairs += [(a, b) for a, b in (("random", "top"), ("top", "ceiling")) if a in mean and b in mean]
         for a, b in pairs:
             delta, lo, hi = paired_bootstrap(y, mean[a], mean[b], n_boot=2000)
