@@ -115,10 +115,7 @@ class ReviewQueue:
         self.architectures = architectures
         self.detectors = tuple(d for d in DETECTOR_COLUMNS if f"score_{d}" in clips.columns)
         self._ids = {f: i for i, f in enumerate(clips["fname"])}
-        index = {c: j for j, c in enumerate(self.classes)}
-        self._given_hot = np.zeros(probs.shape, dtype=bool)
-        for i, labels in enumerate(clips["given"]):
-            self._given_hot[i, [index[c] for c in labels if c in index]] = True
+        self._given_hot = multi_hot(clips["given"], self.classes) > 0
         heard = probs >= HEARD
         top = np.nan_to_num(probs, nan=-1.0).argmax(axis=1) if probs.shape[1] else np.zeros(len(probs), int)
         heard[np.arange(len(probs)), top] = True  # a clip always has at least one suggested label
@@ -169,25 +166,20 @@ class ReviewQueue:
         )
         clips["path"] = table.loc[clips["fname"], "path"].to_numpy()
         clips["given"] = [tuple(x) for x in table.loc[clips["fname"], "labels"]]
-        judging = judging_stage(rundir, plan, selecting, archs, folds)
+        config = rundir.saved_config()  # the detectors' thresholds; without it only the audit can rank
+        judging = judging_stage(rundir, plan, selecting, archs, folds) if config is not None else None
         sources = (judging,) if judging is not None else selecting.selects_from
         oofs = {
             a: np.mean([noisy_oof(rundir, folds, a, s, k)[known] for s in sources], axis=0) for a in archs
         }
         probs = np.mean(list(oofs.values()), axis=0).astype(np.float32)
-        audits = None
         if judging is not None:
             given = multi_hot(clips["given"], dataset.classes)
-            audits = rejudged_audits(rundir, selecting, judging, oofs, clips, given)
-        if audits is None:
-            sources = selecting.selects_from
-            probs = np.mean(
-                [noisy_oof(rundir, folds, a, s, k)[known] for a in archs for s in sources], axis=0
-            ).astype(np.float32)
+            audits = rejudged_audits(config, selecting, judging, oofs, clips, given)
+            where = f"stage-{judging} out-of-fold predictions of {{arch}}"
+        else:
             audits = read_audits(rundir, archs, selecting.stage, clips["fname"])
             where = str(rundir.audit("{arch}", selecting.stage))
-        else:
-            where = f"stage-{judging} out-of-fold predictions of {{arch}}"
         clips = detector_columns(clips, audits, where)
         return cls(rundir.root, dataset, clips, probs, selecting.stage, sources, archs)
 

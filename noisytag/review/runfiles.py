@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noisytag.config import RunConfig
 from noisytag.data.dataset import DataError, Dataset
 from noisytag.data.manifest import load_data
 from noisytag.learn import detectors
@@ -108,15 +109,12 @@ def judging_stage(run: RunDir, plan: RunPlan, selecting: StagePlan, archs: tuple
     return None
 
 
-def rejudged_audits(run: RunDir, selecting: StagePlan, stage: int, oofs: Mapping[str, np.ndarray],
-                    clips: pd.DataFrame, given: np.ndarray) -> dict[str, pd.DataFrame] | None:  # fmt: skip
+def rejudged_audits(config: RunConfig, selecting: StagePlan, stage: int, oofs: Mapping[str, np.ndarray],
+                    clips: pd.DataFrame, given: np.ndarray) -> dict[str, pd.DataFrame]:  # fmt: skip
     """The selection's detectors (``noisytag.learn.detectors``, with the run's thresholds) run again on the
     stage-``stage`` out-of-fold predictions ``oofs`` (architecture → (N, K), rows as ``clips``: fname, fold,
-    given; ``given`` their (N, K) multi-hot), as audit-like frames with rows as ``clips``; None when the
-    run's config is not readable."""
-    config = run.saved_config()
-    if config is None:
-        return None
+    given; ``given`` their (N, K) multi-hot), as audit-like frames with rows as ``clips``; ``config``: the
+    run's saved config (its selection thresholds)."""
     judge = dataclasses.replace(selecting, selects_from=(stage,))
     out = {}
     for arch, oof in oofs.items():
