@@ -3,18 +3,19 @@ command line."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from noisytag.cli import app
-from noisytag.cli.review import RANDOM_ORDERS
 from noisytag.data.manifest import load_data
 from noisytag.review.corrections import write_corrections
 from noisytag.review.events import EventLog, events_path
 from noisytag.review.queue import ReviewError, ReviewQueue
-from noisytag.review.simulate import cleaning_curve, curve_points, read_truth_labels, simulate
+from noisytag.review.simulate import cleaning_curve, curve_points, random_curve, read_truth_labels, simulate
 
 
 @pytest.fixture()
@@ -25,6 +26,14 @@ def queue(run_copy, tiny_data):
 def other_labels(queue, given):
     """A label set surely different from ``given``: the first class not in it."""
     return (next(c for c in queue.classes if c not in given),)
+
+
+def wrong_flags(queue, truth_csv) -> np.ndarray:
+    """(N,) bool in queue order: the clip's given label set differs from the truth file's."""
+    true = read_truth_labels(truth_csv)
+    return np.array(
+        [set(true[f]) != set(g) for f, g in zip(queue.clips["fname"], queue.clips["given"], strict=True)]
+    )
 
 
 def write_truth(queue, path, wrong_ids, realdev=False):
@@ -187,16 +196,31 @@ def test_cli_curve_of_every_policy_writes_no_decisions(run_copy, tiny_data, tmp_
     oracle = curve[curve["policy"] == "oracle"]  # the ceiling: every clip it reviews was wrong
     assert (oracle["wrong_found"] == oracle["n_reviewed"]).all()
     assert not (run_copy / "review" / "events.jsonl").exists()
-    # random's curve is its expectation: the mean over RANDOM_ORDERS orders (seeds 0, 1, ...), not one draw
+    # random's curve is its exact expectation: n x the share of the queue's clips whose given labels are wrong
     queue = ReviewQueue.from_run(run_copy)
+    wrong = wrong_flags(queue, truth).mean()
+    random = curve[curve["policy"] == "random"]
+    np.testing.assert_allclose(random["wrong_found"], np.arange(1, 11) * wrong)
+    np.testing.assert_allclose(random["found_per_clip"], wrong)
+
+
+def test_random_curve_is_the_mean_over_every_order(run_copy, tiny_data, tmp_path):
+    """The expectation random_curve computes equals the mean over all orders of a small queue (by
+    enumeration, not sampling), and the simulated random policy's draws scatter around it."""
+    queue = ReviewQueue.from_run(run_copy)
+    truth = tiny_data / "truth" / "noisy.csv"
+    wrong = wrong_flags(queue, truth)
+    small = wrong[:6]  # every order of six clips: 720 permutations
+    by_order = np.mean([np.cumsum(small[list(p)]) for p in itertools.permutations(range(6))], axis=0)
+    np.testing.assert_allclose(by_order, np.arange(1, 7) * small.mean())
+    expected = random_curve(queue, truth, 10)
+    np.testing.assert_allclose(expected["wrong_found"], np.arange(1, 11) * wrong.mean())
+    assert (expected["fixed"] == expected["wrong_found"]).all()
     draws = [
-        cleaning_curve(
-            simulate(queue, truth, 10, "random", seed=s, log=EventLog(tmp_path / f"{s}.jsonl")), truth
-        )
-        for s in range(RANDOM_ORDERS)
+        simulate(queue, truth, 10, "random", seed=s, log=EventLog(tmp_path / f"{s}.jsonl"))["wrong_found"]
+        for s in range(40)
     ]
-    expected = np.mean([d["wrong_found"].to_numpy() for d in draws], axis=0)
-    np.testing.assert_allclose(curve.loc[curve["policy"] == "random", "wrong_found"], expected)
+    assert abs(np.mean(draws, axis=0)[-1] - expected["wrong_found"].iloc[-1]) < 1.0
 
 
 def test_cli_retrain_and_serve_hand_over(run_copy, tiny_data, monkeypatch, tmp_path):

@@ -56,34 +56,28 @@ def _curve_table(title: str, points) -> Table:
     return table
 
 
-RANDOM_ORDERS = 20  # the random policy's curve is the mean over this many orders: one order's curve is noisy
-
-
 def _measure_curves(queue, truth: Path, budget: int, seed: int):
     """Every policy's cleaning curve in a scratch log (RUN/review/events.jsonl is not touched); random's is
-    the mean of ``RANDOM_ORDERS`` orders (seeds ``seed``, ``seed`` + 1, ...), its expectation."""
+    its exact expectation (:func:`noisytag.review.simulate.random_curve`), not one noisy draw."""
     import tempfile
 
     import pandas as pd
 
     from noisytag.review.events import EventLog
     from noisytag.review.simulate import POLICIES as SIM_POLICIES
-    from noisytag.review.simulate import cleaning_curve, simulate
+    from noisytag.review.simulate import cleaning_curve, random_curve, simulate
 
     curves = []
     with tempfile.TemporaryDirectory() as scratch:
         for policy in SIM_POLICIES:
-            seeds = range(seed, seed + RANDOM_ORDERS) if policy == "random" else (seed,)
-            draws = []
-            for s in seeds:
-                log = EventLog(Path(scratch) / f"{policy}-{s}.jsonl")
+            if policy == "random":
+                curve = random_curve(queue, truth, budget)
+            else:
+                log = EventLog(Path(scratch) / f"{policy}.jsonl")
                 frame = simulate(
-                    queue, truth, budget, policy, reviewer=f"simulator-{policy}", seed=s, log=log
+                    queue, truth, budget, policy, reviewer=f"simulator-{policy}", seed=seed, log=log
                 )
-                draws.append(cleaning_curve(frame, truth))
-            curve = (
-                pd.concat(draws).groupby("n_reviewed", as_index=False).mean() if len(draws) > 1 else draws[0]
-            )
+                curve = cleaning_curve(frame, truth)
             curves.append(curve.assign(policy=policy))
     return pd.concat(curves, ignore_index=True)
 
@@ -127,7 +121,7 @@ def review(
         typer.Option(
             "--curve",
             help="With --simulate: measure the cleaning curve of every policy in a scratch log "
-            f"(RUN/review/curve.csv; random: the mean of {RANDOM_ORDERS} orders); no decisions are written.",
+            "(RUN/review/curve.csv; random: its exact expectation, n x wrong share); no decisions are written.",
         ),
     ] = False,
     retrain: Annotated[

@@ -220,7 +220,8 @@ def curve_figure(curve: pd.DataFrame) -> Figure:
         part = part.sort_values("n_reviewed")
         if len(part) and part["n_reviewed"].iloc[0] > 0:  # every curve starts at nothing reviewed
             part = pd.concat([pd.DataFrame({"n_reviewed": [0], "wrong_found": [0]}), part], ignore_index=True)
-        ax.plot(part["n_reviewed"], part["wrong_found"], lw=1.8, color=f"C{i}", label=str(policy),
+        name = "random (expected)" if policy == "random" else str(policy)  # simulate.random_curve
+        ax.plot(part["n_reviewed"], part["wrong_found"], lw=1.8, color=f"C{i}", label=name,
                 marker="o" if len(part) < 30 else None, ms=3)  # fmt: skip
     ax.set_xlabel("clips reviewed")
     ax.set_ylabel("wrong label sets found")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from noisytag.data.dataset import DataError, parse_labels, read_csv_rows
@@ -173,6 +174,25 @@ def cleaning_curve(
         n = len(rows) + 1
         rows.append({"n_reviewed": n, "wrong_found": found, "fixed": int(fixed), "found_per_clip": found / n})
     return pd.DataFrame(rows, columns=["n_reviewed", "wrong_found", "fixed", "found_per_clip"])
+
+
+def random_curve(queue: ReviewQueue, truth_csv: Path | str, budget: int) -> pd.DataFrame:
+    """The random policy's expected cleaning curve, in :func:`cleaning_curve`'s columns.
+
+    Reviewing n of the queue's M clips in a uniformly random order finds n·W/M of its W wrong label sets on
+    average (the mean of a hypergeometric draw): the diagonal of a cleaning-curve plot. It is exact, where the
+    mean of any number of drawn orders only estimates it. The simulated reviewer answers from the truth, so
+    every wrong set it sees is fixed: ``fixed`` equals ``wrong_found``."""
+    if budget < 1:
+        raise ReviewError(f"budget must be ≥ 1, got {budget}")
+    truth = read_truth_labels(truth_csv)
+    trues = [truth_for(truth, f) for f in queue.clips["fname"]]
+    if all(t is None for t in trues):
+        raise ReviewError(f"{truth_csv}: names none of the run's {len(queue)} noisy clips")
+    wrong = sum(t is not None and set(t) != set(g) for t, g in zip(trues, queue.clips["given"], strict=True))
+    n = np.arange(1, min(budget, len(queue)) + 1)
+    found = n * wrong / len(queue)
+    return pd.DataFrame({"n_reviewed": n, "wrong_found": found, "fixed": found, "found_per_clip": found / n})
 
 
 def curve_points(curve: pd.DataFrame, budget: int | None = None) -> pd.DataFrame:
