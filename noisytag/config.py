@@ -146,7 +146,7 @@ class TrainConfig:
     loss: str = "bce"  # base loss (noisytag.learn.losses): "bce", "lsep" (pairwise ranking) or "bce+lsep"
     lsep_weight: float = 1.0  # weight of LSEP in "bce+lsep"
     average: str = "none"  # weight averaging (noisytag.learn.averaging): "none", "ema" or "swa"
-    ema_decay: float = 0.999  # "ema": a ← d·a + (1 − d)·w after each step (memory ≈ 1 / (1 − d) steps)
+    ema_decay: float = 0.999  # "ema": a ← d·a + (1 − d)·w after each step, d warmed up (learn.averaging)
     swa_start: float = 0.75  # "swa": mean of the weights after each step past this fraction of the run
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from noisytag.config import ConfigError
-from noisytag.learn.averaging import AVERAGINGS, build_averaging, recompute_batch_norm
+from noisytag.learn.averaging import AVERAGINGS, build_averaging, ema_share, recompute_batch_norm
 from noisytag.runs.validate import validate_plugins
 
 
@@ -72,19 +72,32 @@ def _fit(average: str, epochs: int = 2, val: bool = False, **sets):
     return module, recorder, averaging
 
 
-def test_ema_of_a_known_weight_sequence_follows_the_formula():
-    d = 0.6
+@pytest.mark.parametrize("d", [0.6, 0.999])
+def test_ema_of_a_known_weight_sequence_follows_the_formula(d):
     module, recorder, _ = _fit("ema", **{"train.ema_decay": d})
     assert len(recorder.states) == 8
-    expected = dict(recorder.states[0])  # a_1 = w_1, then a_t = d a_{t-1} + (1 - d) w_t
-    for w in recorder.states[1:]:
+    expected = dict(recorder.states[0])  # a_1 = w_1, then a_{n+1} = d_n a_n + (1 - d_n) w_{n+1}
+    for n, w in enumerate(recorder.states[1:], start=1):
+        d_n = min(d, (1 + n) / (10 + n))  # the warm-up: early states are forgotten on a short run
         expected = {
-            k: d * expected[k] + (1 - d) * w[k] if v.is_floating_point() else w[k] for k, v in w.items()
+            k: d_n * expected[k] + (1 - d_n) * w[k] if v.is_floating_point() else w[k] for k, v in w.items()
         }
     got = _state(module)
     assert not torch.equal(got["0.weight"], recorder.states[-1]["0.weight"])  # not the last step's
     for k, v in expected.items():  # batch-norm running statistics are averaged like the weights
         torch.testing.assert_close(got[k], v, msg=k)
+
+
+def test_ema_forgets_the_initial_weights_on_a_short_run():
+    """With the default decay the first state's weight in the average after a 360-step fold is nil with the
+    warm-up; a constant 0.999 would keep 70 % of it (the screened EMA model was then near chance)."""
+    share = ema_share(0.999)
+    kept = 1.0
+    for n in range(1, 360):
+        kept *= 1 - share(n)
+    assert kept < 1e-6
+    assert share(1) == pytest.approx(1 - 2 / 11)
+    assert share(100_000) == pytest.approx(0.001)
 
 
 def test_swa_is_the_mean_after_its_start_with_batch_norm_recomputed():

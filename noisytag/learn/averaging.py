@@ -1,8 +1,12 @@
 """Weight averaging of a fold model as it trains (``train.average``): one registry entry each.
 
 ``"none"`` (the default) adds nothing. ``"ema"`` keeps an exponential moving average of the weights,
-updated after every optimizer step: ``a₁ = w₁``, ``aₜ = d·aₜ₋₁ + (1 − d)·wₜ`` with ``d = train.ema_decay``
-(its memory is about ``1 / (1 − d)`` steps, so keep that well below a run's steps). ``"swa"`` keeps the
+updated after every optimizer step: ``a₁ = w₁``, ``aₜ₊₁ = dₜ·aₜ + (1 − dₜ)·wₜ₊₁`` with
+``dₜ = min(train.ema_decay, (1 + t) / (10 + t))``, t the states averaged so far (TensorFlow's
+``ExponentialMovingAverage`` with ``num_updates``). The warm-up matters on short runs: with a constant
+d = 0.999 (memory ≈ 1,000 steps) a 360-step fold kept 0.999³⁶⁰ = 70 % of its random initial weights in
+the average, and the screened model scored 0.19 lwlrap instead of 0.64; with the warm-up the first
+weights are forgotten within tens of steps and d reaches 0.999 after about 9,000. ``"swa"`` keeps the
 plain mean of the weights after each step from ``train.swa_start`` × the run's steps on (FAT2019's 5th
 place averaged the last quarter; with the one-cycle schedule those are the low learning-rate steps).
 
@@ -135,8 +139,12 @@ def no_averaging(cfg) -> None:
 
 @AVERAGINGS.register("ema", options={"train.ema_decay": in_range(0, 1, open_low=True, open_high=True)})
 def ema(cfg) -> Averaging:
-    decay = float(cfg.train.ema_decay)
-    return Averaging("ema", lambda n: 1 - decay)
+    return Averaging("ema", ema_share(float(cfg.train.ema_decay)))
+
+
+def ema_share(decay: float):
+    """n (states averaged so far) → the new weights' share ``1 − min(decay, (1 + n) / (10 + n))``."""
+    return lambda n: 1.0 - min(decay, (1.0 + float(n)) / (10.0 + float(n)))
 
 
 @AVERAGINGS.register("swa", options={"train.swa_start": in_range(0, 1, open_high=True)})
