@@ -7,6 +7,7 @@ from lightning.pytorch.callbacks import Callback
 from noisytag.audio.cache import FeatureCache
 from noisytag.config import FrontendConfig
 from noisytag.data.dataset import load_dataset, multi_hot
+from noisytag.learn.averaging import ema_share
 from noisytag.learn.loader import ClipSet
 from noisytag.learn.train import fit_fold, read_metrics, score_validation
 from noisytag.metrics import lwlrap
@@ -126,9 +127,10 @@ def test_ema_fit_returns_the_averaged_model(tmp_path, curated_clips):
     steps, d = StepStates(), 0.7
     module = _fit(tmp_path, caches, clips, n_classes, epochs=2, callbacks=[steps],
                   **{"train.average": "ema", "train.ema_decay": d})  # fmt: skip
-    expected = dict(steps.states[0])
-    for w in steps.states[1:]:
-        expected = {k: d * expected[k] + (1 - d) * v if v.is_floating_point() else v for k, v in w.items()}
+    expected, share = dict(steps.states[0]), ema_share(d)  # with its warm-up: d_n = min(d, (1+n)/(10+n))
+    for n, w in enumerate(steps.states[1:], start=1):
+        s = share(n)
+        expected = {k: (1 - s) * expected[k] + s * v if v.is_floating_point() else v for k, v in w.items()}
     got = module.model.state_dict()
     assert len(steps.states) > 2 and not torch.equal(
         got["head.classify.6.weight"], w["head.classify.6.weight"]
