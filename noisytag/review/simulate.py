@@ -57,6 +57,20 @@ def truth_for(truth: dict[str, tuple[str, ...]], fname: str) -> tuple[str, ...] 
     return truth.get(Path(fname).name)
 
 
+def queue_truth(queue: ReviewQueue, truth_csv: Path | str) -> dict[str, tuple[str, ...]]:
+    """The truth file's labels (:func:`read_truth_labels`), or ReviewError when it names none of the queue's
+    clips."""
+    truth = read_truth_labels(truth_csv)
+    if not any(truth_for(truth, f) is not None for f in queue.clips["fname"]):
+        raise ReviewError(f"{truth_csv}: names none of the run's {len(queue)} noisy clips")
+    return truth
+
+
+def is_wrong(true: tuple[str, ...] | None, given) -> bool:
+    """Whether a clip's given label set differs from its true one (a clip the truth does not name is not)."""
+    return true is not None and set(true) != set(given)
+
+
 def simulate(
     queue: ReviewQueue,
     truth_csv: Path | str,
@@ -80,9 +94,7 @@ def simulate(
         raise ReviewError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     if budget < 1:
         raise ReviewError(f"budget must be ≥ 1, got {budget}")
-    truth = read_truth_labels(truth_csv)
-    if not any(truth_for(truth, f) is not None for f in queue.clips["fname"]):
-        raise ReviewError(f"{truth_csv}: names none of the run's {len(queue)} noisy clips")
+    truth = queue_truth(queue, truth_csv)
     log = log or EventLog(events_path(queue.run))
     decided = log.state().decided()
     mode = POLICIES[policy]
@@ -98,7 +110,7 @@ def simulate(
             continue
         action, after = _answer(card.given, card.suggested, true)
         log.append(decision_event(card, action, after, reviewer, 0.0, mode, rank))
-        wrong = true is not None and set(true) != set(card.given)
+        wrong = is_wrong(true, card.given)
         found += wrong
         rows.append(
             {
@@ -164,8 +176,7 @@ def cleaning_curve(
             continue
         seen.add(event["clip"])
         true = truth_for(truth, event["clip"])
-        before = set(event.get("before") or ())
-        if true is not None and set(true) != before:
+        if is_wrong(true, event.get("before") or ()):
             found += 1
             after = event.get("after")
             fixed += (
@@ -185,11 +196,11 @@ def random_curve(queue: ReviewQueue, truth_csv: Path | str, budget: int) -> pd.D
     every wrong set it sees is fixed: ``fixed`` equals ``wrong_found``."""
     if budget < 1:
         raise ReviewError(f"budget must be ≥ 1, got {budget}")
-    truth = read_truth_labels(truth_csv)
-    trues = [truth_for(truth, f) for f in queue.clips["fname"]]
-    if all(t is None for t in trues):
-        raise ReviewError(f"{truth_csv}: names none of the run's {len(queue)} noisy clips")
-    wrong = sum(t is not None and set(t) != set(g) for t, g in zip(trues, queue.clips["given"], strict=True))
+    truth = queue_truth(queue, truth_csv)
+    wrong = sum(
+        is_wrong(truth_for(truth, f), g)
+        for f, g in zip(queue.clips["fname"], queue.clips["given"], strict=True)
+    )
     n = np.arange(1, min(budget, len(queue)) + 1)
     found = n * wrong / len(queue)
     return pd.DataFrame({"n_reviewed": n, "wrong_found": found, "fixed": found, "found_per_clip": found / n})
