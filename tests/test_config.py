@@ -71,3 +71,7 @@ def test_shipped_configs_load():
     assert demo.train.folds == 3 and demo.model.width < 1
     assert full.train.folds == 10 and full.pipeline.architectures == ("cnn1", "vgg16")
     assert demo.selection.method == full.selection.method == "cleanlab"
+    real = load_config(root / "realdev.yaml")  # the demo's pipeline plus the levers chosen on realdev
+    assert (real.frontend.kind, real.train.loss, real.train.average) == ("pcen", "bce+lsep", "swa")
+    assert real.distill.views > 0 and real.distill.epochs > demo.distill.epochs
+    assert (real.pipeline, real.model, real.selection) == (demo.pipeline, demo.model, demo.selection)
